@@ -1,0 +1,3 @@
+from lit_ft.run import main
+
+main()

@@ -1,0 +1,180 @@
+"""Where the configs live, composing them from Python, and validating a composed config.
+
+The configs sit in the repo's top-level `conf/`, and the wheel carries a copy as
+`lit_ft/conf` (see pyproject.toml), so an installed lit_ft runs from any directory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from lit_ft.errors import ConfigError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ASSETS_DIR = PACKAGE_DIR / "assets"
+
+
+def config_dir() -> Path:
+    packaged = PACKAGE_DIR / "conf"  # installed from a wheel
+    return packaged if packaged.is_dir() else PACKAGE_DIR.parent / "conf"  # source checkout
+
+
+def asset_path(name: str) -> str:
+    """`${asset:NAME}` in a config: a directory shipped inside the lit_ft package."""
+    return str(ASSETS_DIR / name)
+
+
+def default_cache_dir() -> str:
+    """`${cache_dir:}`: $LIT_FT_CACHE, else ~/.cache/lit_ft (expanded, so HF loaders accept it)."""
+    return str(Path(os.environ.get("LIT_FT_CACHE", "~/.cache/lit_ft")).expanduser())
+
+
+OmegaConf.register_new_resolver("asset", asset_path, replace=True)
+OmegaConf.register_new_resolver("cache_dir", default_cache_dir, replace=True)
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+    """The same config `python -m lit_ft.run <overrides>` would use, for notebooks and tests."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+PRECISIONS = {
+    "32",
+    "32-true",
+    "16",
+    "16-mixed",
+    "bf16",
+    "bf16-mixed",
+    "16-true",
+    "bf16-true",
+    "64",
+    "64-true",
+    "transformer-engine",
+}
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check the whole config before any long work starts; report every problem at once."""
+    from transformers import SchedulerType
+
+    from lit_ft.model import DTYPES
+    from lit_ft.tasks import TASKS
+
+    problems: list[str] = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    def positive_int(key: str, value) -> None:
+        need(
+            isinstance(value, int) and not isinstance(value, bool) and value > 0,
+            f"{key} must be a positive integer, got {value!r}",
+        )
+
+    model, data, trainer = cfg.model, cfg.data, cfg.trainer
+    need(
+        bool(model.name_or_path), "model.name_or_path is empty: give a Hub id or a local directory"
+    )
+    need(
+        model.task in TASKS, f"model.task='{model.task}' is unknown; available: {', '.join(TASKS)}"
+    )
+    need(
+        model.dtype in DTYPES,
+        f"model.dtype='{model.dtype}' is unknown; use one of {', '.join(DTYPES)}",
+    )
+
+    need(bool(data.path), "data.path is empty: give a Hub dataset name or text/csv/json/parquet")
+    need(bool(data.text_column), "data.text_column is empty")
+    positive_int("data.block_size", data.block_size)
+    positive_int("data.batch_size", data.batch_size)
+    pct = data.validation_split_percentage
+    need(
+        isinstance(pct, int | float) and 0 <= pct < 100,
+        f"data.validation_split_percentage must be in [0, 100), got {pct!r}",
+    )
+    if data.path in ("text", "csv", "json", "parquet", "arrow"):
+        need(bool(data.data_files), f"data.path='{data.path}' needs data.data_files (local files)")
+        if data.data_files and not data.corpus:
+            for missing in _missing_files(data.data_files):
+                problems.append(f"data.data_files: '{missing}' does not exist")
+
+    max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
+    need(
+        (isinstance(max_steps, int) and max_steps > 0)
+        or (isinstance(max_epochs, int) and max_epochs > 0),
+        "set trainer.max_steps or trainer.max_epochs to a positive integer",
+    )
+    positive_int("trainer.accumulate_grad_batches", trainer.accumulate_grad_batches)
+    need(
+        str(trainer.precision) in PRECISIONS,
+        f"trainer.precision='{trainer.precision}' is unknown; "
+        f"use one of {', '.join(sorted(PRECISIONS))}",
+    )
+    clip = trainer.gradient_clip_val
+    need(
+        clip is None or (isinstance(clip, int | float) and clip >= 0),
+        f"trainer.gradient_clip_val must be >= 0 or null, got {clip!r}",
+    )
+
+    lr = cfg.optimizer.lr
+    need(
+        isinstance(lr, int | float) and lr > 0 and math.isfinite(lr),
+        f"optimizer.lr must be a positive number, got {lr!r}",
+    )
+    wd = cfg.optimizer.weight_decay
+    need(
+        isinstance(wd, int | float) and wd >= 0, f"optimizer.weight_decay must be >= 0, got {wd!r}"
+    )
+
+    if cfg.scheduler is not None:
+        names = [s.value for s in SchedulerType]
+        need(
+            cfg.scheduler.name in names,
+            f"scheduler.name='{cfg.scheduler.name}' is unknown; available: {', '.join(names)}",
+        )
+        steps, ratio = cfg.scheduler.warmup_steps, cfg.scheduler.warmup_ratio
+        need(
+            isinstance(steps, int) and steps >= 0,
+            f"scheduler.warmup_steps must be >= 0, got {steps!r}",
+        )
+        need(
+            isinstance(ratio, int | float) and 0 <= ratio < 1,
+            f"scheduler.warmup_ratio must be in [0, 1), got {ratio!r}",
+        )
+        need(
+            not (steps and ratio), "set scheduler.warmup_steps or scheduler.warmup_ratio, not both"
+        )
+
+    ckpt = cfg.ckpt_path
+    need(
+        ckpt in (None, "last") or Path(str(ckpt)).expanduser().is_file(),
+        f"ckpt_path='{ckpt}' is neither 'last' nor an existing checkpoint file",
+    )
+    need(isinstance(cfg.seed, int), f"seed must be an integer, got {cfg.seed!r}")
+    if problems:
+        raise ConfigError(problems)
+
+
+def _missing_files(data_files) -> list[str]:
+    if isinstance(data_files, str):
+        files = [data_files]
+    elif isinstance(data_files, DictConfig | dict):
+        files = [f for v in data_files.values() for f in ([v] if isinstance(v, str) else v)]
+    else:
+        files = list(data_files)
+    # Globs (train-*.parquet) are resolved by datasets; only literal paths are checked here.
+    return [
+        f for f in files if not any(c in f for c in "*?[") and not Path(f).expanduser().exists()
+    ]

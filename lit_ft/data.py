@@ -1,0 +1,251 @@
+"""The LightningDataModule: load -> split -> tokenize -> blocks -> dataloaders.
+
+Sources are anything `datasets.load_dataset` takes: a Hub name (`wikitext`) or a local builder
+(`text`, `csv`, `json`, `parquet`) with `data_files`. Tokenization and grouping run as batched
+`map` calls with explicit fingerprints, so a second run with the same data, tokenizer and block
+size loads the processed Arrow files from the `datasets` cache instead of recomputing them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from lit_ft import corpora
+from lit_ft.errors import LitFtError
+
+log = logging.getLogger(__name__)
+
+DataFiles = str | Sequence[str] | Mapping[str, str | Sequence[str]] | None
+
+
+class CausalLMCollator:
+    """Stack blocks into a batch; labels copy input_ids, masked (-100) where attention is 0.
+
+    Masking from the attention mask rather than `pad_token_id` matters for GPT-2, whose pad
+    token is EOS: real end-of-text tokens keep their labels.
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(e["input_ids"]) for e in examples)
+        input_ids = torch.full((len(examples), longest), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
+        for row, example in enumerate(examples):
+            ids = torch.as_tensor(example["input_ids"], dtype=torch.long)
+            input_ids[row, : len(ids)] = ids
+            attention_mask[row, : len(ids)] = 1
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class FineTuneDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        tokenizer,
+        path: str,
+        name: str | None = None,
+        data_files: DataFiles = None,
+        corpus: str | None = None,
+        text_column: str = "text",
+        validation_split_percentage: float = 5.0,
+        block_size: int = 1024,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        preprocessing_num_workers: int | None = None,
+        overwrite_cache: bool = False,
+        add_eos: bool = False,
+        load_kwargs: Mapping[str, Any] | None = None,
+        max_positions: int | None = None,
+        seed: int = 42,
+    ):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.path, self.name, self.data_files, self.corpus = path, name, data_files, corpus
+        self.text_column = text_column
+        self.validation_split_percentage = validation_split_percentage
+        self.block_size = clamp_block_size(block_size, max_positions)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.preprocessing_num_workers = preprocessing_num_workers
+        self.overwrite_cache = overwrite_cache
+        self.add_eos = add_eos
+        self.load_kwargs = dict(load_kwargs or {})
+        self.seed = seed
+        self.datasets: dict[str, Any] | None = None
+
+    # -- Lightning hooks -------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self._build()  # rank 0 does the slow part; other ranks then hit the cache in setup
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets is None:
+            self._build()
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)  # same order for the same seed
+        return self._loader("train", self.batch_size, shuffle=True, generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", self.eval_batch_size, shuffle=False)
+
+    # -- building ----------------------------------------------------------------------------
+    def _build(self) -> None:
+        raw = self._load_raw()
+        blocks = {}
+        for split, dataset in raw.items():
+            tokens = self._tokenize(dataset, split)
+            blocks[split] = self._group(tokens, split)
+        self.datasets = blocks
+
+    def _load_raw(self) -> dict[str, Any]:
+        import datasets
+
+        kwargs = dict(self.load_kwargs)
+        if self.corpus:
+            corpora.materialize(self.corpus, self.data_files)
+        if self.data_files:
+            kwargs["data_files"] = _expand(self.data_files)
+        try:
+            loaded = datasets.load_dataset(self.path, self.name, **kwargs)
+        except FileNotFoundError as err:
+            message = f"data.path='{self.path}' data.data_files={self.data_files}: {err}"
+            raise LitFtError(message) from err
+        except ValueError as err:
+            message = f"could not load data.path='{self.path}' ({self.name}): {err}"
+            raise LitFtError(message) from err
+        splits = {name: loaded[name] for name in loaded}
+        if "train" not in splits:
+            raise LitFtError(
+                f"data.path='{self.path}' has no 'train' split; splits: {', '.join(splits)}"
+            )
+        self._check_text_column(splits["train"])
+        if "validation" not in splits:
+            splits.update(self._split_validation(splits["train"]))
+        return {"train": splits["train"], "validation": splits["validation"]}
+
+    def _check_text_column(self, dataset) -> None:
+        if self.text_column not in dataset.column_names:
+            raise LitFtError(
+                f"data.text_column='{self.text_column}' is not a column of data.path="
+                f"'{self.path}'; columns: {', '.join(dataset.column_names)}"
+            )
+
+    def _split_validation(self, train) -> dict[str, Any]:
+        """Hold out `validation_split_percentage` of the rows, chosen with the run's seed."""
+        fraction = self.validation_split_percentage / 100
+        if fraction <= 0 or len(train) < 2:
+            raise LitFtError(
+                f"data.path='{self.path}' has no validation split and "
+                f"data.validation_split_percentage={self.validation_split_percentage} "
+                f"(rows: {len(train)}) cannot make one; set a percentage in (0, 100) or give "
+                "data.data_files={train: ..., validation: ...}"
+            )
+        parts = train.train_test_split(test_size=fraction, seed=self.seed, shuffle=True)
+        return {"train": parts["train"], "validation": parts["test"]}
+
+    def _tokenize(self, dataset, split: str):
+        tokenizer, column, eos = self.tokenizer, self.text_column, self.tokenizer.eos_token_id
+        add_eos = self.add_eos and eos is not None
+
+        def tokenize(batch: dict[str, list]) -> dict[str, list]:
+            ids = tokenizer(batch[column], add_special_tokens=False)["input_ids"]
+            return {"input_ids": [row + [eos] for row in ids] if add_eos else ids}
+
+        return dataset.map(
+            tokenize,
+            batched=True,
+            num_proc=self.preprocessing_num_workers,
+            remove_columns=dataset.column_names,
+            load_from_cache_file=not self.overwrite_cache,
+            new_fingerprint=_fingerprint(
+                dataset._fingerprint, tokenizer_fingerprint(tokenizer), column, add_eos
+            ),
+            desc=f"Tokenizing {split}",
+        )
+
+    def _group(self, dataset, split: str):
+        """Concatenate all token ids and cut them into `block_size` blocks (remainder dropped)."""
+        block_size = self.block_size
+
+        def group(batch: dict[str, list]) -> dict[str, list]:
+            ids = list(chain.from_iterable(batch["input_ids"]))
+            usable = len(ids) // block_size * block_size
+            return {"input_ids": [ids[i : i + block_size] for i in range(0, usable, block_size)]}
+
+        grouped = dataset.map(
+            group,
+            batched=True,
+            batch_size=1000,
+            num_proc=self.preprocessing_num_workers,
+            load_from_cache_file=not self.overwrite_cache,
+            new_fingerprint=_fingerprint(dataset._fingerprint, "group", block_size),
+            desc=f"Grouping {split} into blocks of {block_size}",
+        )
+        if len(grouped) == 0:
+            tokens = sum(len(ids) for ids in dataset["input_ids"])
+            raise LitFtError(
+                f"the {split} split of data.path='{self.path}' has {tokens} tokens, fewer than "
+                f"one block of data.block_size={block_size}; lower data.block_size or add text"
+            )
+        return grouped.with_format("python")
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool, generator=None) -> DataLoader:
+        assert self.datasets is not None, "call setup() first"
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            collate_fn=CausalLMCollator(self.tokenizer.pad_token_id),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def tokens_per_batch(self) -> int:
+        return self.batch_size * self.block_size
+
+
+def clamp_block_size(block_size: int, max_positions: int | None) -> int:
+    if max_positions is not None and block_size > max_positions:
+        log.warning(
+            "data.block_size=%d exceeds the model's %d positions; using %d",
+            block_size,
+            max_positions,
+            max_positions,
+        )
+        return max_positions
+    return block_size
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A stable hash of the tokenizer's vocabulary and rules (not of its Python object state)."""
+    from datasets.fingerprint import Hasher
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return Hasher.hash(backend.to_str() if backend is not None else tokenizer)
+
+
+def _fingerprint(*parts: Any) -> str:
+    from datasets.fingerprint import Hasher
+
+    return Hasher.hash([str(p) for p in parts])
+
+
+def _expand(data_files: DataFiles) -> DataFiles:
+    if isinstance(data_files, str):
+        return str(Path(data_files).expanduser())
+    if isinstance(data_files, Mapping):
+        return {k: _expand(v) for k, v in data_files.items()}
+    return [str(Path(f).expanduser()) for f in data_files]

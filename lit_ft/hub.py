@@ -1,0 +1,119 @@
+"""Reaching the Hugging Face Hub, or failing fast and clearly when it is out of reach.
+
+Without a network, `from_pretrained` and `load_dataset` retry for half a minute each and then
+raise messages that do not say which key to change. Before any long work starts we probe the
+Hub once (a TCP connect with a short timeout); if it is unreachable we switch the HF libraries
+to offline mode, so anything already in the local HF cache still loads, and everything else
+fails in well under a second, collected into one message.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lit_ft.errors import HubUnavailableError
+
+LOCAL_DATA_BUILDERS = ("text", "csv", "json", "parquet", "arrow")
+
+
+def is_local_model(name_or_path: str) -> bool:
+    return Path(name_or_path).expanduser().exists()
+
+
+def is_local_data(path: str) -> bool:
+    return path in LOCAL_DATA_BUILDERS or Path(path).expanduser().exists()
+
+
+def offline_requested() -> bool:
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return any(flag.strip().upper() in {"1", "ON", "YES", "TRUE"} for flag in flags)
+
+
+@cache
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def use_offline_mode() -> None:
+    """Make transformers, huggingface_hub and datasets read only the local cache from now on."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import datasets.config
+    import huggingface_hub.constants
+
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    datasets.config.HF_HUB_OFFLINE = True
+
+
+def check_hub_sources(model_name: str, tokenizer_name: str, data_path: str, data_name: str | None):
+    """Confirm that every Hub-hosted input can be fetched, or raise one error naming them all.
+
+    Local paths and the local file builders (text/csv/json/parquet) are never probed, so the
+    offline default run makes no network call at all.
+    """
+    remote_models = [
+        n for n in dict.fromkeys([model_name, tokenizer_name]) if not is_local_model(n)
+    ]
+    remote_data = None if is_local_data(data_path) else data_path
+    if not remote_models and remote_data is None:
+        return
+    if offline_requested() or not hub_reachable():
+        use_offline_mode()
+    else:
+        return  # online: the real download path runs, with its own progress bars
+
+    missing = [f"model/tokenizer '{n}'" for n in remote_models if not _model_in_cache(n)]
+    if remote_data is not None and not _dataset_in_cache(remote_data, data_name):
+        label = f"{remote_data}" + (f" ({data_name})" if data_name else "")
+        missing.append(f"dataset '{label}'")
+    if missing:
+        raise HubUnavailableError(_offline_message(missing))
+
+
+def _model_in_cache(name: str) -> bool:
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _dataset_in_cache(path: str, name: str | None) -> bool:
+    import datasets
+
+    try:
+        datasets.load_dataset_builder(path, name)
+        return True
+    except Exception:  # datasets raises ConnectionError, FileNotFoundError, DatasetNotFoundError...
+        return False
+
+
+def _offline_message(missing: list[str]) -> str:
+    why = (
+        "HF_HUB_OFFLINE is set"
+        if offline_requested() and hub_reachable.cache_info().currsize == 0
+        else "the Hugging Face Hub is unreachable from this machine"
+    )
+    return (
+        f"cannot fetch {' and '.join(missing)}: {why}, and the local Hugging Face cache "
+        "does not have it.\n"
+        "What to do, any one of:\n"
+        "  - point at local files: model.name_or_path=/path/to/model_dir and "
+        "data.path=text|csv|json|parquet data.data_files=/path/to/file;\n"
+        "  - pre-populate the HF cache on a machine with network (e.g. `hf download gpt2`, "
+        "`python -c \"import datasets; datasets.load_dataset('wikitext', 'wikitext-2-raw-v1')\"`) "
+        "and copy ~/.cache/huggingface here;\n"
+        "  - run the offline default: `python -m lit_ft.run` (bundled tiny GPT-2, text from "
+        "Python's own documentation)."
+    )

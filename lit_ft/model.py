@@ -1,0 +1,105 @@
+"""Resolving a model and tokenizer: AutoConfig -> task -> AutoModelFor...
+
+`ModelSpec` is everything needed to rebuild the network, kept as plain values so it can be
+stored in a checkpoint and loaded with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from lit_ft.errors import LitFtError
+from lit_ft.tasks import check_architecture, get_task
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelSpec:
+    name_or_path: str
+    task: str = "causal-lm"
+    tokenizer: str | None = None  # defaults to name_or_path
+    from_scratch: bool = False  # random init from the config instead of pretrained weights
+    model_type: str | None = None  # from-scratch without a base config, e.g. "gpt2"
+    config_overrides: dict[str, Any] | None = None
+    dtype: str = "float32"
+    attn_implementation: str | None = "sdpa"
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer or self.name_or_path
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_config(spec: ModelSpec):
+    """The model's `PretrainedConfig` with the spec's overrides applied."""
+    from transformers import AutoConfig
+
+    if spec.model_type:
+        config = AutoConfig.for_model(spec.model_type, **(spec.config_overrides or {}))
+    else:
+        config = AutoConfig.from_pretrained(
+            spec.name_or_path,
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+            **(spec.config_overrides or {}),
+        )
+    check_architecture(get_task(spec.task), config.model_type)
+    return config
+
+
+def load_tokenizer(spec: ModelSpec):
+    """The tokenizer, with a pad token set when it has none (GPT-2 and most causal LMs)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        spec.tokenizer_name, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        # Padding is masked through the attention mask, never through pad_token_id, so
+        # reusing EOS is safe: real EOS tokens keep their labels.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence the model's position embeddings allow (None: unbounded)."""
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def build_model(spec: ModelSpec, config=None, pretrained: bool | None = None):
+    """Instantiate the task's Auto class: pretrained weights, or random init from the config."""
+    config = config if config is not None else load_config(spec)
+    auto_class = get_task(spec.task).model_class()
+    kwargs = {"dtype": DTYPES[spec.dtype]}
+    if spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
+    use_weights = not spec.from_scratch if pretrained is None else pretrained
+    try:
+        if not use_weights:
+            return auto_class.from_config(
+                config, trust_remote_code=spec.trust_remote_code, **kwargs
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return auto_class.from_pretrained(
+                spec.name_or_path,
+                config=config,
+                revision=spec.revision,
+                trust_remote_code=spec.trust_remote_code,
+                **kwargs,
+            )
+    except (OSError, ValueError) as err:
+        raise LitFtError(f"could not load model '{spec.name_or_path}': {err}") from err

@@ -1,0 +1,75 @@
+"""Optimizer parameter groups, the scheduler, and the number of optimizer steps that sizes it."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def weight_decay_groups(model: torch.nn.Module) -> list[dict]:
+    """Two AdamW groups: matrices decay; biases, norm weights and 1-d params do not.
+
+    The optimizer partial's own `weight_decay` applies to the first group.
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_norm = any(tag in name.lower() for tag in ("norm", "ln_", "layernorm"))
+        (no_decay if param.ndim < 2 or name.endswith(".bias") or is_norm else decay).append(param)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    num_training_steps: int,
+    name: str = "linear",
+    warmup_steps: int = 0,
+    warmup_ratio: float = 0.0,
+    scheduler_specific_kwargs: dict | None = None,
+):
+    """`transformers.get_scheduler` with warmup given as steps or as a ratio of all steps.
+
+    e.g. 1,000 optimizer steps x warmup_ratio 0.06 = 60 warmup steps.
+    """
+    from transformers import get_scheduler
+
+    warmup = warmup_steps or math.ceil(warmup_ratio * num_training_steps)
+    return get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=num_training_steps,
+        scheduler_specific_kwargs=dict(scheduler_specific_kwargs or {}),
+    )
+
+
+def optimizer_steps(
+    batches_per_epoch: int,
+    accumulate_grad_batches: int,
+    max_epochs: int | None,
+    max_steps: int,
+    limit_train_batches: int | float | None = None,
+) -> int:
+    """How many times the optimizer will step, computed before the Trainer exists.
+
+    Reading `trainer.estimated_stepping_batches` inside `configure_optimizers` drops the
+    stateful dataloader's position on resume (Lightning #20550), so the run computes this
+    from the datamodule instead and hands the number to the module.
+
+    Lightning steps the optimizer on the last batch of an epoch even when the accumulation
+    window is incomplete, so an epoch is ceil(batches / accumulation) steps:
+    e.g. 100 batches / 3 accumulation -> 34 steps per epoch.
+    """
+    if isinstance(limit_train_batches, int):
+        batches_per_epoch = min(batches_per_epoch, limit_train_batches)
+    elif isinstance(limit_train_batches, float):
+        batches_per_epoch = int(batches_per_epoch * limit_train_batches)
+    per_epoch = math.ceil(batches_per_epoch / accumulate_grad_batches)
+    by_epochs = per_epoch * max_epochs if max_epochs and max_epochs > 0 else None
+    by_steps = max_steps if max_steps and max_steps > 0 else None
+    candidates = [n for n in (by_epochs, by_steps) if n is not None]
+    if not candidates:
+        raise ValueError("set trainer.max_steps or trainer.max_epochs to a positive number")
+    return max(1, min(candidates))

@@ -1,0 +1,1 @@
+"""Recipes that produce lit_ft's bundled assets, so anyone can rebuild them."""

@@ -1,0 +1,184 @@
+"""Fine-tune a Hugging Face model: `python -m lit_ft.run [overrides]`.
+
+The story: validate -> seed -> data -> model -> callbacks and loggers -> Trainer ->
+evaluate the starting model -> fit -> evaluate the best checkpoint -> export -> results.json.
+`train(cfg)` is the whole run and is what notebooks call (`lit_ft.train_from_overrides`);
+`main()` only adds Hydra's command line and returns the metric a sweep optimizes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from lit_ft.config import compose, config_dir, validate_config
+from lit_ft.errors import EXIT_USER_ERROR, LitFtError
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one fine-tuning job described by a composed config; return what results.json holds."""
+    import lightning as L
+
+    from lit_ft.checkpoint import resolve_ckpt_path
+    from lit_ft.data import FineTuneDataModule
+    from lit_ft.export import export_pretrained
+    from lit_ft.hub import check_hub_sources
+    from lit_ft.model import ModelSpec, build_model, load_config, load_tokenizer, max_positions
+    from lit_ft.module import FineTuneModule
+    from lit_ft.optim import optimizer_steps
+    from lit_ft.recorder import TrainingRecorder
+
+    started = time.perf_counter()
+    validate_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    spec = ModelSpec(**_plain(cfg.model))
+    check_hub_sources(spec.name_or_path, spec.tokenizer_name, cfg.data.path, cfg.data.name)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.checkpoint_dir)
+
+    L.seed_everything(cfg.seed, workers=True)
+    tokenizer, hf_config = load_tokenizer(spec), load_config(spec)
+    datamodule = FineTuneDataModule(
+        tokenizer, max_positions=max_positions(hf_config), seed=cfg.seed, **_plain(cfg.data)
+    )
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+
+    num_steps = optimizer_steps(
+        batches_per_epoch=len(datamodule.train_dataloader()),
+        accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+        max_epochs=cfg.trainer.get("max_epochs"),
+        max_steps=cfg.trainer.get("max_steps", -1),
+        limit_train_batches=cfg.trainer.get("limit_train_batches"),
+    )
+    module = FineTuneModule(
+        spec,
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.scheduler else None,
+        num_training_steps=num_steps,
+        model=build_model(spec, hf_config),
+    )
+
+    recorder = TrainingRecorder()
+    callbacks = [*_instantiate_all(cfg.callbacks), recorder]
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.logger) or False
+    )
+    _print_plan(cfg, datamodule, num_steps)
+
+    before = _evaluate(trainer, module, datamodule) if cfg.evaluate_before else None
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    best = _best_checkpoint(trainer)
+    after = _evaluate(trainer, module, datamodule, ckpt_path=best)  # loads the best weights
+
+    export_dir = None
+    if cfg.export:
+        export_dir = export_pretrained(module.model, tokenizer, output_dir / "hf_model")
+
+    results = {
+        "metrics": {"before": before, "after": after, "train": recorder.summary()},
+        "tokens_per_s": recorder.summary()["tokens_per_s"],
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "best_checkpoint": best,
+        "last_checkpoint": _last_checkpoint(trainer),
+        "export_dir": str(export_dir) if export_dir else None,
+        "output_dir": str(output_dir),
+        "resumed_from": ckpt_path,
+    }
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    _print_summary(results)
+    return results
+
+
+def train_from_overrides(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """`train(compose(overrides))`: the CLI's run from Python, e.g. in a notebook."""
+    return train(compose(overrides))
+
+
+# -- pieces of the story ---------------------------------------------------------------------
+def _plain(node: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    """Instantiate every entry of a group like `callbacks` or `logger` (a name -> config map)."""
+    if not group:
+        return []
+    return [hydra.utils.instantiate(node) for node in group.values() if node and "_target_" in node]
+
+
+def _evaluate(trainer, module, datamodule, ckpt_path: str | None = None) -> dict[str, float]:
+    (metrics,) = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    return {key: float(value) for key, value in metrics.items()}
+
+
+def _best_checkpoint(trainer) -> str | None:
+    callback = trainer.checkpoint_callback
+    return (callback.best_model_path or None) if callback is not None else None
+
+
+def _last_checkpoint(trainer) -> str | None:
+    callback = trainer.checkpoint_callback
+    return (getattr(callback, "last_model_path", "") or None) if callback is not None else None
+
+
+def _print_plan(cfg: DictConfig, datamodule, num_steps: int) -> None:
+    data, trainer = cfg.data, cfg.trainer
+    train_blocks = len(datamodule.datasets["train"])
+    block = datamodule.block_size
+    per_step = data.batch_size * trainer.accumulate_grad_batches * block
+    print(
+        f"[lit_ft] {train_blocks:,} train / {len(datamodule.datasets['validation']):,} validation "
+        f"blocks of {block} tokens; {data.batch_size} x {trainer.accumulate_grad_batches} "
+        f"accumulation x {block} tokens = {per_step:,} tokens per optimizer step; "
+        f"{num_steps:,} optimizer steps; output: {cfg.paths.output_dir}",
+        flush=True,
+    )
+
+
+def _print_summary(results: dict[str, Any]) -> None:
+    before, after = results["metrics"]["before"], results["metrics"]["after"]
+    ppl = f"validation perplexity {after['val/ppl']:.2f}"
+    if before:
+        ppl = f"validation perplexity {before['val/ppl']:.2f} -> {after['val/ppl']:.2f}"
+    print(
+        f"[lit_ft] done in {results['wall_time_s']:.1f}s: {ppl}; "
+        f"{results['tokens_per_s']} tokens/s; model: {results['export_dir']}; "
+        f"results: {results['output_dir']}/results.json",
+        flush=True,
+    )
+
+
+# -- command line ----------------------------------------------------------------------------
+@contextmanager
+def _user_errors_exit():
+    """A LitFtError is the user's to fix: print its message, no traceback, exit non-zero."""
+    try:
+        yield
+    except LitFtError as err:
+        print(f"lit_ft: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    # The job's own directory (per job in a multirun) is where everything of this run goes.
+    cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
+    with _user_errors_exit():
+        results = train(cfg)
+    metric = results["metrics"]["after"].get(cfg.optimized_metric)
+    return float(metric) if metric is not None else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Shared fixtures: a tiny tokenizer and GPT-2 built from a config, and a little real text.
+
+Nothing here touches the network: the Hub is switched off for the whole session, and every
+cache points into a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_caches(tmp_path_factory):
+    """Keep generated corpora and `datasets` caches out of the user's home directory."""
+    root = tmp_path_factory.mktemp("caches")
+    os.environ["LIT_FT_CACHE"] = str(root / "lit_ft")
+    os.environ["HF_DATASETS_CACHE"] = str(root / "datasets")
+    import datasets.config
+
+    datasets.config.HF_DATASETS_CACHE = Path(root / "datasets")
+    return root
+
+
+@pytest.fixture(scope="session")
+def reference_text() -> str:
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[name].strip() for name in sorted(topics))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory, reference_text) -> Path:
+    """A 512-token byte-level BPE trained in a second on Python's reference text."""
+    from lit_ft.tokenizer_training import train_byte_level_bpe
+
+    out = tmp_path_factory.mktemp("tiny_tokenizer")
+    train_byte_level_bpe(
+        [reference_text[:200_000]], vocab_size=512, model_max_length=64, out_dir=out
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory, reference_text) -> Path:
+    """About 60K characters of real prose (paragraphs of the Python language reference)."""
+    path = tmp_path_factory.mktemp("text") / "reference.txt"
+    path.write_text(reference_text[:60_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_overrides(tiny_tokenizer_dir, text_file, tmp_path) -> list[str]:
+    """Overrides for a 2-layer, 32-wide GPT-2 from a config on local text: trains in seconds."""
+    return [
+        f"model.name_or_path={tiny_tokenizer_dir}",
+        "model.from_scratch=true",
+        "model.model_type=gpt2",
+        "model.config_overrides={n_layer: 2, n_head: 2, n_embd: 32, n_positions: 64, "
+        "vocab_size: 512, bos_token_id: 0, eos_token_id: 0}",
+        "data=text_files",
+        f"data.data_files={text_file}",
+        "data.block_size=32",
+        "data.batch_size=8",
+        "data.validation_split_percentage=10",
+        "trainer.max_epochs=1",
+        "trainer.max_steps=30",
+        "trainer.log_every_n_steps=5",
+        "trainer.enable_progress_bar=false",
+        "optimizer.lr=3e-3",
+        f"paths.output_dir={tmp_path / 'run'}",
+    ]
+
+
+@pytest.fixture
+def run_cli():
+    """Run `python -m lit_ft.run ARGS` (or another module) in a subprocess."""
+    import subprocess
+
+    def run(args: list[str], cwd=None, env=None, module="lit_ft.run", timeout=600):
+        return subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run

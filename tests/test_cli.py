@@ -1,0 +1,99 @@
+"""`python -m lit_ft.run` end to end in a subprocess, on a tiny GPT-2 and local text."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def finished_run(run_cli, tiny_overrides, tmp_path):
+    result = run_cli([*tiny_overrides, "trainer.val_check_interval=10"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path / "run", result
+
+
+def test_run_trains_and_writes_complete_results(finished_run):
+    run_dir, result = finished_run
+    results = json.loads((run_dir / "results.json").read_text())
+    before, after, train = (results["metrics"][k] for k in ("before", "after", "train"))
+    assert set(before) == set(after) == {"val/loss", "val/ppl"}
+    assert after["val/loss"] < before["val/loss"]
+    assert after["val/ppl"] == pytest.approx(
+        torch.exp(torch.tensor(after["val/loss"])).item(), rel=1e-5
+    )
+    assert train["steps"] == 30 and train["loss_last_10_steps"] < train["loss_first_step"]
+    assert results["tokens_per_s"] > 0 and results["wall_time_s"] > 0
+    assert train["tokens"] == 30 * 8 * 32  # steps x batch x block
+    assert Path(results["best_checkpoint"]).is_file()
+    assert Path(results["last_checkpoint"]).name == "last.ckpt"
+    assert results["export_dir"] == str(run_dir / "hf_model")
+    assert "validation perplexity" in result.stdout
+
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert any(r.get("train/loss") for r in rows) and any(r.get("val/ppl") for r in rows)
+    assert any(r.get("lr-AdamW/pg1") for r in rows)
+    assert (run_dir / "config.yaml").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+def test_export_loads_with_auto_classes_and_generates(finished_run):
+    run_dir, _ = finished_run
+    export = run_dir / "hf_model"
+    model = AutoModelForCausalLM.from_pretrained(export)
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    inputs = tokenizer("The assert statement", return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 8
+    assert isinstance(tokenizer.decode(out[0]), str)
+    assert model.generation_config.pad_token_id == tokenizer.pad_token_id
+
+    # The export holds the best checkpoint's weights (load_best_model_at_end).
+    results = json.loads((run_dir / "results.json").read_text())
+    state = torch.load(results["best_checkpoint"], weights_only=True)["state_dict"]
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[f"model.{name}"]), name
+
+
+def test_export_cli_from_any_checkpoint(finished_run, run_cli, tmp_path):
+    run_dir, _ = finished_run
+    out = tmp_path / "exported"
+    result = run_cli([str(run_dir / "checkpoints" / "last.ckpt"), str(out)], module="lit_ft.export")
+    assert result.returncode == 0, result.stderr[-2000:]
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    reference = AutoModelForCausalLM.from_pretrained(run_dir / "hf_model").eval()
+    reference.load_state_dict({k[len("model.") :]: v for k, v in state.items()})
+    ids = AutoTokenizer.from_pretrained(out)("x = 1", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(exported(ids).logits, reference(ids).logits)
+
+
+def test_resume_from_last_continues_the_run(finished_run, run_cli, tiny_overrides):
+    run_dir, _ = finished_run
+    result = run_cli([*tiny_overrides, "trainer.max_steps=40", "ckpt_path=last"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["resumed_from"].endswith("last.ckpt")
+    assert results["metrics"]["train"]["steps"] == 10  # only the remaining steps ran
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert max(steps) >= 30  # the resumed part is logged into the same run's metrics.csv
+
+
+def test_user_errors_exit_2_with_one_message(run_cli, tiny_overrides):
+    result = run_cli([*tiny_overrides, "ckpt_path=last", "model.task=translation"])
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "model.task='translation' is unknown; available: causal-lm" in result.stderr
+
+    result = run_cli([*tiny_overrides, "ckpt_path=last"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "holds no checkpoint" in result.stderr and "paths.output_dir" in result.stderr

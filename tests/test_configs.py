@@ -1,0 +1,109 @@
+"""Every YAML in conf/ composes and instantiates; bad keys and values are refused up front."""
+
+from __future__ import annotations
+
+import hydra
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from lit_ft.config import compose, config_dir, validate_config
+from lit_ft.errors import ConfigError
+
+CONF = config_dir()
+GROUP_FILES = sorted(
+    (path.parent.name, path.stem)
+    for path in CONF.glob("*/*.yaml")
+    if path.parent.name != "hydra"  # Hydra's own settings; composed with every config below
+)
+
+
+def _overrides_for(group: str, name: str, tmp_path) -> list[str]:
+    overrides = [f"{group}={name}", f"paths.output_dir={tmp_path}"]
+    if group == "data" and name == "text_files":
+        overrides.append(f"data.data_files={tmp_path / 'any.txt'}")  # the one mandatory key
+    if group == "trainer" and name == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():  # the rest of the GPU config still instantiates
+            overrides.append("trainer.accelerator=cpu")
+    return overrides
+
+
+@pytest.mark.parametrize(("group", "name"), GROUP_FILES, ids=[f"{g}/{n}" for g, n in GROUP_FILES])
+def test_every_config_composes_and_instantiates(group, name, tmp_path):
+    cfg = compose(_overrides_for(group, name, tmp_path))
+    OmegaConf.resolve(cfg)  # every interpolation resolves
+
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+    for node in [*cfg.callbacks.values(), *cfg.logger.values()]:
+        assert hydra.utils.instantiate(node) is not None
+
+    import torch
+
+    optimizer = hydra.utils.instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(2))])
+    assert optimizer.defaults["lr"] == cfg.optimizer.lr
+    scheduler = hydra.utils.instantiate(cfg.scheduler)(optimizer, num_training_steps=10)
+    assert scheduler.get_last_lr()
+
+
+def test_hydra_run_dir_is_the_run_output_dir(tmp_path):
+    cfg = compose([f"paths.output_dir={tmp_path}"])
+    assert cfg.paths.checkpoint_dir == f"{tmp_path}/checkpoints"
+    assert cfg.callbacks.model_checkpoint.dirpath == f"{tmp_path}/checkpoints"
+
+
+def test_default_config_is_valid():
+    validate_config(compose())
+
+
+def test_gpt2_wikitext_is_the_hub_job():
+    cfg = compose(["model=gpt2", "data=wikitext"])
+    assert cfg.model.name_or_path == "gpt2"
+    assert (cfg.data.path, cfg.data.name) == ("wikitext", "wikitext-2-raw-v1")
+    assert compose(["experiment=gpt2_wikitext"]).model.name_or_path == "gpt2"
+
+
+def test_unknown_override_key_fails():
+    with pytest.raises(ConfigCompositionException, match="optimizer.learning_rate"):
+        compose(["optimizer.learning_rate=1e-4"])
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    cfg = compose(
+        [
+            "data.block_size=0",
+            "data.batch_size=abc",
+            "optimizer.lr=-1",
+            "scheduler.name=triangle",
+            "scheduler.warmup_steps=10",
+            "scheduler.warmup_ratio=0.1",
+            "trainer.precision=fp8",
+            "trainer.max_epochs=-1",
+            "trainer.max_steps=-1",
+            f"ckpt_path={tmp_path / 'missing.ckpt'}",
+        ]
+    )
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    message = str(info.value)
+    for key in (
+        "data.block_size",
+        "data.batch_size",
+        "optimizer.lr",
+        "scheduler.name",
+        "warmup_steps or scheduler.warmup_ratio",
+        "trainer.precision",
+        "trainer.max_steps",
+        "ckpt_path",
+    ):
+        assert key in message
+    assert len(info.value.problems) == 8
+
+
+def test_missing_data_file_is_named(tmp_path):
+    missing = tmp_path / "nope.txt"
+    cfg = compose(["data=text_files", f"data.data_files={missing}"])
+    with pytest.raises(ConfigError, match="nope.txt' does not exist"):
+        validate_config(cfg)

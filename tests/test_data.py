@@ -1,0 +1,104 @@
+"""The datamodule: splits, blocks, labels, caching, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from lit_ft.data import CausalLMCollator, FineTuneDataModule
+from lit_ft.errors import LitFtError
+
+
+@pytest.fixture
+def tokenizer(tiny_tokenizer_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tok.pad_token = tok.eos_token
+    return tok
+
+
+def _datamodule(tokenizer, text_file, **kwargs) -> FineTuneDataModule:
+    options = dict(
+        path="text",
+        data_files=str(text_file),
+        block_size=32,
+        batch_size=4,
+        validation_split_percentage=10,
+        seed=7,
+    )
+    options.update(kwargs)
+    dm = FineTuneDataModule(tokenizer, **options)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_blocks_labels_and_split(tokenizer, text_file):
+    dm = _datamodule(tokenizer, text_file)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape == (4, 32)
+    assert torch.equal(batch["labels"], batch["input_ids"])  # full blocks: nothing masked
+    assert batch["attention_mask"].all()
+    train, val = len(dm.datasets["train"]), len(dm.datasets["validation"])
+    assert train > 5 * val > 0
+
+
+def test_validation_split_and_shuffle_are_seeded(tokenizer, text_file):
+    first = _datamodule(tokenizer, text_file, seed=7)
+    again = _datamodule(tokenizer, text_file, seed=7)
+    other = _datamodule(tokenizer, text_file, seed=8)
+    assert first.datasets["validation"]["input_ids"] == again.datasets["validation"]["input_ids"]
+    assert first.datasets["validation"]["input_ids"] != other.datasets["validation"]["input_ids"]
+    order = [next(iter(dm.train_dataloader()))["input_ids"] for dm in (first, again)]
+    assert torch.equal(*order)
+
+
+def test_second_run_loads_tokenized_data_from_cache(tokenizer, text_file):
+    first = _datamodule(tokenizer, text_file, block_size=48)
+    files = {s: [f["filename"] for f in d.cache_files] for s, d in first.datasets.items()}
+    mtimes = {f: __import__("os").path.getmtime(f) for fs in files.values() for f in fs}
+    second = _datamodule(tokenizer, text_file, block_size=48)
+    assert {s: [f["filename"] for f in d.cache_files] for s, d in second.datasets.items()} == files
+    assert all(__import__("os").path.getmtime(f) == t for f, t in mtimes.items())
+
+
+def test_block_size_is_clamped_to_model_positions(tokenizer, text_file, caplog):
+    dm = _datamodule(tokenizer, text_file, block_size=100, max_positions=64)
+    assert dm.block_size == 64
+    assert "exceeds the model's 64 positions" in caplog.text
+
+
+def test_missing_text_column_lists_the_columns(tokenizer, text_file):
+    with pytest.raises(LitFtError, match=r"data.text_column='content'.*columns: text"):
+        _datamodule(tokenizer, text_file, text_column="content")
+
+
+def test_too_little_text_for_one_block(tokenizer, tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("\n".join(f"line {i}" for i in range(20)))
+    with pytest.raises(LitFtError, match="fewer than one block of data.block_size=4096"):
+        _datamodule(tokenizer, small, block_size=4096)
+
+
+def test_local_csv_and_jsonl(tokenizer, tmp_path, reference_text):
+    import json
+
+    paragraphs = [p for p in reference_text[:40_000].split("\n\n") if p.strip()]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"body": p}) for p in paragraphs))
+    dm = _datamodule(tokenizer, tmp_path / "d.jsonl", path="json", text_column="body")
+    assert len(dm.datasets["train"]) > 0
+    import csv
+
+    with open(tmp_path / "d.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["body"])
+        writer.writerows([p] for p in paragraphs)
+    dm = _datamodule(tokenizer, tmp_path / "d.csv", path="csv", text_column="body")
+    assert len(dm.datasets["validation"]) > 0
+
+
+def test_collator_masks_padding_not_eos():
+    eos = 0
+    batch = CausalLMCollator(pad_token_id=eos)([{"input_ids": [5, 6, eos]}, {"input_ids": [7]}])
+    assert batch["labels"].tolist() == [[5, 6, eos], [7, -100, -100]]  # real EOS keeps its label
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
