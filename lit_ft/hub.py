@@ -33,9 +33,13 @@ def offline_requested() -> bool:
     return any(flag.strip().upper() in {"1", "ON", "YES", "TRUE"} for flag in flags)
 
 
+def hub_endpoint():
+    return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+
+
 @cache
 def hub_reachable(timeout_s: float = 3.0) -> bool:
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    endpoint = hub_endpoint()
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:
         with socket.create_connection((endpoint.hostname, port), timeout=timeout_s):
@@ -66,17 +70,20 @@ def check_hub_sources(model_name: str, tokenizer_name: str, data_path: str, data
     remote_data = None if is_local_data(data_path) else data_path
     if not remote_models and remote_data is None:
         return
-    if offline_requested() or not hub_reachable():
-        use_offline_mode()
+    if offline_requested():
+        reason = "HF_HUB_OFFLINE is set"
+    elif not hub_reachable():
+        reason = f"the Hugging Face Hub ({hub_endpoint().geturl()}) is unreachable from here"
     else:
         return  # online: the real download path runs, with its own progress bars
+    use_offline_mode()
 
     missing = [f"model/tokenizer '{n}'" for n in remote_models if not _model_in_cache(n)]
     if remote_data is not None and not _dataset_in_cache(remote_data, data_name):
         label = f"{remote_data}" + (f" ({data_name})" if data_name else "")
         missing.append(f"dataset '{label}'")
     if missing:
-        raise HubUnavailableError(_offline_message(missing))
+        raise HubUnavailableError(_offline_message(missing, reason))
 
 
 def _model_in_cache(name: str) -> bool:
@@ -99,14 +106,9 @@ def _dataset_in_cache(path: str, name: str | None) -> bool:
         return False
 
 
-def _offline_message(missing: list[str]) -> str:
-    why = (
-        "HF_HUB_OFFLINE is set"
-        if offline_requested() and hub_reachable.cache_info().currsize == 0
-        else "the Hugging Face Hub is unreachable from this machine"
-    )
+def _offline_message(missing: list[str], reason: str) -> str:
     return (
-        f"cannot fetch {' and '.join(missing)}: {why}, and the local Hugging Face cache "
+        f"cannot fetch {' and '.join(missing)}: {reason}, and the local Hugging Face cache "
         "does not have it.\n"
         "What to do, any one of:\n"
         "  - point at local files: model.name_or_path=/path/to/model_dir and "

@@ -43,15 +43,19 @@ def load_config(spec: ModelSpec):
     """The model's `PretrainedConfig` with the spec's overrides applied."""
     from transformers import AutoConfig
 
-    if spec.model_type:
-        config = AutoConfig.for_model(spec.model_type, **(spec.config_overrides or {}))
-    else:
-        config = AutoConfig.from_pretrained(
-            spec.name_or_path,
-            revision=spec.revision,
-            trust_remote_code=spec.trust_remote_code,
-            **(spec.config_overrides or {}),
-        )
+    overrides = spec.config_overrides or {}
+    try:
+        if spec.model_type:
+            config = AutoConfig.for_model(spec.model_type, **overrides)
+        else:
+            config = AutoConfig.from_pretrained(
+                spec.name_or_path,
+                revision=spec.revision,
+                trust_remote_code=spec.trust_remote_code,
+                **overrides,
+            )
+    except (OSError, ValueError) as err:
+        raise LitFtError(f"model.name_or_path='{spec.name_or_path}': {err}") from err
     check_architecture(get_task(spec.task), config.model_type)
     return config
 
@@ -60,9 +64,12 @@ def load_tokenizer(spec: ModelSpec):
     """The tokenizer, with a pad token set when it has none (GPT-2 and most causal LMs)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        spec.tokenizer_name, revision=spec.revision, trust_remote_code=spec.trust_remote_code
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            spec.tokenizer_name, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise LitFtError(f"tokenizer '{spec.tokenizer_name}' cannot be loaded: {err}") from err
     if tokenizer.pad_token is None:
         # Padding is masked through the attention mask, never through pad_token_id, so
         # reusing EOS is safe: real EOS tokens keep their labels.
