@@ -68,6 +68,7 @@ class FineTuneDataModule(L.LightningDataModule):
         load_kwargs: Mapping[str, Any] | None = None,
         max_positions: int | None = None,
         seed: int = 42,
+        split_seed: int = 42,
     ):
         super().__init__()
         self.tokenizer = tokenizer
@@ -82,12 +83,17 @@ class FineTuneDataModule(L.LightningDataModule):
         self.overwrite_cache = overwrite_cache
         self.add_eos = add_eos
         self.load_kwargs = dict(load_kwargs or {})
-        self.seed = seed
+        self.seed = seed  # the training order
+        self.split_seed = split_seed  # which rows are held out; fixed apart from `seed` so a
+        # sweep over seeds compares validation losses on the same rows
         self.datasets: dict[str, Any] | None = None
 
     # -- Lightning hooks -------------------------------------------------------------------
     def prepare_data(self) -> None:
-        self._build()  # rank 0 does the slow part; other ranks then hit the cache in setup
+        # Rank 0 does the slow part; other ranks then hit the cache in setup. Lightning calls
+        # both again for every fit/validate, so the work happens once per process.
+        if self.datasets is None:
+            self._build()
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets is None:
@@ -152,7 +158,7 @@ class FineTuneDataModule(L.LightningDataModule):
                 f"(rows: {len(train)}) cannot make one; set a percentage in (0, 100) or give "
                 "data.data_files={train: ..., validation: ...}"
             )
-        parts = train.train_test_split(test_size=fraction, seed=self.seed, shuffle=True)
+        parts = train.train_test_split(test_size=fraction, seed=self.split_seed, shuffle=True)
         return {"train": parts["train"], "validation": parts["test"]}
 
     def _tokenize(self, dataset, split: str):
@@ -170,7 +176,7 @@ class FineTuneDataModule(L.LightningDataModule):
             remove_columns=dataset.column_names,
             load_from_cache_file=not self.overwrite_cache,
             new_fingerprint=_fingerprint(
-                dataset._fingerprint, tokenizer_fingerprint(tokenizer), column, add_eos
+                dataset._fingerprint, tokenizer_fingerprint(tokenizer), column, add_eos, eos
             ),
             desc=f"Tokenizing {split}",
         )

@@ -39,6 +39,8 @@ def hub_endpoint():
 
 @cache
 def hub_reachable(timeout_s: float = 3.0) -> bool:
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct connect proves nothing; let the libraries try
     endpoint = hub_endpoint()
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:

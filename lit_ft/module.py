@@ -40,7 +40,8 @@ class FineTuneModule(L.LightningModule):
         self.num_training_steps = num_training_steps
         # Token-weighted mean: exp(mean loss per token) is the corpus perplexity, which a
         # mean of per-batch perplexities is not.
-        self.val_loss = MeanMetric()
+        # nan_strategy="disable": a diverged batch makes val/loss NaN instead of being dropped.
+        self.val_loss = MeanMetric(nan_strategy="disable")
         self.last_train_loss: torch.Tensor | None = None
 
     def forward(self, **batch: torch.Tensor):

@@ -9,6 +9,7 @@ evaluate the starting model -> fit -> evaluate the best checkpoint -> export -> 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -52,8 +53,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("fit")
 
+    recorder = TrainingRecorder()
+    callbacks = [*_instantiate_all(cfg.callbacks), recorder]
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.logger) or False
+    )
+
+    # Each of N processes sees 1/N of the batches (DistributedSampler rounds up).
     num_steps = optimizer_steps(
-        batches_per_epoch=len(datamodule.train_dataloader()),
+        batches_per_epoch=math.ceil(len(datamodule.train_dataloader()) / trainer.world_size),
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         max_epochs=cfg.trainer.get("max_epochs"),
         max_steps=cfg.trainer.get("max_steps", -1),
@@ -66,18 +74,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         num_training_steps=num_steps,
         model=build_model(spec, hf_config),
     )
-
-    recorder = TrainingRecorder()
-    callbacks = [*_instantiate_all(cfg.callbacks), recorder]
-    trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.logger) or False
-    )
     _print_plan(cfg, datamodule, num_steps)
 
     before = _evaluate(trainer, module, datamodule) if cfg.evaluate_before else None
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    best = _best_checkpoint(trainer)
-    after = _evaluate(trainer, module, datamodule, ckpt_path=best)  # loads the best weights
+    after = _evaluate(trainer, module, datamodule)  # the weights training ended with
+    best = _better_checkpoint(trainer, after)
+    if best is not None:  # an earlier checkpoint beats the end: load and report that one
+        after = _evaluate(trainer, module, datamodule, ckpt_path=best)
 
     export_dir = None
     if cfg.export:
@@ -87,7 +91,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "metrics": {"before": before, "after": after, "train": recorder.summary()},
         "tokens_per_s": recorder.summary()["tokens_per_s"],
         "wall_time_s": round(time.perf_counter() - started, 2),
-        "best_checkpoint": best,
+        "best_checkpoint": best or _last_checkpoint(trainer),
         "last_checkpoint": _last_checkpoint(trainer),
         "export_dir": str(export_dir) if export_dir else None,
         "output_dir": str(output_dir),
@@ -120,9 +124,21 @@ def _evaluate(trainer, module, datamodule, ckpt_path: str | None = None) -> dict
     return {key: float(value) for key, value in metrics.items()}
 
 
-def _best_checkpoint(trainer) -> str | None:
+def _better_checkpoint(trainer, final: dict[str, float]) -> str | None:
+    """The best checkpoint if it beats the final weights on the monitored metric, else None.
+
+    Training that stops at max_steps between validations ends with weights no checkpoint
+    has scored, so "best" is decided against a fresh evaluation of the final weights.
+    """
     callback = trainer.checkpoint_callback
-    return (callback.best_model_path or None) if callback is not None else None
+    if callback is None or not callback.best_model_path or callback.best_model_score is None:
+        return None
+    best, end = float(callback.best_model_score), final.get(callback.monitor)
+    if end is None:
+        return callback.best_model_path
+    return (
+        callback.best_model_path if (best < end if callback.mode == "min" else best > end) else None
+    )
 
 
 def _last_checkpoint(trainer) -> str | None:
@@ -159,22 +175,30 @@ def _print_summary(results: dict[str, Any]) -> None:
 
 # -- command line ----------------------------------------------------------------------------
 @contextmanager
-def _user_errors_exit():
-    """A LitFtError is the user's to fix: print its message, no traceback, exit non-zero."""
+def _user_errors_exit(keep_going: bool = False):
+    """A LitFtError is the user's to fix: print its message, no traceback, exit non-zero.
+
+    In a multirun the error is re-raised instead, so Hydra marks this job failed and the
+    sweep's other jobs still run.
+    """
     try:
         yield
     except LitFtError as err:
         print(f"lit_ft: error: {err}", file=sys.stderr, flush=True)
+        if keep_going:
+            raise
         sys.exit(EXIT_USER_ERROR)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     # The job's own directory (per job in a multirun) is where everything of this run goes.
     cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
-    with _user_errors_exit():
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    with _user_errors_exit(keep_going=multirun):
         results = train(cfg)
     metric = results["metrics"]["after"].get(cfg.optimized_metric)
     return float(metric) if metric is not None else None

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# An empty HF home: a model or dataset in the user's own cache must not change any outcome.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="lit_ft_hf_home_")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

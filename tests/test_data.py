@@ -44,13 +44,21 @@ def test_blocks_labels_and_split(tokenizer, text_file):
 
 
 def test_validation_split_and_shuffle_are_seeded(tokenizer, text_file):
-    first = _datamodule(tokenizer, text_file, seed=7)
-    again = _datamodule(tokenizer, text_file, seed=7)
-    other = _datamodule(tokenizer, text_file, seed=8)
-    assert first.datasets["validation"]["input_ids"] == again.datasets["validation"]["input_ids"]
-    assert first.datasets["validation"]["input_ids"] != other.datasets["validation"]["input_ids"]
-    order = [next(iter(dm.train_dataloader()))["input_ids"] for dm in (first, again)]
-    assert torch.equal(*order)
+    first = _datamodule(tokenizer, text_file, seed=7, split_seed=1)
+    again = _datamodule(tokenizer, text_file, seed=7, split_seed=1)
+    other_seed = _datamodule(tokenizer, text_file, seed=8, split_seed=1)
+    other_split = _datamodule(tokenizer, text_file, seed=7, split_seed=2)
+
+    def val(dm):
+        return dm.datasets["validation"]["input_ids"]
+
+    def first_batch(dm):
+        return next(iter(dm.train_dataloader()))["input_ids"]
+
+    assert val(first) == val(again) == val(other_seed)  # `seed` does not move validation rows
+    assert val(first) != val(other_split)
+    assert torch.equal(first_batch(first), first_batch(again))
+    assert not torch.equal(first_batch(first), first_batch(other_seed))
 
 
 def test_second_run_loads_tokenized_data_from_cache(tokenizer, text_file):
