@@ -59,11 +59,14 @@ def text_file(tmp_path_factory, reference_text) -> Path:
     return path
 
 
-@pytest.fixture
-def tiny_overrides(tiny_tokenizer_dir, text_file, tmp_path) -> list[str]:
-    """Overrides for a 2-layer, 32-wide GPT-2 from a config on local text: trains in seconds."""
+def tiny_run_overrides(tokenizer_dir: Path, text_file: Path, output_dir: Path) -> list[str]:
+    """Overrides for a 2-layer, 32-wide GPT-2 from a config on local text: trains in seconds.
+
+    ~60K characters / ~3 per token = ~20K tokens = ~600 blocks of 32: one epoch is ~70 batches
+    of 8, so 30 steps stay inside the first epoch.
+    """
     return [
-        f"model.name_or_path={tiny_tokenizer_dir}",
+        f"model.name_or_path={tokenizer_dir}",
         "model.from_scratch=true",
         "model.model_type=gpt2",
         "model.config_overrides={n_layer: 2, n_head: 2, n_embd: 32, n_positions: 64, "
@@ -78,11 +81,16 @@ def tiny_overrides(tiny_tokenizer_dir, text_file, tmp_path) -> list[str]:
         "trainer.log_every_n_steps=5",
         "trainer.enable_progress_bar=false",
         "optimizer.lr=3e-3",
-        f"paths.output_dir={tmp_path / 'run'}",
+        f"paths.output_dir={output_dir}",
     ]
 
 
 @pytest.fixture
+def tiny_overrides(tiny_tokenizer_dir, text_file, tmp_path) -> list[str]:
+    return tiny_run_overrides(tiny_tokenizer_dir, text_file, tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
 def run_cli():
     """Run `python -m lit_ft.run ARGS` (or another module) in a subprocess."""
     import subprocess

@@ -65,6 +65,13 @@ def test_gpt2_wikitext_is_the_hub_job():
     assert compose(["experiment=gpt2_wikitext"]).model.name_or_path == "gpt2"
 
 
+def test_tuned_hyperparameters_follow_model_and_data():
+    assert compose().optimizer.lr == 2e-3  # tuned/tiny_gpt2_python_reference.yaml
+    assert compose(["model=gpt2", "data=wikitext"]).optimizer.lr == 5e-5  # HF Trainer's
+    assert compose(["model=gpt2"]).optimizer.lr == 5e-5  # no tuned file: plain defaults
+    assert compose(["optimizer.lr=1e-4"]).optimizer.lr == 1e-4  # the command line wins
+
+
 def test_unknown_override_key_fails():
     with pytest.raises(ConfigCompositionException, match="optimizer.learning_rate"):
         compose(["optimizer.learning_rate=1e-4"])

@@ -46,7 +46,9 @@ def build(out_dir: Path, overrides: list[str]) -> dict:
     shutil.rmtree(out_dir, ignore_errors=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / "pretraining_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    record = {k: results[k] for k in ("metrics", "tokens_per_s", "wall_time_s")}
+    record["command"] = " ".join(["python -m lit_ft.recipes.tiny_gpt2", *overrides])
+    (out_dir / "pretraining_results.json").write_text(json.dumps(record, indent=2) + "\n")
     return results
 
 
