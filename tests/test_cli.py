@@ -50,8 +50,8 @@ def test_run_trains_and_writes_complete_results(finished_run):
     assert any(r.get("train/loss") for r in rows) and any(r.get("val/ppl") for r in rows)
     # The linear schedule was sized from the real step count: it has decayed at the last step.
     lrs = [float(r["lr-AdamW/pg1"]) for r in rows if r.get("lr-AdamW/pg1")]
-    # logged at steps 4, 9, ..., 29; 2 warmup steps, then linear decay to 0 at step 30
-    assert max(lrs) == pytest.approx(3e-3 * 26 / 28) and lrs[-1] == pytest.approx(3e-3 / 28)
+    # logged at steps 4, 9, ..., 29 of a linear decay from 3e-3 that reaches 0 at step 30
+    assert max(lrs) == pytest.approx(3e-3 * 26 / 30) and lrs[-1] == pytest.approx(3e-3 / 30)
     assert (run_dir / "config.yaml").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
 
 
