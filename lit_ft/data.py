@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from lit_ft import corpora
 from lit_ft.errors import LitFtError
+from lit_ft.sampler import ResumableRandomSampler
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,16 @@ class FineTuneDataModule(L.LightningDataModule):
         self.split_seed = split_seed  # which rows are held out; fixed apart from `seed` so a
         # sweep over seeds compares validation losses on the same rows
         self.datasets: dict[str, Any] | None = None
+        self._sampler: ResumableRandomSampler | None = None
+        self._position = (0, 0)  # (epoch, training batches consumed in it)
+
+    @property
+    def train_sampler(self) -> ResumableRandomSampler:
+        """One sampler for the whole run, so a restored position survives new dataloaders."""
+        if self._sampler is None:
+            self.setup("fit")
+            self._sampler = ResumableRandomSampler(len(self.datasets["train"]), seed=self.seed)
+        return self._sampler
 
     # -- Lightning hooks -------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -100,11 +111,34 @@ class FineTuneDataModule(L.LightningDataModule):
             self._build()
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)  # same order for the same seed
-        return self._loader("train", self.batch_size, shuffle=True, generator=generator)
+        return self._loader("train", self.batch_size, sampler=self.train_sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", self.eval_batch_size, shuffle=False)
+        return self._loader("validation", self.eval_batch_size)
+
+    # -- exact resumption ------------------------------------------------------------------
+    # Lightning saves `state_dict()` in every checkpoint and calls `load_state_dict()` before
+    # the training loop creates its first iterator: the sampler then skips what was trained.
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            if self._position[0] != trainer.current_epoch:
+                self._position = (trainer.current_epoch, 0)
+            self._position = (self._position[0], self._position[1] + 1)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        epoch, batches = self._position
+        return {
+            "epoch": epoch,
+            "batches_done": batches,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._position = (state["epoch"], state["batches_done"])
+        self.train_sampler.resume(state["epoch"], state["batches_done"] * state["batch_size"])
 
     # -- building ----------------------------------------------------------------------------
     def _build(self) -> None:
@@ -207,13 +241,15 @@ class FineTuneDataModule(L.LightningDataModule):
             )
         return grouped.with_format("python")
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool, generator=None) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, sampler=None) -> DataLoader:
         assert self.datasets is not None, "call setup() first"
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=sampler,
+            # A private generator: without one, every new iterator draws its base seed from the
+            # global torch RNG, which would shift dropout masks after a resume.
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             collate_fn=CausalLMCollator(self.tokenizer.pad_token_id),
             persistent_workers=self.num_workers > 0,

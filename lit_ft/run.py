@@ -27,7 +27,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one fine-tuning job described by a composed config; return what results.json holds."""
     import lightning as L
 
-    from lit_ft.checkpoint import resolve_ckpt_path
+    from lit_ft.checkpoint import RngState, resolve_ckpt_path
     from lit_ft.data import FineTuneDataModule
     from lit_ft.export import export_pretrained
     from lit_ft.hub import check_hub_sources
@@ -54,7 +54,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
 
     recorder = TrainingRecorder()
-    callbacks = [*_instantiate_all(cfg.callbacks), recorder]
+    callbacks = [*_instantiate_all(cfg.callbacks), recorder, RngState()]
     trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.logger) or False
     )
@@ -130,7 +130,9 @@ def _better_checkpoint(trainer, final: dict[str, float]) -> str | None:
     Training that stops at max_steps between validations ends with weights no checkpoint
     has scored, so "best" is decided against a fresh evaluation of the final weights.
     """
-    callback = trainer.checkpoint_callback
+    # The checkpoint stream that tracks a validation metric (not the step-retention one).
+    monitored = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None) in final]
+    callback = monitored[0] if monitored else None
     if callback is None or not callback.best_model_path or callback.best_model_score is None:
         return None
     best, end = float(callback.best_model_score), final.get(callback.monitor)
@@ -142,8 +144,8 @@ def _better_checkpoint(trainer, final: dict[str, float]) -> str | None:
 
 
 def _last_checkpoint(trainer) -> str | None:
-    callback = trainer.checkpoint_callback
-    return (getattr(callback, "last_model_path", "") or None) if callback is not None else None
+    paths = [getattr(cb, "last_model_path", "") for cb in trainer.checkpoint_callbacks]
+    return next((p for p in paths if p), None)
 
 
 def _print_plan(cfg: DictConfig, datamodule, num_steps: int) -> None:

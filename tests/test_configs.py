@@ -51,7 +51,7 @@ def test_every_config_composes_and_instantiates(group, name, tmp_path):
 def test_hydra_run_dir_is_the_run_output_dir(tmp_path):
     cfg = compose([f"paths.output_dir={tmp_path}"])
     assert cfg.paths.checkpoint_dir == f"{tmp_path}/checkpoints"
-    assert cfg.callbacks.model_checkpoint.dirpath == f"{tmp_path}/checkpoints"
+    assert cfg.callbacks.resumable_checkpoint.dirpath == f"{tmp_path}/checkpoints"
 
 
 def test_default_config_is_valid():

@@ -1,0 +1,43 @@
+"""Callbacks that the resumption tests inject into CLI runs (`+callbacks.x={_target_: ...}`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+from lightning.pytorch import Callback
+
+
+class LossLog(Callback):
+    """Appends (global step, batch index, micro-batch loss) to a JSONL file as training goes."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        record = {
+            "epoch": trainer.current_epoch,
+            "batch": batch_idx,
+            "step": trainer.global_step,
+            "loss": float(pl_module.last_train_loss),
+            "first_ids": batch["input_ids"][:, 0].tolist(),
+        }
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class KillAt(Callback):
+    """SIGKILLs its own process at the first micro-batch where the optimizer has stepped
+    `step` times and `micro_batch` batches of the next window are done (no clean-up runs)."""
+
+    def __init__(self, step: int, micro_batch: int = 0, sig: str = "SIGKILL"):
+        self.step, self.micro_batch, self.sig = step, micro_batch, getattr(signal, sig)
+        self._count = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step < self.step:
+            return
+        if self._count == self.micro_batch:
+            os.kill(os.getpid(), self.sig)
+        self._count += 1
