@@ -2,41 +2,120 @@
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lit_ft.errors import LitFtError
 
 
 def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: str | Path) -> str | None:
-    """`None` starts fresh; `last` is the newest checkpoint of this run dir; else a file."""
+    """Which checkpoint `trainer.fit` resumes from.
+
+    - `None`: start fresh;
+    - `last`: the newest valid checkpoint of this run dir; an error if there is none;
+    - `auto`: the same, but start fresh (and say so) when there is none: for jobs that are
+      re-queued after preemption with the same command;
+    - a path: that file, which must load.
+    """
     if ckpt_path is None:
         return None
-    if ckpt_path == "last":
-        return str(newest_checkpoint(Path(checkpoint_dir)))
-    path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise LitFtError(f"ckpt_path='{ckpt_path}' is not a file")
-    return str(path)
-
-
-def newest_checkpoint(checkpoint_dir: Path) -> Path:
-    last = checkpoint_dir / "last.ckpt"
-    if last.is_file():
-        return last
-    found = sorted(checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
+    if ckpt_path in ("last", "auto"):
+        newest = newest_valid_checkpoint(Path(checkpoint_dir))
+        if newest is not None:
+            print(f"[lit_ft] resuming from {newest}", flush=True)
+            return str(newest)
+        if ckpt_path == "auto":
+            print(f"[lit_ft] ckpt_path=auto: no checkpoint in {checkpoint_dir}, starting fresh")
+            return None
         raise LitFtError(
             f"ckpt_path=last but {checkpoint_dir} holds no checkpoint. To resume a run, point "
             "paths.output_dir at that run's directory (e.g. paths.output_dir=outputs/runs/<date>); "
-            "to start fresh, drop ckpt_path"
+            "to start fresh, drop ckpt_path (or use ckpt_path=auto)"
         )
-    return found[-1]
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise LitFtError(f"ckpt_path='{ckpt_path}' is not a file")
+    problem = checkpoint_problem(path)
+    if problem:
+        raise LitFtError(f"ckpt_path='{ckpt_path}' cannot be resumed from: {problem}")
+    return str(path)
+
+
+def newest_valid_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The most recently written checkpoint that loads; broken ones are skipped with a warning."""
+    candidates = sorted(
+        checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    for path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        print(f"[lit_ft] warning: skipping {path}: {problem}", file=sys.stderr, flush=True)
+    return None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """None if `path` loads as a lit_ft checkpoint with weights_only=True, else what is wrong."""
+    try:
+        # mmap: only the index is read, so checking a multi-GB file is cheap.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # truncated zip, wrong format, disallowed pickle...
+        return f"it is truncated or not a checkpoint ({type(err).__name__}: {err})"
+    if "state_dict" not in checkpoint or "loops" not in checkpoint:
+        return "it holds no training state (state_dict/loops missing)"
+    return None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint writes that never leave a half-written file where a good one stood.
+
+    The file is written to a temporary name in the target directory, flushed and fsynced,
+    then renamed over the target (`os.replace` is atomic on POSIX). A crash mid-save leaves the
+    previous checkpoint intact and removes the temporary file. Loads use weights_only=True:
+    lit_ft checkpoints hold only plain containers and tensors.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        try:
+            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        except Exception as err:
+            raise LitFtError(f"checkpoint '{path}' cannot be loaded: {err}") from err
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (the directory entry), where the OS allows it."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class RngState(Callback):

@@ -159,8 +159,8 @@ def validate_config(cfg: DictConfig) -> None:
 
     ckpt = cfg.ckpt_path
     need(
-        ckpt in (None, "last") or Path(str(ckpt)).expanduser().is_file(),
-        f"ckpt_path='{ckpt}' is neither 'last' nor an existing checkpoint file",
+        ckpt in (None, "last", "auto") or Path(str(ckpt)).expanduser().is_file(),
+        f"ckpt_path='{ckpt}' is neither last, auto nor an existing checkpoint file",
     )
     need(isinstance(cfg.seed, int), f"seed must be an integer, got {cfg.seed!r}")
     if problems:

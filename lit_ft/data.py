@@ -137,8 +137,11 @@ class FineTuneDataModule(L.LightningDataModule):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._position = (state["epoch"], state["batches_done"])
-        self.train_sampler.resume(state["epoch"], state["batches_done"] * state["batch_size"])
+        epoch, done = state["epoch"], state["batches_done"]
+        if done * state["batch_size"] >= len(self.train_sampler):  # saved at the epoch's end
+            epoch, done = epoch + 1, 0
+        self._position = (epoch, done)
+        self.train_sampler.resume(epoch, done * state["batch_size"])
 
     # -- building ----------------------------------------------------------------------------
     def _build(self) -> None:

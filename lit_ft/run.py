@@ -27,13 +27,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one fine-tuning job described by a composed config; return what results.json holds."""
     import lightning as L
 
-    from lit_ft.checkpoint import RngState, resolve_ckpt_path
+    from lit_ft.checkpoint import AtomicCheckpointIO, RngState, resolve_ckpt_path
     from lit_ft.data import FineTuneDataModule
     from lit_ft.export import export_pretrained
     from lit_ft.hub import check_hub_sources
     from lit_ft.model import ModelSpec, build_model, load_config, load_tokenizer, max_positions
     from lit_ft.module import FineTuneModule
     from lit_ft.optim import optimizer_steps
+    from lit_ft.preemption import PreemptionCheckpoint
     from lit_ft.recorder import TrainingRecorder
 
     started = time.perf_counter()
@@ -54,9 +55,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
 
     recorder = TrainingRecorder()
-    callbacks = [*_instantiate_all(cfg.callbacks), recorder, RngState()]
+    # Always on, whatever callbacks/ says: what exact resumption and preemption rely on.
+    resumption = [RngState(), PreemptionCheckpoint(cfg.paths.checkpoint_dir)]
+    callbacks = [*_instantiate_all(cfg.callbacks), recorder, *resumption]
     trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=_instantiate_all(cfg.logger) or False
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=_instantiate_all(cfg.logger) or False,
+        plugins=[AtomicCheckpointIO()],
     )
 
     # Each of N processes sees 1/N of the batches (DistributedSampler rounds up).

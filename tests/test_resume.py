@@ -34,11 +34,13 @@ def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 CASES = {
-    # name: (extra overrides, kill at optimizer step, micro-batch into the next window)
-    "mid_epoch": ([], 22, 0),
-    "across_epoch_boundary": ([], 27, 0),  # resumes at step 24, epoch 0
-    "accumulation_off_boundary": (["trainer.accumulate_grad_batches=3"], 7, 1),
-    "warmup_schedule": (["scheduler=cosine", "scheduler.warmup_steps=10"], 13, 0),
+    # name: (extra overrides, kill at optimizer step, micro-batch into the next window, signal)
+    "mid_epoch": ([], 22, 0, "SIGKILL"),
+    "across_epoch_boundary": ([], 27, 0, "SIGKILL"),  # resumes at step 24 or 25, epoch 0
+    "accumulation_off_boundary": (["trainer.accumulate_grad_batches=3"], 7, 1, "SIGKILL"),
+    "warmup_schedule": (["scheduler=cosine", "scheduler.warmup_steps=10"], 13, 0, "SIGKILL"),
+    # SIGTERM mid-window: the run finishes the window, saves, exits 3; resuming is exact.
+    "sigterm_preemption": (["trainer.accumulate_grad_batches=2"], 6, 1, "SIGTERM"),
 }
 
 
@@ -46,7 +48,7 @@ CASES = {
 def test_killed_and_resumed_run_matches_uninterrupted(
     case, run_cli, tiny_tokenizer_dir, text_file, tmp_path
 ):
-    extra, kill_step, micro = CASES[case]
+    extra, kill_step, micro, sig = CASES[case]
     common = [
         "data.batch_size=32",  # 25 batches per epoch: 3 epochs cross two boundaries
         "trainer.max_epochs=3",
@@ -67,10 +69,15 @@ def test_killed_and_resumed_run_matches_uninterrupted(
 
     kill = (
         "+callbacks.kill={_target_: resume_helpers.KillAt, "
-        f"step: {kill_step}, micro_batch: {micro}}}"
+        f"step: {kill_step}, micro_batch: {micro}, sig: {sig}}}"
     )
     result = _run(run_cli, cut, tmp_path / "cut.jsonl", [kill])
-    assert result.returncode != 0  # killed
+    if sig == "SIGTERM":
+        assert result.returncode == 3, result.stderr[-3000:]
+        assert "SIGTERM received: saved" in result.stdout and "ckpt_path=last" in result.stdout
+        assert "Traceback" not in result.stderr
+    else:
+        assert result.returncode == -9
     result = _run(run_cli, cut, tmp_path / "resumed.jsonl", ["ckpt_path=last"])
     assert result.returncode == 0, result.stderr[-3000:]
 

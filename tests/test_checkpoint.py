@@ -1,0 +1,86 @@
+"""Checkpoint files: atomic writes, broken files, and choosing what to resume from."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from lit_ft.checkpoint import (
+    AtomicCheckpointIO,
+    capture_rng,
+    newest_valid_checkpoint,
+    resolve_ckpt_path,
+    restore_rng,
+)
+from lit_ft.errors import LitFtError
+
+
+def _checkpoint(step: int) -> dict:
+    return {"state_dict": {"w": torch.full((3,), float(step))}, "loops": {"step": step}}
+
+
+def _write(io, path, step):
+    io.save_checkpoint(_checkpoint(step), path)
+    time.sleep(0.01)  # distinct modification times
+
+
+def test_crash_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    last = tmp_path / "last.ckpt"
+    _write(io, last, 1)
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk vanished mid-save")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="mid-save"):
+        io.save_checkpoint(_checkpoint(2), last)
+    monkeypatch.undo()
+
+    assert io.load_checkpoint(last)["loops"]["step"] == 1  # the old file, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp litter
+
+
+def test_truncated_checkpoint_is_skipped_by_last_and_named_when_explicit(tmp_path, capsys):
+    io = AtomicCheckpointIO()
+    _write(io, tmp_path / "step000004.ckpt", 4)
+    _write(io, tmp_path / "last.ckpt", 8)
+    data = (tmp_path / "last.ckpt").read_bytes()
+    (tmp_path / "last.ckpt").write_bytes(data[: len(data) // 2])  # a crash outside lit_ft
+
+    assert newest_valid_checkpoint(tmp_path) == tmp_path / "step000004.ckpt"
+    warning = capsys.readouterr().err
+    assert "skipping" in warning and "last.ckpt" in warning
+    assert resolve_ckpt_path("last", tmp_path) == str(tmp_path / "step000004.ckpt")
+    with pytest.raises(LitFtError, match=r"last.ckpt' cannot be resumed from: it is truncated"):
+        resolve_ckpt_path(str(tmp_path / "last.ckpt"), tmp_path)
+    with pytest.raises(LitFtError, match="last.ckpt' cannot be loaded"):
+        io.load_checkpoint(tmp_path / "last.ckpt")
+
+
+def test_resume_modes(tmp_path, capsys):
+    assert resolve_ckpt_path(None, tmp_path) is None
+    assert resolve_ckpt_path("auto", tmp_path) is None
+    assert "starting fresh" in capsys.readouterr().out
+    with pytest.raises(LitFtError, match="holds no checkpoint"):
+        resolve_ckpt_path("last", tmp_path)
+    AtomicCheckpointIO().save_checkpoint(_checkpoint(3), tmp_path / "last.ckpt")
+    assert resolve_ckpt_path("auto", tmp_path) == str(tmp_path / "last.ckpt")
+
+
+def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = capture_rng()
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    torch.save({"rng": state}, tmp_path / "rng.pt")
+    restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    assert (random.random(), np.random.rand()) == expected[:2]
+    assert torch.equal(torch.rand(1), expected[2])
+    assert not any(name.startswith(".") for name in os.listdir(tmp_path))
