@@ -74,6 +74,43 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
+def check_same_data(ckpt_path: str | None, current: dict[str, Any], force: bool) -> None:
+    """Refuse to resume onto different data, tokenizer or sampler seed (unless forced).
+
+    The checkpoint's data position counts examples of *its* data; on other data it would skip
+    or repeat examples silently.
+    """
+    if ckpt_path is None:
+        return
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    saved = next(
+        (
+            v["fingerprint"]
+            for v in checkpoint.values()
+            if isinstance(v, dict) and "fingerprint" in v
+        ),
+        None,
+    )
+    if saved is None:
+        return  # not written by a lit_ft datamodule: nothing to compare
+    changed = [key for key in current if saved.get(key) != current[key]]
+    if not changed:
+        return
+    what = ", ".join(f"{key} ({saved.get(key)} -> {current[key]})" for key in changed)
+    if force:
+        print(
+            f"[lit_ft] warning: force_resume=true: resuming although {what} changed",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    raise LitFtError(
+        f"refusing to resume from {ckpt_path}: {what} changed since it was saved, so its data "
+        "position would skip or repeat examples. Resume with the original data, tokenizer and "
+        "seed, start fresh (drop ckpt_path), or set force_resume=true to resume anyway"
+    )
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoint writes that never leave a half-written file where a good one stood.
 

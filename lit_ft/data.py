@@ -133,7 +133,18 @@ class FineTuneDataModule(L.LightningDataModule):
             "epoch": epoch,
             "batches_done": batches,
             "batch_size": self.batch_size,
-            "seed": self.seed,
+            "fingerprint": self.fingerprint(),
+        }
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed run must share with its checkpoint for the data position to mean the
+        same examples: the processed training data (raw data, split, tokenization, blocks),
+        the tokenizer, and the sampler's seed."""
+        self.setup("fit")
+        return {
+            "train_data": self.datasets["train"]._fingerprint,
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            "sampler_seed": self.seed,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -121,3 +121,37 @@ def _offline_message(missing: list[str], reason: str) -> str:
         "  - run the offline default: `python -m lit_ft.run` (bundled tiny GPT-2, text from "
         "Python's own documentation)."
     )
+
+
+def check_push_to_hub(enabled: bool, repo_id: str | None) -> None:
+    """Before training: an upload that is asked for must be possible (token, repo id, network)."""
+    if not enabled:
+        return
+    from huggingface_hub import get_token
+
+    problems = []
+    if not repo_id:
+        problems.append("push_to_hub.repo_id is empty (e.g. push_to_hub.repo_id=me/my-model)")
+    if not get_token():
+        problems.append("no Hugging Face token: run `hf auth login` or set HF_TOKEN")
+    if offline_requested():
+        problems.append("HF_HUB_OFFLINE is set")
+    elif not hub_reachable():
+        problems.append(f"the Hub ({hub_endpoint().geturl()}) is unreachable from here")
+    if problems:
+        raise HubUnavailableError(
+            "push_to_hub.enabled=true but the upload cannot happen: "
+            + "; ".join(problems)
+            + ". Fix that, or drop push_to_hub.enabled (the export stays in the run dir, and "
+            "`hf upload <repo> <run dir>/hf_model` uploads it later)"
+        )
+
+
+def push_to_hub(folder, repo_id: str, private: bool = True, commit_message: str = "") -> str:
+    """Upload an export directory to a model repo (created if missing); return its URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+    return f"{hub_endpoint().geturl().rstrip('/')}/{repo_id}"

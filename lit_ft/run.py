@@ -27,10 +27,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one fine-tuning job described by a composed config; return what results.json holds."""
     import lightning as L
 
-    from lit_ft.checkpoint import AtomicCheckpointIO, RngState, resolve_ckpt_path
+    from lit_ft.checkpoint import (
+        AtomicCheckpointIO,
+        RngState,
+        check_same_data,
+        resolve_ckpt_path,
+    )
     from lit_ft.data import FineTuneDataModule
-    from lit_ft.export import export_pretrained
-    from lit_ft.hub import check_hub_sources
+    from lit_ft.export import export_checkpoint, export_pretrained
+    from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
     from lit_ft.model import ModelSpec, build_model, load_config, load_tokenizer, max_positions
     from lit_ft.module import FineTuneModule
     from lit_ft.optim import optimizer_steps
@@ -44,6 +49,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     spec = ModelSpec(**_plain(cfg.model))
     check_hub_sources(spec.name_or_path, spec.tokenizer_name, cfg.data.path, cfg.data.name)
+    hub_upload = _plain(cfg.push_to_hub)
+    check_push_to_hub(hub_upload["enabled"], hub_upload["repo_id"])  # now, not after training
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.checkpoint_dir)
 
     L.seed_everything(cfg.seed, workers=True)
@@ -53,6 +60,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     datamodule.prepare_data()
     datamodule.setup("fit")
+    check_same_data(ckpt_path, datamodule.fingerprint(), force=cfg.force_resume)
 
     recorder = TrainingRecorder()
     # Always on, whatever callbacks/ says: what exact resumption and preemption rely on.
@@ -89,9 +97,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if best is not None:  # an earlier checkpoint beats the end: load and report that one
         after = _evaluate(trainer, module, datamodule, ckpt_path=best)
 
-    export_dir = None
+    export_dir = last_export_dir = hub_url = None
     if cfg.export:
         export_dir = export_pretrained(module.model, tokenizer, output_dir / "hf_model")
+    if cfg.export_last and _last_checkpoint(trainer):
+        last_export_dir = export_checkpoint(_last_checkpoint(trainer), output_dir / "hf_model_last")
+    if hub_upload.pop("enabled") and export_dir is not None:
+        hub_url = push_to_hub(export_dir, **hub_upload)
 
     results = {
         "metrics": {"before": before, "after": after, "train": recorder.summary()},
@@ -100,6 +112,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": best or _last_checkpoint(trainer),
         "last_checkpoint": _last_checkpoint(trainer),
         "export_dir": str(export_dir) if export_dir else None,
+        "export_last_dir": str(last_export_dir) if last_export_dir else None,
+        "hub_url": hub_url,
         "output_dir": str(output_dir),
         "resumed_from": ckpt_path,
     }

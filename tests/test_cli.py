@@ -23,7 +23,7 @@ def run_overrides(tiny_tokenizer_dir, text_file, tmp_path_factory) -> list[str]:
 @pytest.fixture(scope="module")
 def finished_run(run_cli, run_overrides):
     """One 30-step run shared by the tests below (the resume test, last, extends it)."""
-    result = run_cli([*run_overrides, "trainer.val_check_interval=10"])
+    result = run_cli([*run_overrides, "trainer.val_check_interval=10", "export_last=true"])
     assert result.returncode == 0, result.stderr[-3000:]
     return Path(run_overrides[-1].split("=", 1)[1]), result
 
@@ -73,6 +73,15 @@ def test_export_loads_with_auto_classes_and_generates(finished_run):
         assert torch.equal(tensor, state[f"model.{name}"]), name
 
 
+def test_last_checkpoint_export_on_request(finished_run):
+    run_dir, _ = finished_run
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["export_last_dir"] == str(run_dir / "hf_model_last")
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "hf_model_last")
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(t, state[f"model.{n}"]) for n, t in model.state_dict().items())
+
+
 def test_export_cli_from_any_checkpoint(finished_run, run_cli, tmp_path):
     run_dir, _ = finished_run
     out = tmp_path / "exported"
@@ -92,7 +101,8 @@ def test_resume_from_last_continues_the_run(finished_run, run_cli, run_overrides
     result = run_cli([*run_overrides, "trainer.max_steps=40", "ckpt_path=last"])
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["resumed_from"].endswith("last.ckpt")
+    # the newest checkpoint: last.ckpt or the best one, both written at step 30
+    assert Path(results["resumed_from"]).parent == run_dir / "checkpoints"
     assert results["metrics"]["train"]["steps"] == 10  # only the remaining steps ran
     # The resumed part logs next to the first part's metrics, which stay intact.
     first, resumed = (run_dir / "logs" / v / "metrics.csv" for v in ("version_0", "version_1"))
@@ -100,6 +110,30 @@ def test_resume_from_last_continues_the_run(finished_run, run_cli, run_overrides
         assert max(int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")) < 30
     with open(resumed) as f:
         assert max(int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")) >= 34
+
+
+def test_early_stopping_stops_the_run(run_cli, tiny_overrides, tmp_path):
+    result = run_cli(
+        [
+            *tiny_overrides,
+            "callbacks=early_stopping",
+            "callbacks.early_stopping.patience=1",
+            "callbacks.early_stopping.min_delta=100",  # no improvement can count
+            "trainer.val_check_interval=5",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["metrics"]["train"]["steps"] == 10  # validations at 5 and 10, then stop
+
+
+def test_push_to_hub_is_refused_before_training(run_cli, tiny_overrides, tmp_path):
+    args = [*tiny_overrides, "push_to_hub.enabled=true", "push_to_hub.repo_id=me/tiny"]
+    result = run_cli(args, env={"HF_TOKEN": ""})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "push_to_hub.enabled=true but the upload cannot happen" in result.stderr
+    assert "no Hugging Face token" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
 
 
 def test_user_errors_exit_2_with_one_message(run_cli, tiny_overrides):

@@ -89,3 +89,30 @@ def test_killed_and_resumed_run_matches_uninterrupted(
     full_w, cut_w = _final_weights(full_dir), _final_weights(cut_dir)
     assert full_w.keys() == cut_w.keys()
     assert all(torch.equal(full_w[k], cut_w[k]) for k in full_w)
+
+
+def test_resume_onto_changed_data_is_refused(run_cli, tiny_tokenizer_dir, text_file, tmp_path):
+    run_dir = tmp_path / "run"
+    args = tiny_run_overrides(tiny_tokenizer_dir, text_file, run_dir) + [
+        "trainer.max_steps=8",
+        "callbacks.resumable_checkpoint.every_n_train_steps=4",
+        "evaluate_before=false",
+    ]
+    assert run_cli(args).returncode == 0
+
+    other = tmp_path / "other.txt"
+    other.write_text(text_file.read_text()[::-1])  # same size, different text
+    changed = [
+        a if not a.startswith("data.data_files=") else f"data.data_files={other}" for a in args
+    ]
+    result = run_cli([*changed, "trainer.max_steps=12", "ckpt_path=last"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "refusing to resume" in result.stderr and "train_data" in result.stderr
+    assert "force_resume=true" in result.stderr
+
+    result = run_cli([*args, "trainer.max_steps=12", "ckpt_path=last", "seed=7"])
+    assert result.returncode == 2 and "sampler_seed (42 -> 7)" in result.stderr
+
+    forced = run_cli([*changed, "trainer.max_steps=12", "ckpt_path=last", "force_resume=true"])
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert "force_resume=true: resuming although" in forced.stderr
