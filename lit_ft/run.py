@@ -12,6 +12,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_same_data(ckpt_path, datamodule.fingerprint(), force=cfg.force_resume)
 
     recorder = TrainingRecorder()
+    # Lightning warns that a mid-epoch resume repeats data unless the loader is stateful; ours
+    # resumes through the datamodule's state (lit_ft/sampler.py), so the warning is wrong here.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
     # Always on, whatever callbacks/ says: what exact resumption and preemption rely on.
     resumption = [RngState(), PreemptionCheckpoint(cfg.paths.checkpoint_dir)]
     callbacks = [*_instantiate_all(cfg.callbacks), recorder, *resumption]
