@@ -68,6 +68,8 @@ def validate_config(cfg: DictConfig) -> None:
     """Check the whole config before any long work starts; report every problem at once."""
     from transformers import SchedulerType
 
+    from lit_ft.corpora import CORPORA
+    from lit_ft.hub import LOCAL_DATA_BUILDERS
     from lit_ft.model import DTYPES
     from lit_ft.tasks import TASKS
 
@@ -104,7 +106,15 @@ def validate_config(cfg: DictConfig) -> None:
         isinstance(pct, int | float) and 0 <= pct < 100,
         f"data.validation_split_percentage must be in [0, 100), got {pct!r}",
     )
-    if data.path in ("text", "csv", "json", "parquet", "arrow"):
+    need(
+        data.corpus is None or data.corpus in CORPORA,
+        f"data.corpus='{data.corpus}' is unknown; available: {', '.join(CORPORA)}",
+    )
+    need(
+        data.corpus is None or isinstance(data.data_files, str),
+        "data.corpus writes one file: data.data_files must be a single path",
+    )
+    if data.path in LOCAL_DATA_BUILDERS:
         need(bool(data.data_files), f"data.path='{data.path}' needs data.data_files (local files)")
         if data.data_files and not data.corpus:
             for missing in _missing_files(data.data_files):

@@ -51,14 +51,10 @@ def _python_source() -> Iterator[str]:
         yield json.dumps({"path": str(path.relative_to(stdlib)), "text": text}) + "\n"
 
 
-CORPORA: dict[str, tuple[str, Callable[[], Iterator[str]]]] = {
-    "python_reference": ("python_reference.txt", _python_reference),
-    "python_source": ("python_source.jsonl", _python_source),
+CORPORA: dict[str, Callable[[], Iterator[str]]] = {
+    "python_reference": _python_reference,  # text, for data.path=text
+    "python_source": _python_source,  # JSON lines, for data.path=json
 }
-
-
-def corpus_file(name: str, directory: str | Path) -> Path:
-    return Path(directory).expanduser() / CORPORA[name][0]
 
 
 def materialize(name: str, target: str | Path) -> Path:
@@ -71,7 +67,7 @@ def materialize(name: str, target: str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as out:
-        for chunk in CORPORA[name][1]():
+        for chunk in CORPORA[name]():
             out.write(chunk)
     os.replace(tmp, target)  # atomic: a concurrent or interrupted run never sees half a file
     return target

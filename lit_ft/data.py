@@ -269,9 +269,6 @@ class FineTuneDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def tokens_per_batch(self) -> int:
-        return self.batch_size * self.block_size
-
 
 def clamp_block_size(block_size: int, max_positions: int | None) -> int:
     if max_positions is not None and block_size > max_positions:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -86,7 +85,3 @@ class FineTuneModule(L.LightningModule):
             "model_spec": self.spec.to_dict(),
             "hf_config": self.model.config.to_dict(),
         }
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else math.inf

@@ -90,6 +90,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
             "trainer.max_epochs=-1",
             "trainer.max_steps=-1",
             f"ckpt_path={tmp_path / 'missing.ckpt'}",
+            "data.corpus=shakespeare",
         ]
     )
     with pytest.raises(ConfigError) as info:
@@ -104,9 +105,10 @@ def test_every_problem_is_reported_at_once(tmp_path):
         "trainer.precision",
         "trainer.max_steps",
         "ckpt_path",
+        "data.corpus='shakespeare' is unknown",
     ):
         assert key in message
-    assert len(info.value.problems) == 8
+    assert len(info.value.problems) == 9
 
 
 def test_missing_data_file_is_named(tmp_path):
