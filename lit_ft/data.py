@@ -214,7 +214,9 @@ class FineTuneDataModule(L.LightningDataModule):
         add_eos = self.add_eos and eos is not None
 
         def tokenize(batch: dict[str, list]) -> dict[str, list]:
-            ids = tokenizer(batch[column], add_special_tokens=False)["input_ids"]
+            # verbose=False: documents longer than the model are expected, they are cut into
+            # blocks next, so the tokenizer's "sequence too long" warning would only mislead.
+            ids = tokenizer(batch[column], add_special_tokens=False, verbose=False)["input_ids"]
             return {"input_ids": [row + [eos] for row in ids] if add_eos else ids}
 
         return dataset.map(

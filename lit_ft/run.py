@@ -9,6 +9,7 @@ evaluate the starting model -> fit -> evaluate the best checkpoint -> export -> 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -223,6 +224,14 @@ def main(cfg: DictConfig) -> float | None:
 
     # The job's own directory (per job in a multirun) is where everything of this run goes.
     cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
+    # Lightning attaches its own console handlers when imported; without this every Lightning
+    # message prints twice, once in each format.
+    import lightning.pytorch  # noqa: F401  (import first, so there is something to remove)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True  # to Hydra's handlers: console and run.log
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     with _user_errors_exit(keep_going=multirun):
         results = train(cfg)
