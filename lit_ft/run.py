@@ -110,9 +110,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if hub_upload.pop("enabled") and export_dir is not None:
         hub_url = push_to_hub(export_dir, **hub_upload)
 
+    training = recorder.summary()
     results = {
-        "metrics": {"before": before, "after": after, "train": recorder.summary()},
-        "tokens_per_s": recorder.summary()["tokens_per_s"],
+        "metrics": {"before": before, "after": after, "train": training},
+        "tokens_per_s": training["tokens_per_s"],
         "wall_time_s": round(time.perf_counter() - started, 2),
         "best_checkpoint": best or _last_checkpoint(trainer),
         "last_checkpoint": _last_checkpoint(trainer),
