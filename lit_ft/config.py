@@ -60,6 +60,7 @@ PRECISIONS = {
     "bf16-true",
     "64",
     "64-true",
+    "auto",
     "transformer-engine",
 }
 

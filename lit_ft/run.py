@@ -41,6 +41,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lit_ft.model import ModelSpec, build_model, load_config, load_tokenizer, max_positions
     from lit_ft.module import FineTuneModule
     from lit_ft.optim import optimizer_steps
+    from lit_ft.precision import resolve_precision
     from lit_ft.preemption import PreemptionCheckpoint
     from lit_ft.recorder import TrainingRecorder
 
@@ -71,8 +72,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Always on, whatever callbacks/ says: what exact resumption and preemption rely on.
     resumption = [RngState(), PreemptionCheckpoint(cfg.paths.checkpoint_dir)]
     callbacks = [*_instantiate_all(cfg.callbacks), recorder, *resumption]
+    precision, why = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    print(f"[lit_ft] precision {precision} ({why})", flush=True)
     trainer = hydra.utils.instantiate(
         cfg.trainer,
+        precision=precision,
         callbacks=callbacks,
         logger=_instantiate_all(cfg.logger) or False,
         plugins=[AtomicCheckpointIO()],
@@ -93,7 +97,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         num_training_steps=num_steps,
         model=build_model(spec, hf_config),
     )
-    _print_plan(cfg, datamodule, num_steps)
+    _print_plan(cfg, datamodule, module, num_steps, trainer.world_size)
 
     before = _evaluate(trainer, module, datamodule) if cfg.evaluate_before else None
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -174,16 +178,26 @@ def _last_checkpoint(trainer) -> str | None:
     return next((p for p in paths if p), None)
 
 
-def _print_plan(cfg: DictConfig, datamodule, num_steps: int) -> None:
-    data, trainer = cfg.data, cfg.trainer
+def _print_plan(cfg: DictConfig, datamodule, module, num_steps: int, world_size: int) -> None:
+    """The pre-flight summary: what one step is, how many there are, what a checkpoint costs."""
+    block, batch = datamodule.block_size, cfg.data.batch_size
+    accumulate = cfg.trainer.accumulate_grad_batches
+    sequences = batch * accumulate * world_size  # e.g. 16 x 4 accumulation x 2 devices = 128
     train_blocks = len(datamodule.datasets["train"])
-    block = datamodule.block_size
-    per_step = data.batch_size * trainer.accumulate_grad_batches * block
+    warmup = 0
+    if cfg.scheduler:
+        warmup = cfg.scheduler.warmup_steps or math.ceil(cfg.scheduler.warmup_ratio * num_steps)
+    params = sum(p.numel() for p in module.model.parameters())
+    # fp32 weights + AdamW's two moments: 12 bytes per parameter (plus small loop state)
+    checkpoint_mb = params * 12 / 2**20
     print(
-        f"[lit_ft] {train_blocks:,} train / {len(datamodule.datasets['validation']):,} validation "
-        f"blocks of {block} tokens; {data.batch_size} x {trainer.accumulate_grad_batches} "
-        f"accumulation x {block} tokens = {per_step:,} tokens per optimizer step; "
-        f"{num_steps:,} optimizer steps; output: {cfg.paths.output_dir}",
+        f"[lit_ft] data: {train_blocks:,} train / {len(datamodule.datasets['validation']):,} "
+        f"validation blocks of {block} tokens ({train_blocks * block:,} tokens per epoch)\n"
+        f"[lit_ft] step: {batch} sequences x {accumulate} accumulation x {world_size} devices = "
+        f"{sequences} sequences = {sequences * block:,} tokens per optimizer step\n"
+        f"[lit_ft] schedule: {num_steps:,} optimizer steps, {warmup:,} warmup; "
+        f"{params / 1e6:.2f}M parameters; checkpoint ~{checkpoint_mb:,.0f} MB; "
+        f"output: {cfg.paths.output_dir}",
         flush=True,
     )
 

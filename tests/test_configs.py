@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from lit_ft.config import compose, config_dir, validate_config
 from lit_ft.errors import ConfigError
+from lit_ft.precision import resolve_precision
 
 CONF = config_dir()
 GROUP_FILES = sorted(
@@ -35,7 +36,10 @@ def test_every_config_composes_and_instantiates(group, name, tmp_path):
     cfg = compose(_overrides_for(group, name, tmp_path))
     OmegaConf.resolve(cfg)  # every interpolation resolves
 
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    precision, _ = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, precision=precision, logger=False, enable_checkpointing=False
+    )
     assert trainer.max_epochs == cfg.trainer.max_epochs
     for node in [*cfg.callbacks.values(), *cfg.logger.values()]:
         assert hydra.utils.instantiate(node) is not None
