@@ -90,6 +90,7 @@ class FineTuneDataModule(L.LightningDataModule):
         self.datasets: dict[str, Any] | None = None
         self._sampler: ResumableRandomSampler | None = None
         self._position = (0, 0)  # (epoch, training batches consumed in it)
+        self._fingerprint: dict[str, Any] | None = None
 
     @property
     def train_sampler(self) -> ResumableRandomSampler:
@@ -139,13 +140,15 @@ class FineTuneDataModule(L.LightningDataModule):
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed run must share with its checkpoint for the data position to mean the
         same examples: the processed training data (raw data, split, tokenization, blocks),
-        the tokenizer, and the sampler's seed."""
-        self.setup("fit")
-        return {
-            "train_data": self.datasets["train"]._fingerprint,
-            "tokenizer": tokenizer_fingerprint(self.tokenizer),
-            "sampler_seed": self.seed,
-        }
+        the tokenizer, and the sampler's seed. Computed once: every checkpoint stores it."""
+        if self._fingerprint is None:
+            self.setup("fit")
+            self._fingerprint = {
+                "train_data": self.datasets["train"]._fingerprint,
+                "tokenizer": self._tokenizer_hash,
+                "sampler_seed": self.seed,
+            }
+        return self._fingerprint
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         epoch, done = state["epoch"], state["batches_done"]
@@ -157,6 +160,8 @@ class FineTuneDataModule(L.LightningDataModule):
     # -- building ----------------------------------------------------------------------------
     def _build(self) -> None:
         raw = self._load_raw()
+        # Hashing the tokenizer serializes its whole vocabulary: do it once per build.
+        self._tokenizer_hash = tokenizer_fingerprint(self.tokenizer)
         blocks = {}
         for split, dataset in raw.items():
             tokens = self._tokenize(dataset, split)
@@ -226,7 +231,7 @@ class FineTuneDataModule(L.LightningDataModule):
             remove_columns=dataset.column_names,
             load_from_cache_file=not self.overwrite_cache,
             new_fingerprint=_fingerprint(
-                dataset._fingerprint, tokenizer_fingerprint(tokenizer), column, add_eos, eos
+                dataset._fingerprint, self._tokenizer_hash, column, add_eos, eos
             ),
             desc=f"Tokenizing {split}",
         )

@@ -9,6 +9,7 @@ host sync on a GPU.
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 import lightning as L
@@ -17,7 +18,11 @@ import torch
 
 class TrainingRecorder(L.Callback):
     def __init__(self) -> None:
-        self.losses: list[float] = []
+        # All results.json needs of the loss curve: its first step, its last ten, the count.
+        # Kept as device tensors (no per-step host sync); read once in summary().
+        self.steps = 0
+        self._first_loss: torch.Tensor | None = None
+        self._last_losses: deque[torch.Tensor] = deque(maxlen=10)
         self._tokens: torch.Tensor | int = 0
         self._pending_losses: list[torch.Tensor] = []
         self._started = self._val_started = None
@@ -37,7 +42,6 @@ class TrainingRecorder(L.Callback):
             self._val_seconds += time.perf_counter() - self._val_started
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._flush()
         self.train_seconds += time.perf_counter() - self._started - self._val_seconds
         self._started = None
 
@@ -50,13 +54,11 @@ class TrainingRecorder(L.Callback):
         if trainer.fit_loop._should_accumulate():
             return
         # One optimizer step: its loss is the mean over the accumulated micro-batches.
-        self.losses.append(torch.stack(self._pending_losses).mean())
+        loss = torch.stack(self._pending_losses).mean()
         self._pending_losses = []
-        if len(self.losses) % 50 == 0:
-            self._flush()
-
-    def _flush(self) -> None:
-        self.losses = [float(x) for x in self.losses]
+        self.steps += 1
+        self._first_loss = loss if self._first_loss is None else self._first_loss
+        self._last_losses.append(loss)
 
     # -- results ---------------------------------------------------------------------------
     @property
@@ -64,12 +66,11 @@ class TrainingRecorder(L.Callback):
         return int(self._tokens)
 
     def summary(self) -> dict[str, Any]:
-        self._flush()
         seconds = self.train_seconds
-        last = self.losses[-10:]
+        last = [float(x) for x in self._last_losses]
         return {
-            "steps": len(self.losses),
-            "loss_first_step": self.losses[0] if self.losses else None,
+            "steps": self.steps,
+            "loss_first_step": float(self._first_loss) if self._first_loss is not None else None,
             "loss_last_10_steps": sum(last) / len(last) if last else None,
             "tokens": self.tokens,
             "train_seconds": round(seconds, 3),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -13,25 +14,15 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _python(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
     # --no-isolation: build with the hatchling already installed, no download
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "build",
-            "--wheel",
-            "--no-isolation",
-            "--outdir",
-            str(out),
-            str(REPO),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    _python("-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(REPO), check=True)
     (wheel,) = out.glob("lit_ft-*.whl")
     return wheel
 
@@ -45,31 +36,25 @@ def test_wheel_carries_configs_and_the_bundled_model(wheel):
 
 def test_installed_wheel_runs_from_another_directory(wheel, tmp_path, run_cli, tiny_overrides):
     site = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--target",
-            str(site),
-            str(wheel),
-        ],
+    _python(
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--target",
+        str(site),
+        str(wheel),
         check=True,
-        capture_output=True,
-        text=True,
     )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {"PYTHONPATH": str(site)}  # ahead of any editable install of the source tree
-    where = subprocess.run(
-        [sys.executable, "-c", "import lit_ft.config as c; print(c.config_dir())"],
+    where = _python(
+        "-c",
+        "import lit_ft.config as c; print(c.config_dir())",
         cwd=elsewhere,
-        env={**__import__("os").environ, **env},
-        capture_output=True,
-        text=True,
+        env={**os.environ, **env},
     )
     assert where.stdout.strip() == str(site / "lit_ft" / "conf")
 
