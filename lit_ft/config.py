@@ -90,16 +90,19 @@ def validate_config(cfg: DictConfig) -> None:
     need(
         bool(model.name_or_path), "model.name_or_path is empty: give a Hub id or a local directory"
     )
+    task = TASKS.get(cfg.task.name)
     need(
-        model.task in TASKS, f"model.task='{model.task}' is unknown; available: {', '.join(TASKS)}"
+        task is not None,
+        f"task.name='{cfg.task.name}' is unknown; available: {', '.join(TASKS)}",
     )
+    for key in task.columns if task else ():
+        need(bool(data.get(key)), f"task '{task.name}' reads data.{key}, which is empty")
     need(
         model.dtype in DTYPES,
         f"model.dtype='{model.dtype}' is unknown; use one of {', '.join(DTYPES)}",
     )
 
     need(bool(data.path), "data.path is empty: give a Hub dataset name or text/csv/json/parquet")
-    need(bool(data.text_column), "data.text_column is empty")
     positive_int("data.block_size", data.block_size)
     positive_int("data.batch_size", data.batch_size)
     pct = data.validation_split_percentage

@@ -1,16 +1,16 @@
-"""The LightningDataModule: load -> split -> tokenize -> blocks -> dataloaders.
+"""The LightningDataModule: load -> split -> task preprocessing -> dataloaders.
 
 Sources are anything `datasets.load_dataset` takes: a Hub name (`wikitext`) or a local builder
-(`text`, `csv`, `json`, `parquet`) with `data_files`. Tokenization and grouping run as batched
-`map` calls with explicit fingerprints, so a second run with the same data, tokenizer and block
-size loads the processed Arrow files from the `datasets` cache instead of recomputing them.
+(`text`, `csv`, `json`, `parquet`) with `data_files`. What rows become (blocks of tokens,
+labelled sequences, prompt/response pairs) is the task's business (`lit_ft.tasks`); its
+batched `map` calls carry explicit fingerprints, so a second run with the same data, tokenizer
+and options loads the processed Arrow files from the `datasets` cache.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -21,68 +21,43 @@ from torch.utils.data import DataLoader
 from lit_ft import corpora
 from lit_ft.errors import LitFtError
 from lit_ft.sampler import ResumableRandomSampler
+from lit_ft.tasks import Task, TaskContext
 
 log = logging.getLogger(__name__)
 
 DataFiles = str | Sequence[str] | Mapping[str, str | Sequence[str]] | None
 
 
-class CausalLMCollator:
-    """Stack blocks into a batch; labels copy input_ids, masked (-100) where attention is 0.
-
-    Masking from the attention mask rather than `pad_token_id` matters for GPT-2, whose pad
-    token is EOS: real end-of-text tokens keep their labels.
-    """
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        longest = max(len(e["input_ids"]) for e in examples)
-        input_ids = torch.full((len(examples), longest), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
-        for row, example in enumerate(examples):
-            ids = torch.as_tensor(example["input_ids"], dtype=torch.long)
-            input_ids[row, : len(ids)] = ids
-            attention_mask[row, : len(ids)] = 1
-        labels = input_ids.masked_fill(attention_mask == 0, -100)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
 class FineTuneDataModule(L.LightningDataModule):
     def __init__(
         self,
         tokenizer,
+        task: Task,
         path: str,
         name: str | None = None,
         data_files: DataFiles = None,
         corpus: str | None = None,
-        text_column: str = "text",
         validation_split_percentage: float = 5.0,
-        block_size: int = 1024,
+        test_split: str | None = "test",
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         preprocessing_num_workers: int | None = None,
         overwrite_cache: bool = False,
-        add_eos: bool = False,
         load_kwargs: Mapping[str, Any] | None = None,
-        max_positions: int | None = None,
         seed: int = 42,
         split_seed: int = 42,
     ):
         super().__init__()
-        self.tokenizer = tokenizer
+        self.tokenizer, self.task = tokenizer, task
         self.path, self.name, self.data_files, self.corpus = path, name, data_files, corpus
-        self.text_column = text_column
         self.validation_split_percentage = validation_split_percentage
-        self.block_size = clamp_block_size(block_size, max_positions)
+        self.test_split = test_split  # evaluated and predicted after training, when labelled
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.preprocessing_num_workers = preprocessing_num_workers
         self.overwrite_cache = overwrite_cache
-        self.add_eos = add_eos
         self.load_kwargs = dict(load_kwargs or {})
         self.seed = seed  # the training order
         self.split_seed = split_seed  # which rows are held out; fixed apart from `seed` so a
@@ -116,6 +91,17 @@ class FineTuneDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_split, self.eval_batch_size)
+
+    @property
+    def predict_split(self) -> str:
+        """Predictions are written for the test split when there is a labelled one."""
+        return "test" if "test" in self.datasets else "validation"
 
     # -- exact resumption ------------------------------------------------------------------
     # Lightning saves `state_dict()` in every checkpoint and calls `load_state_dict()` before
@@ -160,13 +146,22 @@ class FineTuneDataModule(L.LightningDataModule):
     # -- building ----------------------------------------------------------------------------
     def _build(self) -> None:
         raw = self._load_raw()
+        self.task.fit_labels(raw, self._source)
         # Hashing the tokenizer serializes its whole vocabulary: do it once per build.
         self._tokenizer_hash = tokenizer_fingerprint(self.tokenizer)
-        blocks = {}
+        context = TaskContext(
+            tokenizer_hash=self._tokenizer_hash,
+            num_proc=self.preprocessing_num_workers,
+            load_from_cache=not self.overwrite_cache,
+        )
+        processed = {}
         for split, dataset in raw.items():
-            tokens = self._tokenize(dataset, split)
-            blocks[split] = self._group(tokens, split)
-        self.datasets = blocks
+            processed[split] = self.task.preprocess(dataset, split, context).with_format("python")
+        self.datasets = processed
+
+    @property
+    def _source(self) -> str:
+        return f"data.path='{self.path}'" + (f" ({self.name})" if self.name else "")
 
     def _load_raw(self) -> dict[str, Any]:
         import datasets
@@ -186,81 +181,38 @@ class FineTuneDataModule(L.LightningDataModule):
             raise LitFtError(message) from err
         splits = {name: loaded[name] for name in loaded}
         if "train" not in splits:
-            raise LitFtError(
-                f"data.path='{self.path}' has no 'train' split; splits: {', '.join(splits)}"
-            )
-        self._check_text_column(splits["train"])
+            raise LitFtError(f"{self._source} has no 'train' split; splits: {', '.join(splits)}")
+        self.task.check_columns(splits["train"], self._source)
         if "validation" not in splits:
             splits.update(self._split_validation(splits["train"]))
-        return {"train": splits["train"], "validation": splits["validation"]}
+        chosen = {"train": splits["train"], "validation": splits["validation"]}
+        test = splits.get(self.test_split) if self.test_split else None
+        if test is not None and self._labelled(test):
+            chosen["test"] = test
+        return chosen
 
-    def _check_text_column(self, dataset) -> None:
-        if self.text_column not in dataset.column_names:
-            raise LitFtError(
-                f"data.text_column='{self.text_column}' is not a column of data.path="
-                f"'{self.path}'; columns: {', '.join(dataset.column_names)}"
-            )
+    def _labelled(self, dataset) -> bool:
+        """A test split is scored only when it has the task's columns and real labels (GLUE's
+        test labels are all -1)."""
+        try:
+            self.task.check_columns(dataset, self._source)
+        except LitFtError:
+            return False
+        label = self.task.column.get("label_column")
+        return label is None or any(v not in (-1, None) for v in dataset[label][:1000])
 
     def _split_validation(self, train) -> dict[str, Any]:
-        """Hold out `validation_split_percentage` of the rows, chosen with the run's seed."""
+        """Hold out `validation_split_percentage` of the rows, chosen with `split_seed`."""
         fraction = self.validation_split_percentage / 100
         if fraction <= 0 or len(train) < 2:
             raise LitFtError(
-                f"data.path='{self.path}' has no validation split and "
+                f"{self._source} has no validation split and "
                 f"data.validation_split_percentage={self.validation_split_percentage} "
                 f"(rows: {len(train)}) cannot make one; set a percentage in (0, 100) or give "
                 "data.data_files={train: ..., validation: ...}"
             )
         parts = train.train_test_split(test_size=fraction, seed=self.split_seed, shuffle=True)
         return {"train": parts["train"], "validation": parts["test"]}
-
-    def _tokenize(self, dataset, split: str):
-        tokenizer, column, eos = self.tokenizer, self.text_column, self.tokenizer.eos_token_id
-        add_eos = self.add_eos and eos is not None
-
-        def tokenize(batch: dict[str, list]) -> dict[str, list]:
-            # verbose=False: documents longer than the model are expected, they are cut into
-            # blocks next, so the tokenizer's "sequence too long" warning would only mislead.
-            ids = tokenizer(batch[column], add_special_tokens=False, verbose=False)["input_ids"]
-            return {"input_ids": [row + [eos] for row in ids] if add_eos else ids}
-
-        return dataset.map(
-            tokenize,
-            batched=True,
-            num_proc=self.preprocessing_num_workers,
-            remove_columns=dataset.column_names,
-            load_from_cache_file=not self.overwrite_cache,
-            new_fingerprint=_fingerprint(
-                dataset._fingerprint, self._tokenizer_hash, column, add_eos, eos
-            ),
-            desc=f"Tokenizing {split}",
-        )
-
-    def _group(self, dataset, split: str):
-        """Concatenate all token ids and cut them into `block_size` blocks (remainder dropped)."""
-        block_size = self.block_size
-
-        def group(batch: dict[str, list]) -> dict[str, list]:
-            ids = list(chain.from_iterable(batch["input_ids"]))
-            usable = len(ids) // block_size * block_size
-            return {"input_ids": [ids[i : i + block_size] for i in range(0, usable, block_size)]}
-
-        grouped = dataset.map(
-            group,
-            batched=True,
-            batch_size=1000,
-            num_proc=self.preprocessing_num_workers,
-            load_from_cache_file=not self.overwrite_cache,
-            new_fingerprint=_fingerprint(dataset._fingerprint, "group", block_size),
-            desc=f"Grouping {split} into blocks of {block_size}",
-        )
-        if len(grouped) == 0:
-            tokens = sum(len(ids) for ids in dataset["input_ids"])
-            raise LitFtError(
-                f"the {split} split of data.path='{self.path}' has {tokens} tokens, fewer than "
-                f"one block of data.block_size={block_size}; lower data.block_size or add text"
-            )
-        return grouped.with_format("python")
 
     def _loader(self, split: str, batch_size: int, sampler=None) -> DataLoader:
         assert self.datasets is not None, "call setup() first"
@@ -272,7 +224,7 @@ class FineTuneDataModule(L.LightningDataModule):
             # global torch RNG, which would shift dropout masks after a resume.
             generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
-            collate_fn=CausalLMCollator(self.tokenizer.pad_token_id),
+            collate_fn=self.task.collate(),
             persistent_workers=self.num_workers > 0,
         )
 
@@ -295,12 +247,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
     return Hasher.hash(backend.to_str() if backend is not None else tokenizer)
-
-
-def _fingerprint(*parts: Any) -> str:
-    from datasets.fingerprint import Hasher
-
-    return Hasher.hash([str(p) for p in parts])
 
 
 def _expand(data_files: DataFiles) -> DataFiles:

@@ -1,4 +1,5 @@
-"""The LightningModule: an Auto-resolved Hugging Face model with AdamW and a warmup schedule."""
+"""The LightningModule: an Auto-resolved Hugging Face model, AdamW with a warmup schedule, and
+the task's evaluation metrics (`lit_ft.metrics`) for validation and test."""
 
 from __future__ import annotations
 
@@ -7,17 +8,18 @@ from typing import Any
 
 import lightning as L
 import torch
-from torchmetrics import MeanMetric
 
 from lit_ft.model import ModelSpec, build_model
 from lit_ft.optim import weight_decay_groups
+from lit_ft.tasks import Task
+from lit_ft.tasks.base import model_inputs
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 
 
 class FineTuneModule(L.LightningModule):
-    """Wraps `AutoModelFor<task>`; logs train loss, validation loss and perplexity.
+    """Wraps `AutoModelFor<task>`; logs the training loss and the task's evaluation metrics.
 
     `optimizer` and `scheduler` are partials (Hydra `_partial_: true`): the module supplies
     the parameter groups and the number of optimizer steps that sizes the schedule.
@@ -29,44 +31,56 @@ class FineTuneModule(L.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None,
         num_training_steps: int,
+        task: Task,
         model=None,
     ):
         super().__init__()
         self.spec = spec
+        self.task = task
         self.model = model if model is not None else build_model(spec)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.num_training_steps = num_training_steps
-        # Token-weighted mean: exp(mean loss per token) is the corpus perplexity, which a
-        # mean of per-batch perplexities is not.
-        # nan_strategy="disable": a diverged batch makes val/loss NaN instead of being dropped.
-        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.evaluator = task.evaluator()  # a Module: its metric states follow the device
         self.last_train_loss: torch.Tensor | None = None
 
     def forward(self, **batch: torch.Tensor):
-        return self.model(**batch)
+        return self.model(**model_inputs(batch))
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
+        loss = self(**batch).loss
         self.last_train_loss = loss.detach()
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
+    # -- evaluation: the same evaluator for validation and test, logged with the stage -----
+    # Reset at the start of each loop, inside the loop's own grad context: trainer.validate()
+    # runs under inference mode and validation during fit may not, and a metric state created
+    # in one cannot be updated in place in the other.
     def on_validation_epoch_start(self) -> None:
-        # Reset here, inside the loop's own grad context: trainer.validate() runs under
-        # inference mode and validation during fit may not, and a metric state created in one
-        # cannot be updated in place in the other.
-        self.val_loss.reset()
+        self.evaluator.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss = self.model(**batch).loss
-        # Causal LMs predict token t+1 from tokens <= t: the first token of each row is no target.
-        targets = (batch["labels"][:, 1:] != -100).sum()
-        self.val_loss.update(loss, weight=targets)
+        self.evaluator.update(batch, self(**batch), self.model)
 
     def on_validation_epoch_end(self) -> None:
-        loss = self.val_loss.compute()
-        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss)}, prog_bar=True)
+        self._log_evaluation("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.evaluator.reset()
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.evaluator.update(batch, self(**batch), self.model)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
+
+    def _log_evaluation(self, stage: str) -> None:
+        metrics = self.evaluator.compute()
+        self.log_dict({f"{stage}/{name}": value for name, value in metrics.items()}, prog_bar=True)
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, Any]]:
+        return self.task.predict(self.model, batch)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(weight_decay_groups(self.model))

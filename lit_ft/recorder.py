@@ -47,7 +47,9 @@ class TrainingRecorder(L.Callback):
 
     # -- counting --------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._tokens = self._tokens + batch["attention_mask"].sum()
+        # Packed batches carry no attention mask (see lit_ft/tasks/sft.py), only a count mask.
+        real = batch["attention_mask"] if "attention_mask" in batch else batch["_real_tokens"]
+        self._tokens = self._tokens + real.sum()
         # The module keeps the unscaled micro-batch loss; Lightning's `outputs` hold it divided
         # by the accumulation factor.
         self._pending_losses.append(pl_module.last_train_loss)

@@ -35,7 +35,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_same_data,
         resolve_ckpt_path,
     )
-    from lit_ft.data import FineTuneDataModule
+    from lit_ft.data import FineTuneDataModule, clamp_block_size
     from lit_ft.export import export_checkpoint, export_pretrained
     from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
     from lit_ft.model import ModelSpec, build_model, load_config, load_tokenizer, max_positions
@@ -44,13 +44,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lit_ft.precision import resolve_precision
     from lit_ft.preemption import PreemptionCheckpoint
     from lit_ft.recorder import TrainingRecorder
+    from lit_ft.tasks import COLUMN_KEYS, build_task
 
     started = time.perf_counter()
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    spec = ModelSpec(**_plain(cfg.model))
+    spec = ModelSpec(task=cfg.task.name, **_plain(cfg.model))
     check_hub_sources(spec.name_or_path, spec.tokenizer_name, cfg.data.path, cfg.data.name)
     hub_upload = _plain(cfg.push_to_hub)
     check_push_to_hub(hub_upload["enabled"], hub_upload["repo_id"])  # now, not after training
@@ -58,11 +59,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     L.seed_everything(cfg.seed, workers=True)
     tokenizer, hf_config = load_tokenizer(spec), load_config(spec)
-    datamodule = FineTuneDataModule(
-        tokenizer, max_positions=max_positions(hf_config), seed=cfg.seed, **_plain(cfg.data)
+    data_options, task_options = _plain(cfg.data), _plain(cfg.task)
+    task = build_task(
+        task_options.pop("name"),
+        tokenizer,
+        columns={key: data_options.pop(key) for key in COLUMN_KEYS},
+        max_length=clamp_block_size(data_options.pop("block_size"), max_positions(hf_config)),
+        add_eos=data_options.pop("add_eos"),
+        **task_options,
     )
+    datamodule = FineTuneDataModule(tokenizer, task, seed=cfg.seed, **data_options)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    task.configure_model(hf_config)  # labels found in the data: num_labels, id2label
     check_same_data(ckpt_path, datamodule.fingerprint(), force=cfg.force_resume)
 
     recorder = TrainingRecorder()
@@ -95,6 +104,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.scheduler else None,
         num_training_steps=num_steps,
+        task=task,
         model=build_model(spec, hf_config),
     )
     _print_plan(cfg, datamodule, module, num_steps, trainer.world_size)
@@ -106,6 +116,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if best is not None:  # an earlier checkpoint beats the end: load and report that one
         after = _evaluate(trainer, module, datamodule, ckpt_path=best)
 
+    test = _test(trainer, module, datamodule) if "test" in datamodule.datasets else None
+    predictions = (
+        _write_predictions(trainer, module, datamodule, output_dir) if cfg.predict else None
+    )
+
     export_dir = last_export_dir = hub_url = None
     if cfg.export:
         export_dir = export_pretrained(module.model, tokenizer, output_dir / "hf_model")
@@ -116,13 +131,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     training = recorder.summary()
     results = {
-        "metrics": {"before": before, "after": after, "train": training},
+        "task": task.name,
+        "metrics": {"before": before, "after": after, "test": test, "train": training},
         "tokens_per_s": training["tokens_per_s"],
         "wall_time_s": round(time.perf_counter() - started, 2),
         "best_checkpoint": best or _last_checkpoint(trainer),
         "last_checkpoint": _last_checkpoint(trainer),
         "export_dir": str(export_dir) if export_dir else None,
         "export_last_dir": str(last_export_dir) if last_export_dir else None,
+        "predictions": str(predictions) if predictions else None,
         "hub_url": hub_url,
         "output_dir": str(output_dir),
         "resumed_from": ckpt_path,
@@ -154,6 +171,24 @@ def _evaluate(trainer, module, datamodule, ckpt_path: str | None = None) -> dict
     return {key: float(value) for key, value in metrics.items()}
 
 
+def _test(trainer, module, datamodule) -> dict[str, float]:
+    (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    return {key: float(value) for key, value in metrics.items()}
+
+
+def _write_predictions(trainer, module, datamodule, output_dir: Path) -> Path | None:
+    """predictions.jsonl: input, prediction and label for each row of the test split (or of
+    validation when there is no labelled test split). Tasks with nothing to predict skip it."""
+    if not module.task.predicts:
+        return None
+    batches = trainer.predict(module, datamodule=datamodule)
+    path = output_dir / "predictions.jsonl"
+    with open(path, "w", encoding="utf-8") as out:
+        for row in (row for batch in batches for row in batch):
+            out.write(json.dumps({"split": datamodule.predict_split, **row}) + "\n")
+    return path
+
+
 def _better_checkpoint(trainer, final: dict[str, float]) -> str | None:
     """The best checkpoint if it beats the final weights on the monitored metric, else None.
 
@@ -180,10 +215,11 @@ def _last_checkpoint(trainer) -> str | None:
 
 def _print_plan(cfg: DictConfig, datamodule, module, num_steps: int, world_size: int) -> None:
     """The pre-flight summary: what one step is, how many there are, what a checkpoint costs."""
-    block, batch = datamodule.block_size, cfg.data.batch_size
+    length, batch = module.task.max_length, cfg.data.batch_size
     accumulate = cfg.trainer.accumulate_grad_batches
     sequences = batch * accumulate * world_size  # e.g. 16 x 4 accumulation x 2 devices = 128
-    train_blocks = len(datamodule.datasets["train"])
+    train, validation = datamodule.datasets["train"], datamodule.datasets["validation"]
+    tokens = _token_count(train)
     warmup = 0
     if cfg.scheduler:
         warmup = cfg.scheduler.warmup_steps or math.ceil(cfg.scheduler.warmup_ratio * num_steps)
@@ -191,10 +227,10 @@ def _print_plan(cfg: DictConfig, datamodule, module, num_steps: int, world_size:
     # fp32 weights + AdamW's two moments: 12 bytes per parameter (plus small loop state)
     checkpoint_mb = params * 12 / 2**20
     print(
-        f"[lit_ft] data: {train_blocks:,} train / {len(datamodule.datasets['validation']):,} "
-        f"validation blocks of {block} tokens ({train_blocks * block:,} tokens per epoch)\n"
+        f"[lit_ft] task {module.task.name}: {len(train):,} train / {len(validation):,} "
+        f"validation sequences of up to {length} tokens ({tokens:,} tokens per epoch)\n"
         f"[lit_ft] step: {batch} sequences x {accumulate} accumulation x {world_size} devices = "
-        f"{sequences} sequences = {sequences * block:,} tokens per optimizer step\n"
+        f"{sequences} sequences = up to {sequences * length:,} tokens per optimizer step\n"
         f"[lit_ft] schedule: {num_steps:,} optimizer steps, {warmup:,} warmup; "
         f"{params / 1e6:.2f}M parameters; checkpoint ~{checkpoint_mb:,.0f} MB; "
         f"output: {cfg.paths.output_dir}",
@@ -202,13 +238,26 @@ def _print_plan(cfg: DictConfig, datamodule, module, num_steps: int, world_size:
     )
 
 
+def _token_count(dataset) -> int:
+    """Tokens in a processed split, read from the Arrow column without building Python lists."""
+    import pyarrow.compute as pc
+
+    column = dataset.data.column("input_ids")
+    return int(pc.sum(pc.list_value_length(column)).as_py() or 0)
+
+
+# The number the end-of-run line leads with, per kind of task.
+HEADLINE_METRICS = ("val/ppl", "val/accuracy", "val/f1", "val/rougeL", "val/loss")
+
+
 def _print_summary(results: dict[str, Any]) -> None:
     before, after = results["metrics"]["before"], results["metrics"]["after"]
-    ppl = f"validation perplexity {after['val/ppl']:.2f}"
-    if before:
-        ppl = f"validation perplexity {before['val/ppl']:.2f} -> {after['val/ppl']:.2f}"
+    name = next(key for key in HEADLINE_METRICS if key in after)
+    headline = f"{name} {after[name]:.4g}"
+    if before and name in before:
+        headline = f"{name} {before[name]:.4g} -> {after[name]:.4g}"
     print(
-        f"[lit_ft] done in {results['wall_time_s']:.1f}s: {ppl}; "
+        f"[lit_ft] done in {results['wall_time_s']:.1f}s: {headline}; "
         f"{results['tokens_per_s']} tokens/s; model: {results['export_dir']}; "
         f"results: {results['output_dir']}/results.json",
         flush=True,

@@ -6,8 +6,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from lit_ft.data import CausalLMCollator, FineTuneDataModule
+from lit_ft.data import FineTuneDataModule, clamp_block_size
 from lit_ft.errors import LitFtError
+from lit_ft.tasks import build_task
+from lit_ft.tasks.causal_lm import CausalLMCollator
 
 
 @pytest.fixture
@@ -17,17 +19,19 @@ def tokenizer(tiny_tokenizer_dir):
     return tok
 
 
-def _datamodule(tokenizer, text_file, **kwargs) -> FineTuneDataModule:
+def _datamodule(
+    tokenizer, text_file, block_size=32, text_column="text", **kwargs
+) -> FineTuneDataModule:
+    task = build_task("causal-lm", tokenizer, {"text_column": text_column}, block_size)
     options = dict(
         path="text",
         data_files=str(text_file),
-        block_size=32,
         batch_size=4,
         validation_split_percentage=10,
         seed=7,
     )
     options.update(kwargs)
-    dm = FineTuneDataModule(tokenizer, **options)
+    dm = FineTuneDataModule(tokenizer, task, **options)
     dm.prepare_data()
     dm.setup("fit")
     return dm
@@ -70,9 +74,9 @@ def test_second_run_loads_tokenized_data_from_cache(tokenizer, text_file):
     assert all(__import__("os").path.getmtime(f) == t for f, t in mtimes.items())
 
 
-def test_block_size_is_clamped_to_model_positions(tokenizer, text_file, caplog):
-    dm = _datamodule(tokenizer, text_file, block_size=100, max_positions=64)
-    assert dm.block_size == 64
+def test_block_size_is_clamped_to_model_positions(caplog):
+    assert clamp_block_size(100, 64) == 64
+    assert clamp_block_size(32, 64) == 32 and clamp_block_size(4096, None) == 4096
     assert "exceeds the model's 64 positions" in caplog.text
 
 

@@ -1,0 +1,85 @@
+"""The task table: the one place where a fine-tuning task plugs in.
+
+A task is a class (one file each in this package) that knows four things:
+
+- the Auto class that puts the right head on `config.model_type` (`auto_class`);
+- which data columns it reads (`columns`: keys of the data config such as `label_column`);
+- how raw rows become model inputs (`preprocess`) and how those become batches (`collate`);
+- what to measure on held-out data (`evaluator`) and what to write as predictions (`predict`).
+
+`python -m lit_ft.run task=<name>` picks one; its options live in `conf/task/<name>.yaml`.
+"""
+
+from __future__ import annotations
+
+from lit_ft.errors import LitFtError
+from lit_ft.tasks.base import Task, TaskContext
+from lit_ft.tasks.causal_lm import CausalLMTask
+from lit_ft.tasks.masked_lm import MaskedLMTask
+from lit_ft.tasks.seq2seq import Seq2SeqTask
+from lit_ft.tasks.sequence_classification import SequenceClassificationTask
+from lit_ft.tasks.sft import InstructionTask
+from lit_ft.tasks.token_classification import TokenClassificationTask
+
+TASKS: dict[str, type[Task]] = {
+    task.name: task
+    for task in (
+        CausalLMTask,
+        InstructionTask,
+        SequenceClassificationTask,
+        TokenClassificationTask,
+        Seq2SeqTask,
+        MaskedLMTask,
+    )
+}
+
+# Every data-config key that names a column, whichever task reads it.
+COLUMN_KEYS: tuple[str, ...] = tuple(
+    dict.fromkeys(key for task in TASKS.values() for key in (*task.columns, *task.optional_columns))
+)
+
+__all__ = [
+    "COLUMN_KEYS",
+    "TASKS",
+    "Task",
+    "TaskContext",
+    "build_task",
+    "check_architecture",
+    "get_task",
+]
+
+
+def build_task(
+    name: str,
+    tokenizer,
+    columns: dict[str, str | None],
+    max_length: int,
+    add_eos: bool = False,
+    **options,
+) -> Task:
+    """The task `name` with its options (conf/task/<name>.yaml) and the data's column names."""
+    task = get_task(name)(tokenizer, columns, max_length, **options)
+    task.add_eos = add_eos and tokenizer.eos_token_id is not None
+    return task
+
+
+def get_task(name: str) -> type[Task]:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise LitFtError(f"unknown task '{name}'; available: {', '.join(TASKS)}") from None
+
+
+def supported_model_types(task: type[Task]) -> list[str]:
+    """Model types (`config.model_type`) that the task's Auto class can build."""
+    return sorted(task.model_class()._model_mapping._model_mapping)
+
+
+def check_architecture(task: type[Task], model_type: str) -> None:
+    """Refuse a model whose architecture has no head for the task, before any weights load."""
+    supported = supported_model_types(task)
+    if model_type not in supported:
+        raise LitFtError(
+            f"model type '{model_type}' has no {task.auto_class} head, so it cannot do task "
+            f"'{task.name}'; model types that can: {', '.join(supported)}"
+        )

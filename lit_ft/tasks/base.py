@@ -1,0 +1,118 @@
+"""What every task provides, and the shared plumbing: column checks and cached `map` calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from lit_ft.errors import LitFtError
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """How the datamodule runs preprocessing: processes, cache use, and what the cache keys on."""
+
+    tokenizer_hash: str
+    num_proc: int | None = None
+    load_from_cache: bool = True
+
+
+class Task:
+    """One fine-tuning task. Subclasses set the class attributes and the methods marked so."""
+
+    name: ClassVar[str]
+    auto_class: ClassVar[str]  # attribute of `transformers`, resolved lazily (fast import)
+    description: ClassVar[str]
+    columns: ClassVar[tuple[str, ...]] = ()  # data-config keys that must name a column
+    optional_columns: ClassVar[tuple[str, ...]] = ()  # ...that may be null
+    predicts: ClassVar[bool] = False  # writes predictions.jsonl (classification, seq2seq)
+
+    def __init__(self, tokenizer, columns: Mapping[str, str | None], max_length: int):
+        self.tokenizer = tokenizer
+        self.column = {key: columns.get(key) for key in (*self.columns, *self.optional_columns)}
+        self.max_length = max_length
+        self.add_eos = False  # end each text with EOS (text-block tasks); set by build_task
+
+    @classmethod
+    def model_class(cls):
+        import transformers
+
+        return getattr(transformers, cls.auto_class)
+
+    # -- data ------------------------------------------------------------------------------
+    def check_columns(self, dataset, source: str) -> None:
+        """Every column the task reads exists; the error lists the ones that do."""
+        available = dataset.column_names
+        for key, column in self.column.items():
+            if column is None and key in self.optional_columns:
+                continue
+            if column not in available:
+                raise LitFtError(
+                    f"data.{key}='{column}' is not a column of {source} (task '{self.name}'); "
+                    f"columns: {', '.join(available)}"
+                )
+
+    def fit_labels(self, splits: Mapping[str, Any], source: str) -> None:
+        """Learn the label set from the raw splits (classification tasks)."""
+
+    def configure_model(self, hf_config) -> None:
+        """Write what the task knows into the model config (e.g. num_labels, id2label)."""
+
+    def preprocess(self, dataset, split: str, context: TaskContext):
+        """Raw rows -> model-ready rows (lists of token ids). Implemented by each task."""
+        raise NotImplementedError
+
+    def collate(self) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
+        """The function that pads a list of processed rows into a batch."""
+        raise NotImplementedError
+
+    # -- evaluation ------------------------------------------------------------------------
+    def evaluator(self):
+        """A `lit_ft.metrics.Evaluator` for validation and test."""
+        raise NotImplementedError
+
+    def predict(self, model, batch: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+        """Rows for predictions.jsonl: input, prediction and label, readable."""
+        return []
+
+    # -- plumbing --------------------------------------------------------------------------
+    def options(self) -> dict[str, Any]:
+        """Everything besides the raw data that decides the processed rows (the cache key)."""
+        return {"columns": self.column, "max_length": self.max_length}
+
+    def cached_map(self, dataset, function, split: str, context: TaskContext, step: str, **kw):
+        """`dataset.map` with a fingerprint from the inputs that matter, so a second run with
+        the same data, tokenizer and options loads the processed Arrow files from the cache."""
+        from datasets.fingerprint import Hasher
+
+        key = [dataset._fingerprint, self.name, step, context.tokenizer_hash, self.options()]
+        return dataset.map(
+            function,
+            batched=True,
+            num_proc=context.num_proc,
+            load_from_cache_file=context.load_from_cache,
+            new_fingerprint=Hasher.hash(repr(key)),
+            desc=f"{step} {split}",
+            **kw,
+        )
+
+
+def pad_rows(rows: list[list[int]], value: int, length: int | None = None) -> torch.Tensor:
+    """Right-pad lists of ints into one (batch, longest) tensor."""
+    longest = length or max(len(r) for r in rows)
+    out = torch.full((len(rows), longest), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out
+
+
+def attention_mask(rows: list[list[int]]) -> torch.Tensor:
+    return pad_rows([[1] * len(r) for r in rows], 0)
+
+
+def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch minus bookkeeping entries (names starting with '_') the model must not see."""
+    return {k: v for k, v in batch.items() if not k.startswith("_")}

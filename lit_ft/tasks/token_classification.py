@@ -1,0 +1,103 @@
+"""token-classification: one tag per word (NER, POS), words pre-split in a `tokens` column.
+
+A word may become several word pieces; only its first piece carries the word's tag, the rest
+get -100 (ignored by the loss and the metrics), so every word is scored exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lit_ft.errors import LitFtError
+from lit_ft.tasks.base import Task, TaskContext, attention_mask, pad_rows
+from lit_ft.tasks.sequence_classification import fit_label_map
+
+
+class TokenClassificationTask(Task):
+    name = "token-classification"
+    auto_class = "AutoModelForTokenClassification"
+    description = "one tag per word, e.g. named entities (IOB tags)"
+    predicts = True
+    columns = ("tokens_column", "tags_column")
+
+    def __init__(self, tokenizer, columns, max_length: int):
+        if not getattr(tokenizer, "is_fast", False):
+            raise LitFtError(
+                "task 'token-classification' needs a fast tokenizer (word_ids() aligns tags to "
+                "word pieces); this model's tokenizer is a slow one"
+            )
+        super().__init__(tokenizer, columns, max_length)
+        self.labels: list[str] = []
+        self.label2id: dict[Any, int] = {}
+
+    def fit_labels(self, splits, source: str) -> None:
+        self.labels, self.label2id = fit_label_map(splits, self.column["tags_column"], source)
+
+    def configure_model(self, hf_config) -> None:
+        hf_config.num_labels = len(self.labels)
+        hf_config.id2label = dict(enumerate(self.labels))
+        hf_config.label2id = {name: i for i, name in enumerate(self.labels)}
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "labels": self.labels}
+
+    def preprocess(self, dataset, split: str, context: TaskContext):
+        return self.cached_map(
+            dataset, self._encode, split, context, "Tokenizing", remove_columns=dataset.column_names
+        )
+
+    def _encode(self, batch: dict[str, list]) -> dict[str, list]:
+        encoded = self.tokenizer(
+            batch[self.column["tokens_column"]],
+            is_split_into_words=True,
+            truncation=True,
+            max_length=self.max_length,
+        )
+        labels = []
+        for row, tags in enumerate(batch[self.column["tags_column"]]):
+            previous, aligned = None, []
+            for word in encoded.word_ids(row):
+                first_piece = word is not None and word != previous
+                aligned.append(self.label2id[tags[word]] if first_piece else -100)
+                previous = word
+            labels.append(aligned)
+        return {"input_ids": encoded["input_ids"], "labels": labels}
+
+    def collate(self):
+        pad = self.tokenizer.pad_token_id
+
+        def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+            ids = [r["input_ids"] for r in rows]
+            return {
+                "input_ids": pad_rows(ids, pad),
+                "attention_mask": attention_mask(ids),
+                "labels": pad_rows([r["labels"] for r in rows], -100),
+            }
+
+        return collate
+
+    def evaluator(self):
+        from lit_ft.metrics import EntityEvaluator
+
+        return EntityEvaluator(dict(enumerate(self.labels)))
+
+    def predict(self, model, batch) -> list[dict[str, Any]]:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        rows = []
+        for ids, pred, gold in zip(
+            batch["input_ids"].tolist(),
+            logits.argmax(-1).tolist(),
+            batch["labels"].tolist(),
+            strict=True,
+        ):
+            first = [i for i, g in enumerate(gold) if g != -100]  # one position per word
+            rows.append(
+                {
+                    "input": self.tokenizer.decode(ids, skip_special_tokens=True),
+                    "prediction": [self.labels[pred[i]] for i in first],
+                    "label": [self.labels[gold[i]] for i in first],
+                }
+            )
+        return rows
