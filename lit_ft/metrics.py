@@ -121,6 +121,9 @@ class EntityEvaluator(Evaluator):
         self.predicted_entities.update(predicted)
         self.gold_entities.update(gold)
 
+    def _tags(self, ids: list[int], scored: list[bool]) -> list[str]:
+        return [self.id2label[i] for i, keep in zip(ids, scored, strict=True) if keep]
+
     def compute(self) -> dict[str, torch.Tensor]:
         correct = self.correct_entities.compute()
         precision = correct / self.predicted_entities.compute().clamp(min=1)
