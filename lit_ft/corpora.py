@@ -8,6 +8,12 @@ machine without a download. Python itself ships two very different bodies of it:
 - `python_reference`: the language reference and help topics in `pydoc_data.topics`
   (English technical prose, ~465K characters); the default run fine-tunes on this,
   a new domain for a code model, so the perplexity drop means something.
+- `python_docstrings`: the docstrings of the standard library's functions and classes, one
+  JSON row each, with labels that their authors wrote without knowing it: the package a
+  docstring belongs to (topic classification), its first paragraph as a summary of the rest
+  (seq2seq, instruction tuning), and which of its words name the function's own parameters or
+  are marked up as ``code`` (token classification).
+  `python_docstring_topics` keeps the rows of six packages with distinct subjects.
 
 Nothing is committed to the repo: each corpus is generated into the cache directory the
 first time it is asked for, and reused afterwards.
@@ -15,8 +21,10 @@ first time it is asked for, and reused afterwards.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import sysconfig
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,23 +45,105 @@ def _python_reference() -> Iterator[str]:
         yield topics[name].strip() + "\n\n"
 
 
-def _python_source() -> Iterator[str]:
-    """One JSON line per standard-library module: {"path": ..., "text": ...}."""
+def _stdlib_files() -> Iterator[tuple[Path, str]]:
+    """(path relative to the stdlib, source) of every standard-library module."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     skipped = {"site-packages", "dist-packages", "test", "tests", "idle_test", "pydoc_data"}
     for path in sorted(stdlib.rglob("*.py")):
-        if skipped.intersection(path.relative_to(stdlib).parts):
+        relative = path.relative_to(stdlib)
+        if skipped.intersection(relative.parts):
             continue
         try:
-            text = path.read_text(encoding="utf-8")
+            yield relative, path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
-        yield json.dumps({"path": str(path.relative_to(stdlib)), "text": text}) + "\n"
+
+
+def _python_source() -> Iterator[str]:
+    """One JSON line per standard-library module: {"path": ..., "text": ...}."""
+    for relative, text in _stdlib_files():
+        yield json.dumps({"path": str(relative), "text": text}) + "\n"
+
+
+def docstring_rows(min_paragraphs: int = 2) -> Iterator[dict]:
+    """One row per documented function or class whose docstring has `min_paragraphs` or more
+    paragraphs (the first one is the summary)."""
+    for relative, text in _stdlib_files():
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            continue
+        module = ".".join(relative.with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                continue
+            doc = ast.get_docstring(node)
+            paragraphs = [" ".join(p.split()) for p in (doc or "").split("\n\n") if p.strip()]
+            if len(paragraphs) < max(min_paragraphs, 1):
+                continue
+            summary, description = paragraphs[0], " ".join(paragraphs[1:])[:2000]
+            words, tags = tag_words(f"{summary} {description}".split()[:96], _parameters(node))
+            yield {
+                "package": relative.parts[0].removesuffix(".py"),
+                "module": module,
+                "name": node.name,
+                "signature": _signature(node),
+                "summary": summary,
+                "description": description,
+                "words": words,
+                "tags": tags,
+            }
+
+
+def _parameters(node) -> set[str]:
+    if isinstance(node, ast.ClassDef):
+        return set()
+    args = node.args
+    every = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
+    return {a.arg for a in every if a is not None and a.arg not in ("self", "cls")}
+
+
+def _signature(node) -> str:
+    return "" if isinstance(node, ast.ClassDef) else f"({ast.unparse(node.args)})"
+
+
+def tag_words(words: list[str], parameters: set[str]) -> tuple[list[str], list[str]]:
+    """IOB tags: CODE for words inside ``double backquotes`` (reST inline literals), ARG for a
+    word that is one of the function's parameter names; O otherwise."""
+    tags, in_code = [], False
+    for word in words:
+        opens = word.startswith("``")
+        if in_code or opens:
+            tags.append("I-CODE" if in_code else "B-CODE")
+            # A literal closes on a word ending in `` (possibly followed by punctuation).
+            in_code = not re.search(r"``\W*$", word[2:] if opens else word)
+        elif re.sub(r"^\W+|\W+$", "", word) in parameters:
+            tags.append("B-ARG")
+        else:
+            tags.append("O")
+    return words, tags
+
+
+# Six packages whose docstrings talk about clearly different things.
+TOPIC_PACKAGES = ("asyncio", "email", "logging", "multiprocessing", "unittest", "xml")
+
+
+def _python_docstrings() -> Iterator[str]:
+    for row in docstring_rows():
+        yield json.dumps(row) + "\n"
+
+
+def _python_docstring_topics() -> Iterator[str]:
+    for row in docstring_rows(min_paragraphs=1):
+        if row["package"] in TOPIC_PACKAGES:
+            yield json.dumps(row) + "\n"
 
 
 CORPORA: dict[str, Callable[[], Iterator[str]]] = {
     "python_reference": _python_reference,  # text, for data.path=text
     "python_source": _python_source,  # JSON lines, for data.path=json
+    "python_docstrings": _python_docstrings,  # JSON lines, for data.path=json
+    "python_docstring_topics": _python_docstring_topics,  # JSON lines, for data.path=json
 }
 
 

@@ -24,8 +24,9 @@ def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    if model.generation_config is not None and tokenizer.pad_token_id is not None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    generation_config = getattr(model, "generation_config", None)  # generative models only
+    if generation_config is not None and tokenizer.pad_token_id is not None:
+        generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     previous = out_dir.with_name(f".{out_dir.name}.previous")

@@ -38,6 +38,9 @@ class FineTuneModule(L.LightningModule):
         self.spec = spec
         self.task = task
         self.model = model if model is not None else build_model(spec)
+        # from_pretrained returns the model in eval mode, and Lightning (>= 2.2) keeps each
+        # submodule's mode: without this, dropout would be off for the whole fine-tune.
+        self.model.train()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.num_training_steps = num_training_steps

