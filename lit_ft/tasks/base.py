@@ -45,14 +45,18 @@ class Task:
     # -- data ------------------------------------------------------------------------------
     def check_columns(self, dataset, source: str) -> None:
         """Every column the task reads exists; the error lists the ones that do."""
+        used = [
+            k for k, v in self.column.items() if v is not None or k not in self.optional_columns
+        ]
+        self.require_columns(dataset, source, used)
+
+    def require_columns(self, dataset, source: str, keys) -> None:
         available = dataset.column_names
-        for key, column in self.column.items():
-            if column is None and key in self.optional_columns:
-                continue
-            if column not in available:
+        for key in keys:
+            if self.column[key] not in available:
                 raise LitFtError(
-                    f"data.{key}='{column}' is not a column of {source} (task '{self.name}'); "
-                    f"columns: {', '.join(available)}"
+                    f"data.{key}='{self.column[key]}' is not a column of {source} "
+                    f"(task '{self.name}'); columns: {', '.join(available)}"
                 )
 
     def fit_labels(self, splits: Mapping[str, Any], source: str) -> None:

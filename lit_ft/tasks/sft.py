@@ -67,7 +67,12 @@ class InstructionTask(Task):
                     f"task.prompt_template uses {', '.join(sorted(missing))}, not columns of "
                     f"{source}; columns: {', '.join(dataset.column_names)}"
                 )
-        super().check_columns(dataset, source)
+        if self.column["messages_column"]:  # a chat replaces the prompt/response columns
+            ignored = ("prompt_column", "response_column")
+        else:
+            ignored = ("prompt_column",) if self.prompt_template else ()
+        used = [k for k, v in self.column.items() if k not in ignored and v is not None]
+        self.require_columns(dataset, source, used)
 
     # -- rows -> (prompt ids, response ids) -------------------------------------------------
     def preprocess(self, dataset, split: str, context: TaskContext):
