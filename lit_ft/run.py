@@ -247,15 +247,22 @@ def _token_count(dataset) -> int:
 
 
 # The number the end-of-run line leads with, per kind of task.
-HEADLINE_METRICS = ("val/ppl", "val/accuracy", "val/f1", "val/rougeL", "val/loss")
+HEADLINE_METRICS = {
+    "val/ppl": "validation perplexity",
+    "val/accuracy": "validation accuracy",
+    "val/f1": "validation entity F1",
+    "val/rougeL": "validation ROUGE-L",
+    "val/loss": "validation loss",
+}
 
 
 def _print_summary(results: dict[str, Any]) -> None:
     before, after = results["metrics"]["before"], results["metrics"]["after"]
     name = next(key for key in HEADLINE_METRICS if key in after)
-    headline = f"{name} {after[name]:.4g}"
+    digits = 2 if name == "val/ppl" else 4
+    headline = f"{HEADLINE_METRICS[name]} {after[name]:.{digits}f}"
     if before and name in before:
-        headline = f"{name} {before[name]:.4g} -> {after[name]:.4g}"
+        headline = f"{HEADLINE_METRICS[name]} {before[name]:.{digits}f} -> {after[name]:.{digits}f}"
     print(
         f"[lit_ft] done in {results['wall_time_s']:.1f}s: {headline}; "
         f"{results['tokens_per_s']} tokens/s; model: {results['export_dir']}; "
