@@ -132,6 +132,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     training = recorder.summary()
     results = {
         "task": task.name,
+        "headline_metric": task.headline,
         "metrics": {"before": before, "after": after, "test": test, "train": training},
         "tokens_per_s": training["tokens_per_s"],
         "wall_time_s": round(time.perf_counter() - started, 2),
@@ -246,8 +247,8 @@ def _token_count(dataset) -> int:
     return int(pc.sum(pc.list_value_length(column)).as_py() or 0)
 
 
-# The number the end-of-run line leads with, per kind of task.
-HEADLINE_METRICS = {
+# How the end-of-run line names each task's headline metric (Task.headline).
+HEADLINE_NAMES = {
     "val/ppl": "validation perplexity",
     "val/accuracy": "validation accuracy",
     "val/f1": "validation entity F1",
@@ -258,11 +259,11 @@ HEADLINE_METRICS = {
 
 def _print_summary(results: dict[str, Any]) -> None:
     before, after = results["metrics"]["before"], results["metrics"]["after"]
-    name = next(key for key in HEADLINE_METRICS if key in after)
+    name = results["headline_metric"]
     digits = 2 if name == "val/ppl" else 4
-    headline = f"{HEADLINE_METRICS[name]} {after[name]:.{digits}f}"
+    headline = f"{HEADLINE_NAMES[name]} {after[name]:.{digits}f}"
     if before and name in before:
-        headline = f"{HEADLINE_METRICS[name]} {before[name]:.{digits}f} -> {after[name]:.{digits}f}"
+        headline = f"{HEADLINE_NAMES[name]} {before[name]:.{digits}f} -> {after[name]:.{digits}f}"
     print(
         f"[lit_ft] done in {results['wall_time_s']:.1f}s: {headline}; "
         f"{results['tokens_per_s']} tokens/s; model: {results['export_dir']}; "

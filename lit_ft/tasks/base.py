@@ -28,6 +28,7 @@ class Task:
     description: ClassVar[str]
     columns: ClassVar[tuple[str, ...]] = ()  # data-config keys that must name a column
     optional_columns: ClassVar[tuple[str, ...]] = ()  # ...that may be null
+    headline: ClassVar[str] = "val/ppl"  # the number the end-of-run line leads with
     predicts: ClassVar[bool] = False  # writes predictions.jsonl (classification, seq2seq)
 
     def __init__(self, tokenizer, columns: Mapping[str, str | None], max_length: int):

@@ -12,6 +12,7 @@ class Seq2SeqTask(Task):
     auto_class = "AutoModelForSeq2SeqLM"
     description = "generate a target text from a source text (encoder-decoder)"
     predicts = True
+    headline = "val/rougeL"
     columns = ("source_column", "target_column")
 
     def __init__(

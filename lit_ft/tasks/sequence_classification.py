@@ -53,6 +53,7 @@ class SequenceClassificationTask(Task):
     auto_class = "AutoModelForSequenceClassification"
     description = "one label per text or text pair"
     predicts = True
+    headline = "val/accuracy"
     columns = ("text_column", "label_column")
     optional_columns = ("text_pair_column",)
 

@@ -20,6 +20,7 @@ class TokenClassificationTask(Task):
     auto_class = "AutoModelForTokenClassification"
     description = "one tag per word, e.g. named entities (IOB tags)"
     predicts = True
+    headline = "val/f1"
     columns = ("tokens_column", "tags_column")
 
     def __init__(self, tokenizer, columns, max_length: int):
