@@ -28,9 +28,12 @@ class SampleGenerations(L.Callback):
         self.num_prompts = num_prompts
         self.prompt_tokens = prompt_tokens
         self.max_new_tokens = max_new_tokens
+        self._written_step: int | None = None  # the evaluation after fit repeats the last one
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not self.num_prompts:
+            return
+        if trainer.global_step == self._written_step:
             return
         model, datamodule = pl_module.model, trainer.datamodule
         tokenizer = getattr(datamodule, "tokenizer", None)
@@ -61,7 +64,7 @@ class SampleGenerations(L.Callback):
         }
 
     def _write(self, trainer, samples: list[dict[str, str]]) -> None:
-        step = trainer.global_step
+        step = self._written_step = trainer.global_step
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             for sample in samples:

@@ -56,7 +56,16 @@ def _lr_names(series: Series) -> list[str]:
     return sorted(name for name in series if name.startswith("lr-"))
 
 
-def _figure(rows: int = 1):
+def _distinct(series: Series, names: list[str]) -> list[str]:
+    """Drop curves identical to an earlier one (e.g. the decay and no-decay groups' lr)."""
+    kept: list[str] = []
+    for name in names:
+        if all(series[name] != series[other] for other in kept):
+            kept.append(name)
+    return kept
+
+
+def new_figure(rows: int = 1):
     # The object API with the Agg canvas: no pyplot, so no global backend is touched and
     # nothing needs a display (servers, CI, notebooks alike).
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -67,7 +76,7 @@ def _figure(rows: int = 1):
     return figure, [figure.add_subplot(rows, 1, i + 1) for i in range(rows)]
 
 
-def _draw(ax, points: dict[int, float], label: str, **style) -> None:
+def draw_series(ax, points: dict[int, float], label: str, **style) -> None:
     steps = sorted(points)
     ax.plot(steps, [points[s] for s in steps], label=label, **style)
 
@@ -76,10 +85,10 @@ def plot_loss(series: Series, out: Path) -> Path | None:
     names = [n for n in ("train/loss", "val/loss") if n in series]
     if not names:
         return None
-    figure, (ax,) = _figure()
+    figure, (ax,) = new_figure()
     for name in names:
         style = {"marker": "o"} if name.startswith("val/") else {"alpha": 0.8}
-        _draw(ax, series[name], name, **style)
+        draw_series(ax, series[name], name, **style)
     ax.set(xlabel="optimizer step", ylabel="loss (nats per token)", title="Loss")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -88,12 +97,13 @@ def plot_loss(series: Series, out: Path) -> Path | None:
 
 
 def plot_learning_rate(series: Series, out: Path) -> Path | None:
-    names = _lr_names(series)
+    names = _distinct(series, _lr_names(series))
     if not names:
         return None
-    figure, (ax,) = _figure()
+    figure, (ax,) = new_figure()
     for name in names:
-        _draw(ax, series[name], name)
+        label = name if len(names) > 1 else name.split("/")[0]  # one curve: no group suffix
+        draw_series(ax, series[name], label)
     ax.set(xlabel="optimizer step", ylabel="learning rate", title="Learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     ax.grid(alpha=0.3)
@@ -108,9 +118,9 @@ def plot_task_metrics(series: Series, out: Path) -> Path | None:
     names = sorted(n for n in series if n not in skip)
     if not names:
         return None
-    figure, axes = _figure(rows=len(names))
+    figure, axes = new_figure(rows=len(names))
     for ax, name in zip(axes, names, strict=True):
-        _draw(ax, series[name], name, marker="o" if len(series[name]) < 50 else None)
+        draw_series(ax, series[name], name, marker="o" if len(series[name]) < 50 else None)
         ax.set(xlabel="optimizer step", title=name)
         ax.grid(alpha=0.3)
     figure.savefig(out, dpi=110)

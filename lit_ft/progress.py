@@ -127,7 +127,8 @@ class LineProgress(ProgressBar):
         if not self._enabled or trainer.sanity_checking:
             return
         shown = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        where = f"step {trainer.global_step}" if trainer.training else "evaluation"
+        fitting = trainer.state.fn == "fit"  # not the evaluations before and after training
+        where = f"step {trainer.global_step}" if fitting else "evaluation"
         self.print(f"[lit_ft] validation ({where}): {_format(shown)}")
         self._speed.restart()
 
