@@ -100,7 +100,11 @@ def prepare_model(model, gradient_checkpointing: bool = False, lora: LoraSetting
     if gradient_checkpointing:
         # Non-reentrant checkpointing also works when the inputs' embeddings are frozen (LoRA),
         # where the reentrant kind would see no tensor requiring grad and skip the backward.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # its name in newer transformers
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.config.use_cache = False  # the cache is recomputed anyway; HF warns otherwise
         print("[lit_ft] gradient checkpointing on", flush=True)
     return apply_lora(model, lora) if lora is not None else model

@@ -67,9 +67,7 @@ def _compose_with_hydra(overrides: list[str]):
         return hydra_compose("config", overrides=overrides, return_hydra_config=True)
 
 
-HYDRA_GROUP_FILES = sorted(
-    (path.parent.name, path.stem) for path in CONF.glob("hydra/*/*.yaml")
-)
+HYDRA_GROUP_FILES = sorted((path.parent.name, path.stem) for path in CONF.glob("hydra/*/*.yaml"))
 
 
 @pytest.mark.parametrize(
