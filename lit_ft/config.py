@@ -202,6 +202,10 @@ def _experiment_problems(cfg: DictConfig) -> list[str]:
     peft = cfg.get("peft")
     if not peft:
         return problems
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        problems.append("peft=lora needs the peft library: pip install 'lit-ft[peft]'")
     if not (isinstance(peft.r, int) and peft.r > 0):
         problems.append(f"peft.r must be a positive integer, got {peft.r!r}")
     if not (isinstance(peft.dropout, int | float) and 0 <= peft.dropout < 1):
