@@ -194,6 +194,7 @@ def validate_config(cfg: DictConfig) -> None:
             not (steps and ratio), "set scheduler.warmup_steps or scheduler.warmup_ratio, not both"
         )
 
+    problems += _experiment_problems(cfg)
     ckpt = cfg.ckpt_path
     need(
         ckpt in (None, "last", "auto") or Path(str(ckpt)).expanduser().is_file(),
@@ -202,6 +203,54 @@ def validate_config(cfg: DictConfig) -> None:
     need(isinstance(cfg.seed, int), f"seed must be an integer, got {cfg.seed!r}")
     if problems:
         raise ConfigError(problems)
+
+
+def _experiment_problems(cfg: DictConfig) -> list[str]:
+    """peft=, model.gradient_checkpointing, the progress bar and W&B mode."""
+    from lit_ft.loggers import WANDB_MODES
+    from lit_ft.peft_adapter import EXPORTS, qlora_problem
+    from lit_ft.progress import STYLES
+
+    problems = []
+    if not isinstance(cfg.model.get("gradient_checkpointing", False), bool):
+        problems.append("model.gradient_checkpointing must be true or false")
+    progress = (cfg.callbacks or {}).get("progress")
+    if progress and progress.get("style") not in STYLES:
+        problems.append(
+            f"callbacks.progress.style='{progress.style}' is unknown; "
+            f"use one of {', '.join(STYLES)}"
+        )
+    wandb = (cfg.logger or {}).get("wandb")
+    if wandb and wandb.get("mode") not in WANDB_MODES:
+        problems.append(
+            f"logger.wandb.mode='{wandb.mode}' is unknown; use one of {', '.join(WANDB_MODES)}"
+        )
+    peft = cfg.get("peft")
+    if not peft:
+        return problems
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        problems.append("peft=lora needs the peft library: pip install 'lit-ft[peft]'")
+    if not (isinstance(peft.r, int) and peft.r > 0):
+        problems.append(f"peft.r must be a positive integer, got {peft.r!r}")
+    if not (isinstance(peft.dropout, int | float) and 0 <= peft.dropout < 1):
+        problems.append(f"peft.dropout must be in [0, 1), got {peft.dropout!r}")
+    if peft.export not in EXPORTS:
+        problems.append(f"peft.export='{peft.export}' is unknown; use one of {', '.join(EXPORTS)}")
+    if cfg.model.from_scratch:
+        problems.append(
+            "peft adapts pretrained weights, but model.from_scratch=true starts from random ones: "
+            "train from scratch without peft"
+        )
+    if peft.load_in_4bit and (why := qlora_problem()):
+        problems.append(why)
+    if peft.load_in_4bit and peft.export == "merged":
+        problems.append(
+            "peft.export=merged with peft.load_in_4bit=true would merge into 4-bit weights "
+            "and lose the update; use peft.export=adapter"
+        )
+    return problems
 
 
 def _missing_files(data_files) -> list[str]:

@@ -21,6 +21,9 @@ def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
     Everything is written into a sibling temporary directory first and swapped in at the end,
     so an interrupted export never leaves a half-written directory where a good one stood.
     """
+    from lit_ft.peft_adapter import for_export
+
+    model = for_export(model)  # LoRA: merged into the weights, or the adapter alone
     out_dir = Path(out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -44,6 +47,7 @@ def load_checkpoint_model(ckpt_path: str | Path):
     from transformers import AutoConfig
 
     from lit_ft.model import ModelSpec, build_model, load_tokenizer
+    from lit_ft.peft_adapter import CHECKPOINT_KEY, load_adapter_checkpoint
 
     path = Path(ckpt_path)
     if not path.is_file():
@@ -57,6 +61,8 @@ def load_checkpoint_model(ckpt_path: str | Path):
     spec = ModelSpec(**checkpoint["lit_ft"]["model_spec"])
     hf_config = dict(checkpoint["lit_ft"]["hf_config"])
     config = AutoConfig.for_model(hf_config.pop("model_type"), **hf_config)
+    if CHECKPOINT_KEY in checkpoint:  # a LoRA run: adapter weights on the pretrained base
+        return load_adapter_checkpoint(checkpoint, spec, config), load_tokenizer(spec)
     model = build_model(spec, config=config, pretrained=False)
     prefix = "model."
     weights = {

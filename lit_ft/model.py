@@ -30,6 +30,7 @@ class ModelSpec:
     attn_implementation: str | None = "sdpa"
     revision: str | None = None
     trust_remote_code: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory
 
     @property
     def tokenizer_name(self) -> str:
@@ -86,11 +87,14 @@ def max_positions(config) -> int | None:
     return None
 
 
-def build_model(spec: ModelSpec, config=None, pretrained: bool | None = None):
-    """Instantiate the task's Auto class: pretrained weights, or random init from the config."""
+def build_model(spec: ModelSpec, config=None, pretrained: bool | None = None, **load_kwargs):
+    """Instantiate the task's Auto class: pretrained weights, or random init from the config.
+
+    `load_kwargs` go to `from_pretrained` too (e.g. QLoRA's quantization_config).
+    """
     config = config if config is not None else load_config(spec)
     auto_class = get_task(spec.task).model_class()
-    kwargs = {"dtype": DTYPES[spec.dtype]}
+    kwargs = {"dtype": DTYPES[spec.dtype], **load_kwargs}
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
     use_weights = not spec.from_scratch if pretrained is None else pretrained

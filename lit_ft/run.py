@@ -38,9 +38,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lit_ft.data import FineTuneDataModule, clamp_block_size
     from lit_ft.export import export_checkpoint, export_pretrained
     from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
+    from lit_ft.loggers import finish, log_config
     from lit_ft.model import ModelSpec, build_model, load_config, load_tokenizer, max_positions
     from lit_ft.module import FineTuneModule
     from lit_ft.optim import optimizer_steps
+    from lit_ft.peft_adapter import AdapterCheckpoint, prepare_model, quantization_kwargs
+    from lit_ft.plots import plot_run
     from lit_ft.precision import resolve_precision
     from lit_ft.preemption import PreemptionCheckpoint
     from lit_ft.recorder import TrainingRecorder
@@ -74,6 +77,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     task.configure_model(hf_config)  # labels found in the data: num_labels, id2label
     check_same_data(ckpt_path, datamodule.fingerprint(), force=cfg.force_resume)
 
+    lora = hydra.utils.instantiate(cfg.peft) if cfg.get("peft") else None  # peft=lora
     recorder = TrainingRecorder()
     # Lightning warns that a mid-epoch resume repeats data unless the loader is stateful; ours
     # resumes through the datamodule's state (lit_ft/sampler.py), so the warning is wrong here.
@@ -81,6 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Always on, whatever callbacks/ says: what exact resumption and preemption rely on.
     resumption = [RngState(), PreemptionCheckpoint(cfg.paths.checkpoint_dir)]
     callbacks = [*_instantiate_all(cfg.callbacks), recorder, *resumption]
+    callbacks += [AdapterCheckpoint(lora)] if lora else []  # adapter-only checkpoints
     precision, why = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     print(f"[lit_ft] precision {precision} ({why})", flush=True)
     trainer = hydra.utils.instantiate(
@@ -90,6 +95,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger=_instantiate_all(cfg.logger) or False,
         plugins=[AtomicCheckpointIO()],
     )
+    log_config(trainer.loggers, _plain(cfg))
 
     # Each of N processes sees 1/N of the batches (DistributedSampler rounds up).
     num_steps = optimizer_steps(
@@ -105,7 +111,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.scheduler else None,
         num_training_steps=num_steps,
         task=task,
-        model=build_model(spec, hf_config),
+        model=prepare_model(
+            build_model(spec, hf_config, **quantization_kwargs(lora)),
+            gradient_checkpointing=spec.gradient_checkpointing,
+            lora=lora,
+        ),
     )
     _print_plan(cfg, datamodule, module, num_steps, trainer.world_size)
 
@@ -129,6 +139,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if hub_upload.pop("enabled") and export_dir is not None:
         hub_url = push_to_hub(export_dir, **hub_upload)
 
+    finish(trainer.loggers)
+    plots = plot_run(output_dir)  # from the run's own logs/*/metrics.csv
     training = recorder.summary()
     results = {
         "task": task.name,
@@ -142,6 +154,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "export_last_dir": str(last_export_dir) if last_export_dir else None,
         "predictions": str(predictions) if predictions else None,
         "hub_url": hub_url,
+        "plots": [str(path) for path in plots],
         "output_dir": str(output_dir),
         "resumed_from": ckpt_path,
     }
@@ -161,10 +174,14 @@ def _plain(node: DictConfig) -> dict[str, Any]:
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
-    """Instantiate every entry of a group like `callbacks` or `logger` (a name -> config map)."""
+    """Instantiate every entry of a group like `callbacks` or `logger` (a name -> config map).
+
+    A factory may return None for "not in this run" (e.g. the progress bar when it is off).
+    """
     if not group:
         return []
-    return [hydra.utils.instantiate(node) for node in group.values() if node and "_target_" in node]
+    made = [hydra.utils.instantiate(node) for node in group.values() if node and "_target_" in node]
+    return [obj for obj in made if obj is not None]
 
 
 def _evaluate(trainer, module, datamodule, ckpt_path: str | None = None) -> dict[str, float]:

@@ -40,9 +40,14 @@ def test_every_config_composes_and_instantiates(group, name, tmp_path):
     trainer = hydra.utils.instantiate(
         cfg.trainer, precision=precision, logger=False, enable_checkpointing=False
     )
-    assert trainer.max_epochs == cfg.trainer.max_epochs
+    if not cfg.trainer.get("fast_dev_run"):  # which sets max_epochs=1 itself
+        assert trainer.max_epochs == cfg.trainer.max_epochs
     for node in [*cfg.callbacks.values(), *cfg.logger.values()]:
-        assert hydra.utils.instantiate(node) is not None
+        made = hydra.utils.instantiate(node)
+        # The progress factory returns None exactly when the Trainer's progress bar is off.
+        assert made is not None or (node.get("enabled") is False)
+    if cfg.get("peft"):
+        assert hydra.utils.instantiate(cfg.peft).r == cfg.peft.r
 
     import torch
 
@@ -50,6 +55,55 @@ def test_every_config_composes_and_instantiates(group, name, tmp_path):
     assert optimizer.defaults["lr"] == cfg.optimizer.lr
     scheduler = hydra.utils.instantiate(cfg.scheduler)(optimizer, num_training_steps=10)
     assert scheduler.get_last_lr()
+
+
+def _compose_with_hydra(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides, return_hydra_config=True)
+
+
+HYDRA_GROUP_FILES = sorted((path.parent.name, path.stem) for path in CONF.glob("hydra/*/*.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("group", "name"),
+    [*HYDRA_GROUP_FILES, ("launcher", "submitit_slurm")],
+    ids=[f"hydra/{g}/{n}" for g, n in [*HYDRA_GROUP_FILES, ("launcher", "submitit_slurm")]],
+)
+def test_hydra_plugin_configs_compose_and_instantiate(group, name, tmp_path):
+    """conf/hydra/<group>/*.yaml and the plugin's own SLURM launcher (composition only here)."""
+    cfg = _compose_with_hydra([f"hydra/{group}={name}", f"paths.output_dir={tmp_path}"])
+    node = cfg.hydra[group]
+    assert hydra.utils.instantiate(node) is not None
+    if name == "slurm":
+        assert node.tasks_per_node == cfg.trainer.devices
+
+
+def test_optuna_search_config_instantiates_its_sweeper(tmp_path):
+    cfg = _compose_with_hydra(["hparams_search=optuna", f"paths.output_dir={tmp_path}"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper.n_trials == 20 and sweeper.direction == "minimize"
+    assert set(sweeper.params) == {
+        "optimizer.lr",
+        "scheduler.warmup_ratio",
+        "optimizer.weight_decay",
+        "data.batch_size",
+    }
+    assert hydra.utils.instantiate(sweeper) is not None
+
+
+def test_qlora_is_refused_without_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="QLoRA.*needs a CUDA GPU"):
+        validate_config(compose(["peft=qlora", f"paths.output_dir={tmp_path}"]))
 
 
 def test_hydra_run_dir_is_the_run_output_dir(tmp_path):
@@ -67,6 +121,10 @@ def test_gpt2_wikitext_is_the_hub_job():
     assert cfg.model.name_or_path == "gpt2"
     assert (cfg.data.path, cfg.data.name) == ("wikitext", "wikitext-2-raw-v1")
     assert compose(["experiment=gpt2_wikitext"]).model.name_or_path == "gpt2"
+
+
+def test_offline_default_experiment_is_the_default():
+    assert compose(["experiment=default_offline"]) == compose()
 
 
 def test_tuned_hyperparameters_follow_model_and_data():

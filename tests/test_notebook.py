@@ -34,3 +34,5 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "validation perplexity" in result.stdout
     assert (tmp_path / "outputs" / "runs").is_dir()
+    assert list((tmp_path / "outputs" / "runs").glob("*/plots/loss.png"))  # shown inline
+    assert "step 40: " in result.stdout  # the samples of the last validation

@@ -1,0 +1,94 @@
+"""Sample generations of a causal LM at every validation, so the logs show what it writes.
+
+The prompts are the first `prompt_tokens` tokens of the first `num_prompts` validation
+blocks: real text from the run's own data, the same at every validation, so the samples show
+the model changing. Decoding is greedy: it draws no random numbers, so training (and an
+exact resume) is untouched. Samples go to <run dir>/generations.jsonl, the console, and the
+TensorBoard / W&B logger when one is active.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+class SampleGenerations(L.Callback):
+    def __init__(
+        self,
+        output_dir: str,
+        num_prompts: int = 3,
+        prompt_tokens: int = 16,
+        max_new_tokens: int = 32,
+    ) -> None:
+        self.path = Path(output_dir) / "generations.jsonl"
+        self.num_prompts = num_prompts
+        self.prompt_tokens = prompt_tokens
+        self.max_new_tokens = max_new_tokens
+        self._written_step: int | None = None  # the evaluation after fit repeats the last one
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not self.num_prompts:
+            return
+        if trainer.global_step == self._written_step:
+            return
+        model, datamodule = pl_module.model, trainer.datamodule
+        tokenizer = getattr(datamodule, "tokenizer", None)
+        validation = (getattr(datamodule, "datasets", None) or {}).get("validation")
+        if tokenizer is None or validation is None or not _is_causal_lm(model):
+            return
+        prompts = [
+            validation[i]["input_ids"][: self.prompt_tokens]
+            for i in range(min(self.num_prompts, len(validation)))
+        ]
+        samples = [self._generate(model, tokenizer, ids) for ids in prompts]
+        if trainer.is_global_zero:
+            self._write(trainer, samples)
+
+    @torch.no_grad()
+    def _generate(self, model, tokenizer, prompt_ids: list[int]) -> dict[str, str]:
+        input_ids = torch.tensor([prompt_ids], device=model.device)
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return {
+            "prompt": tokenizer.decode(prompt_ids),
+            "completion": tokenizer.decode(output[0, len(prompt_ids) :]),
+        }
+
+    def _write(self, trainer, samples: list[dict[str, str]]) -> None:
+        step = self._written_step = trainer.global_step
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            for sample in samples:
+                f.write(json.dumps({"step": step, **sample}, ensure_ascii=False) + "\n")
+        print(f"[lit_ft] samples at step {step}:", flush=True)
+        for sample in samples:
+            print(f"  {sample['prompt']!r} -> {sample['completion']!r}", flush=True)
+        _to_loggers(trainer, samples, step)
+
+
+def _is_causal_lm(model) -> bool:
+    config = getattr(model, "config", None)
+    # PeftModel forwards `can_generate`, so adapters are covered too.
+    can_generate = getattr(model, "can_generate", lambda: False)()
+    return config is not None and not config.is_encoder_decoder and can_generate
+
+
+def _to_loggers(trainer, samples: list[dict[str, str]], step: int) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            text = "\n\n".join(f"**{s['prompt']}**{s['completion']}" for s in samples)
+            logger.experiment.add_text("samples", text, global_step=step)
+        elif isinstance(logger, WandbLogger):
+            rows = [[step, s["prompt"], s["completion"]] for s in samples]
+            logger.log_text("samples", columns=["step", "prompt", "completion"], data=rows)

@@ -1,0 +1,116 @@
+"""What a run shows and leaves behind: loggers' files, PNG plots, progress lines, samples."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+import lit_ft
+from lit_ft.plots import plot_run, read_metrics
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _short(overrides: list[str]) -> list[str]:
+    # 10 steps, validating at 5 and 10: enough rows for every logger and plot.
+    return [*overrides, "trainer.max_steps=10", "trainer.val_check_interval=5", "export=false"]
+
+
+def _assert_png(path: Path) -> None:
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    height, width, _ = imread(path).shape
+    assert height > 100 and width > 100
+
+
+@pytest.mark.slow
+def test_run_writes_plots_every_logger_progress_lines_and_samples(
+    tiny_overrides, monkeypatch, capsys
+):
+    """One run with all loggers at once (`logger=[...]` selects several from the group)."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # conftest disables W&B; here: mode=auto
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    results = lit_ft.train_from_overrides(
+        [
+            *_short(tiny_overrides),
+            "logger=[tensorboard,wandb,mlflow]",
+            "trainer.enable_progress_bar=true",
+            "callbacks.progress.every_n_steps=5",
+        ]
+    )
+    run_dir = Path(results["output_dir"])
+
+    names = sorted(Path(p).name for p in results["plots"])
+    assert names == ["learning_rate.png", "loss.png", "metrics.png"]
+    for path in results["plots"]:
+        _assert_png(Path(path))
+
+    # CSV (always kept: the plots read it), with the run's config as hparams.yaml
+    assert (run_dir / "logs" / "version_0" / "metrics.csv").is_file()
+    assert (run_dir / "logs" / "version_0" / "hparams.yaml").is_file()
+    # TensorBoard event files
+    events = list((run_dir / "tensorboard" / "version_0").glob("events.out.tfevents.*"))
+    assert events and sum(e.stat().st_size for e in events) > 0
+    # W&B: offline at once without an API key, with the sync command printed
+    out = capsys.readouterr().out
+    assert "W&B offline (no WANDB_API_KEY" in out and "wandb sync" in out
+    (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
+    assert list(offline_run.glob("*.wandb"))  # the file `wandb sync` uploads
+    # MLflow: a local file store, <experiment>/<run>/{meta.yaml,metrics,params}
+    (meta,) = (run_dir / "mlruns").glob("*/*/meta.yaml")
+    metrics = meta.parent / "metrics"
+    assert (metrics / "val" / "loss").is_file() and (metrics / "train" / "loss").is_file()
+    assert (meta.parent / "params" / "optimizer" / "lr").read_text() == "0.003"
+
+    # Not a terminal (pytest captures stdout): plain lines, one per 5 steps and per validation.
+    assert "[lit_ft] step 5/10 (epoch 0) train/loss" in out and "tok/s" in out and " lr " in out
+    assert "[lit_ft] validation (step 10): val/loss" in out
+
+    samples = [json.loads(x) for x in (run_dir / "generations.jsonl").read_text().splitlines()]
+    # 3 prompts at the evaluation before training (step 0) and the validations at 5 and 10;
+    # the evaluation after training repeats step 10 and is not written twice.
+    assert [s["step"] for s in samples] == [0] * 3 + [5] * 3 + [10] * 3
+    assert all(s["prompt"] and isinstance(s["completion"], str) for s in samples)
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["epoch", "step", "train/loss", "val/loss"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_resumed_run_logs_are_joined_by_step_newer_wins(tmp_path, run_cli):
+    # version_0 ran to step 30 and died; its checkpoint was at step 20, so version_1 re-did
+    # 20..30 and went on to 40. Steps 20 and 30 must come from version_1.
+    _write_log(
+        tmp_path / "logs" / "version_0" / "metrics.csv",
+        [{"step": s, "train/loss": 9.0 - s / 10} for s in (10, 20, 30)]
+        + [{"step": 20, "val/loss": 8.0}],
+    )
+    _write_log(
+        tmp_path / "logs" / "version_1" / "metrics.csv",
+        [{"step": s, "train/loss": 1.0} for s in (20, 30, 40)],
+    )
+    series = read_metrics(tmp_path)
+    assert series["train/loss"] == {10: 8.0, 20: 1.0, 30: 1.0, 40: 1.0}
+    assert series["val/loss"] == {20: 8.0}
+    assert [p.name for p in plot_run(tmp_path)] == ["loss.png"]  # no lr or other metrics logged
+
+    # Redrawing from the command line; a directory without logs is refused clearly.
+    (tmp_path / "plots" / "loss.png").unlink()
+    result = run_cli([str(tmp_path)], module="lit_ft.plots")
+    assert result.returncode == 0 and (tmp_path / "plots" / "loss.png").is_file()
+    result = run_cli([str(tmp_path / "nothing")], module="lit_ft.plots")
+    assert result.returncode == 2 and "has no logs/version_N/metrics.csv" in result.stderr
+
+
+def test_debug_fast_dev_run_goes_through_every_step(tiny_overrides):
+    results = lit_ft.train_from_overrides([*tiny_overrides, "debug=fast_dev_run"])
+    assert results["metrics"]["train"]["steps"] == 1
+    assert results["export_dir"] is None and results["metrics"]["before"] is None

@@ -1,0 +1,76 @@
+"""Hydra multirun: a grid makes one run directory per job, Optuna finishes its trials, and
+`python -m lit_ft.sweep_report` tabulates and plots the jobs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import tiny_run_overrides
+
+pytestmark = pytest.mark.slow
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _sweep_overrides(tokenizer_dir, text_file, tmp_path) -> list[str]:
+    return [
+        *(
+            o  # the sweeps below set the learning rate themselves
+            for o in tiny_run_overrides(tokenizer_dir, text_file, tmp_path / "unused")
+            if not o.startswith("optimizer.lr=")
+        ),
+        "trainer.max_steps=6",
+        "trainer.log_every_n_steps=2",
+        "trainer.val_check_interval=3",
+        "evaluate_before=false",
+        "export=false",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+
+
+def test_grid_sweep_runs_every_job_in_its_own_dir_and_reports(
+    run_cli, tiny_tokenizer_dir, text_file, tmp_path
+):
+    overrides = _sweep_overrides(tiny_tokenizer_dir, text_file, tmp_path)
+    result = run_cli(["-m", *overrides, "optimizer.lr=0.001,0.003"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1"]
+    for job, lr in zip(jobs, ("0.001", "0.003"), strict=True):
+        results = json.loads((job / "results.json").read_text())
+        assert results["output_dir"] == str(job)  # the job's own directory, not paths.output_dir
+        assert Path(results["last_checkpoint"]).parent == job / "checkpoints"
+        assert f"optimizer.lr={lr}" in (job / ".hydra" / "overrides.yaml").read_text()
+        assert (job / "plots" / "loss.png").is_file()
+    assert not (tmp_path / "unused").exists()
+
+    report = run_cli([str(sweep)], module="lit_ft.sweep_report")
+    assert report.returncode == 0, report.stderr
+    lines = report.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("job"))
+    assert "optimizer.lr" in header and "val/loss" in header and "tokens/s" in header
+    rows = [line for line in lines if line[:1] in "01"]
+    assert len(rows) == 2 and any("*" in row for row in rows)  # the best job is marked
+    assert "same in every job:" in lines[0] and "data.block_size=32" in lines[0]
+    assert (sweep / "comparison.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_optuna_sweep_of_two_trials_completes(run_cli, tiny_tokenizer_dir, text_file, tmp_path):
+    overrides = _sweep_overrides(tiny_tokenizer_dir, text_file, tmp_path)
+    result = run_cli([*overrides, "hparams_search=optuna", "hydra.sweeper.n_trials=2"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    best = (sweep / "optimization_results.yaml").read_text()
+    # optimizer.lr and data.batch_size were given on the command line: fixed, not searched.
+    assert "best_params" in best and "best_value" in best
+    assert "scheduler.warmup_ratio" in best and "optimizer.weight_decay" in best
+    trials = sorted(p.name for p in sweep.iterdir() if (p / "results.json").is_file())
+    assert trials == ["0", "1"]
+
+
+def test_sweep_report_refuses_a_directory_without_jobs(run_cli, tmp_path):
+    result = run_cli([str(tmp_path)], module="lit_ft.sweep_report")
+    assert result.returncode == 2 and "holds no sweep jobs" in result.stderr
