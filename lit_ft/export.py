@@ -21,6 +21,9 @@ def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
     Everything is written into a sibling temporary directory first and swapped in at the end,
     so an interrupted export never leaves a half-written directory where a good one stood.
     """
+    from lit_ft.vocab import unpadded
+
+    model = unpadded(model)  # a padded vocabulary is cropped back to the tokenizer's
     out_dir = Path(out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)

@@ -30,6 +30,7 @@ class ModelSpec:
     attn_implementation: str | None = "sdpa"
     revision: str | None = None
     trust_remote_code: bool = False
+    pad_vocab_to_multiple_of: int | None = None  # lit_ft/vocab.py (run.py pads, export crops)
 
     @property
     def tokenizer_name(self) -> str:

@@ -44,6 +44,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lit_ft.precision import resolve_precision
     from lit_ft.preemption import PreemptionCheckpoint
     from lit_ft.recorder import TrainingRecorder
+    from lit_ft.speed import compile_model, progress_bar
+    from lit_ft.vocab import pad_vocab
 
     started = time.perf_counter()
     validate_config(cfg)
@@ -61,8 +63,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = FineTuneDataModule(
         tokenizer, max_positions=max_positions(hf_config), seed=cfg.seed, **_plain(cfg.data)
     )
+    import datasets  # noqa: F401  (imported here so the data timing below is the data's own)
+
+    data_started = time.perf_counter()
     datamodule.prepare_data()
     datamodule.setup("fit")
+    data_seconds = time.perf_counter() - data_started  # a cached second run: well under 1 s
     check_same_data(ckpt_path, datamodule.fingerprint(), force=cfg.force_resume)
 
     recorder = TrainingRecorder()
@@ -72,8 +78,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Always on, whatever callbacks/ says: what exact resumption and preemption rely on.
     resumption = [RngState(), PreemptionCheckpoint(cfg.paths.checkpoint_dir)]
     callbacks = [*_instantiate_all(cfg.callbacks), recorder, *resumption]
+    bar = progress_bar(cfg.trainer.enable_progress_bar, cfg.trainer.log_every_n_steps, callbacks)
+    callbacks += [bar] if bar else []
     precision, why = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    print(f"[lit_ft] precision {precision} ({why})", flush=True)
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         precision=precision,
@@ -95,9 +102,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.scheduler else None,
         num_training_steps=num_steps,
-        model=build_model(spec, hf_config),
+        model=pad_vocab(build_model(spec, hf_config), spec.pad_vocab_to_multiple_of),
     )
-    _print_plan(cfg, datamodule, module, num_steps, trainer.world_size)
+    compile_model(module.model, **_plain(cfg.compile))
+    _print_plan(cfg, datamodule, module, num_steps, trainer.world_size, f"{precision} ({why})")
+    print(f"[lit_ft] data prepared in {data_seconds:.2f}s", flush=True)
 
     before = _evaluate(trainer, module, datamodule) if cfg.evaluate_before else None
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -118,6 +127,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     results = {
         "metrics": {"before": before, "after": after, "train": training},
         "tokens_per_s": training["tokens_per_s"],
+        "throughput": _throughput(trainer),
+        "data_prep_s": round(data_seconds, 3),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "best_checkpoint": best or _last_checkpoint(trainer),
         "last_checkpoint": _last_checkpoint(trainer),
@@ -178,7 +189,17 @@ def _last_checkpoint(trainer) -> str | None:
     return next((p for p in paths if p), None)
 
 
-def _print_plan(cfg: DictConfig, datamodule, module, num_steps: int, world_size: int) -> None:
+def _throughput(trainer) -> dict[str, Any] | None:
+    """The ThroughputLogger's summary (tokens/s, MFU after warm-up), when one is configured."""
+    from lit_ft.throughput import ThroughputLogger
+
+    found = [cb for cb in trainer.callbacks if isinstance(cb, ThroughputLogger)]
+    return found[0].summary() if found else None
+
+
+def _print_plan(
+    cfg: DictConfig, datamodule, module, num_steps: int, world_size: int, precision: str
+) -> None:
     """The pre-flight summary: what one step is, how many there are, what a checkpoint costs."""
     block, batch = datamodule.block_size, cfg.data.batch_size
     accumulate = cfg.trainer.accumulate_grad_batches
@@ -196,8 +217,8 @@ def _print_plan(cfg: DictConfig, datamodule, module, num_steps: int, world_size:
         f"[lit_ft] step: {batch} sequences x {accumulate} accumulation x {world_size} devices = "
         f"{sequences} sequences = {sequences * block:,} tokens per optimizer step\n"
         f"[lit_ft] schedule: {num_steps:,} optimizer steps, {warmup:,} warmup; "
-        f"{params / 1e6:.2f}M parameters; checkpoint ~{checkpoint_mb:,.0f} MB; "
-        f"output: {cfg.paths.output_dir}",
+        f"{params / 1e6:.2f}M parameters; checkpoint ~{checkpoint_mb:,.0f} MB\n"
+        f"[lit_ft] precision: {precision}; output: {cfg.paths.output_dir}",
         flush=True,
     )
 

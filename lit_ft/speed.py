@@ -1,0 +1,42 @@
+"""Speed settings that change no math: `torch.compile`, and a progress bar that does not sync.
+
+`compile.enabled=true` compiles the Hugging Face model in place with `nn.Module.compile()`:
+the module's `state_dict` keys stay the same (no `_orig_mod.` prefix), so checkpoints,
+resumption and the export are unchanged, and Lightning sees an ordinary module. The first
+steps pay the compilation (tens of seconds for GPT-2 on a GPU, minutes on a small CPU),
+so it pays for long runs: it is off by default.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def compile_model(
+    model,
+    enabled: bool = False,
+    backend: str = "inductor",
+    mode: str | None = None,
+    dynamic: bool | None = None,
+):
+    """Compile `model` in place when enabled; return it."""
+    if enabled:
+        log.info("torch.compile: backend=%s mode=%s dynamic=%s", backend, mode, dynamic)
+        model.compile(backend=backend, mode=mode, dynamic=dynamic)
+    return model
+
+
+def progress_bar(enabled: bool, refresh_rate: int, callbacks: list = ()):
+    """A TQDM bar that refreshes every `refresh_rate` batches; None when bars are off or one of
+    `callbacks` already is a progress bar.
+
+    Each refresh reads the logged loss off the device, a host sync that stalls a GPU's queue;
+    refreshing every batch (Lightning's default) would add one per step.
+    """
+    from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+
+    if not enabled or any(isinstance(cb, ProgressBar) for cb in callbacks):
+        return None
+    return TQDMProgressBar(refresh_rate=max(1, int(refresh_rate)))
