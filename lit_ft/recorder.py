@@ -47,7 +47,10 @@ class TrainingRecorder(L.Callback):
 
     # -- counting --------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._tokens = self._tokens + batch["attention_mask"].sum()
+        mask = batch.get("attention_mask")  # none in padding-free batches: every token is real
+        self._tokens = self._tokens + (
+            mask.sum() if mask is not None else batch["input_ids"].numel()
+        )
         # The module keeps the unscaled micro-batch loss; Lightning's `outputs` hold it divided
         # by the accumulation factor.
         self._pending_losses.append(pl_module.last_train_loss)
