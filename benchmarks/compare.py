@@ -476,6 +476,10 @@ def main() -> None:
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     runs = []
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = out_dir / f"{stamp}_{args.preset}_{meta['machine']['device']}.json"
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for mode in modes:
@@ -490,14 +494,12 @@ def main() -> None:
                         f"load {result['loadavg_before'][0]:.1f}->{result['loadavg_after'][0]:.1f}",
                         flush=True,
                     )
+                    # Written after every run: an interrupted benchmark keeps what it measured.
+                    path.write_text(json.dumps({**meta, "partial": True, "runs": runs}, indent=2))
     meta["loadavg_end"] = os.getloadavg()
     summary = summarize(runs)
     print()
     table = print_table(summary, meta)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = out_dir / f"{stamp}_{args.preset}_{meta['machine']['device']}.json"
     path.write_text(
         json.dumps({**meta, "summary": summary, "runs": runs, "table": table}, indent=2) + "\n"
     )

@@ -120,3 +120,18 @@ def test_run_logs_mfu_compiles_and_exports_unpadded(tiny_overrides, tmp_path):
         assert model.config.vocab_size == 512 and not hasattr(model.config, UNPADDED_KEY)
         out = model.generate(**tokenizer("def", return_tensors="pt"), max_new_tokens=5)
         assert out.shape[1] > 1 and int(out.max()) < 512
+
+
+def test_speed_keys_are_validated_together():
+    from lit_ft import compose
+    from lit_ft.config import validate_config
+    from lit_ft.errors import ConfigError
+
+    cfg = compose(
+        ["optimizer.fused=maybe", "model.pad_vocab_to_multiple_of=0", "compile.enabled=2"]
+    )
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    message = str(err.value)
+    assert "optimizer.fused" in message and "model.pad_vocab_to_multiple_of" in message
+    assert "compile.enabled" in message
