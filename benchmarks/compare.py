@@ -453,6 +453,7 @@ def main() -> None:
     parser.add_argument("--frameworks", default="lit_ft,hf,bare")
     parser.add_argument("--preset", default="gpt2-4x256", choices=sorted(PRESETS))
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
+    parser.add_argument("--summarize", metavar="JSON", help="print the table of a results file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--framework", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
@@ -460,6 +461,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    if args.summarize:  # e.g. a benchmark interrupted part-way ("partial": true)
+        saved = json.loads(Path(args.summarize).read_text())
+        saved.setdefault("loadavg_end", saved["runs"][-1]["loadavg_after"])
+        saved["repeats"] = f"{1 + max(r['repeat'] for r in saved['runs'])} (runs done)"
+        print_table(summarize(saved["runs"]), saved)
+        return
     if not 0 < args.warmup < args.steps:
         parser.error("need 0 < --warmup < --steps")
 
