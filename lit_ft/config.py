@@ -170,6 +170,18 @@ def validate_config(cfg: DictConfig) -> None:
         isinstance(lr, int | float) and lr > 0 and math.isfinite(lr),
         f"optimizer.lr must be a positive number, got {lr!r}",
     )
+    fused = cfg.optimizer.get("fused", "auto")
+    need(fused in ("auto", True, False), f"optimizer.fused must be auto, true or false: {fused!r}")
+    pad = model.get("pad_vocab_to_multiple_of")
+    need(
+        pad is None or (isinstance(pad, int) and not isinstance(pad, bool) and pad > 0),
+        f"model.pad_vocab_to_multiple_of must be a positive integer or null, got {pad!r}",
+    )
+    compile_cfg = cfg.get("compile") or {}
+    need(
+        isinstance(compile_cfg.get("enabled", False), bool),
+        f"compile.enabled must be true or false, got {compile_cfg.get('enabled')!r}",
+    )
     wd = cfg.optimizer.weight_decay
     need(
         isinstance(wd, int | float) and wd >= 0, f"optimizer.weight_decay must be >= 0, got {wd!r}"

@@ -22,8 +22,10 @@ def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
     so an interrupted export never leaves a half-written directory where a good one stood.
     """
     from lit_ft.peft_adapter import for_export
+    from lit_ft.vocab import unpadded
 
     model = for_export(model)  # LoRA: merged into the weights, or the adapter alone
+    model = unpadded(model)  # a padded vocabulary is cropped back to the tokenizer's
     out_dir = Path(out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)

@@ -31,6 +31,7 @@ class ModelSpec:
     revision: str | None = None
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
+    pad_vocab_to_multiple_of: int | None = None  # lit_ft/vocab.py (run.py pads, export crops)
 
     @property
     def tokenizer_name(self) -> str:

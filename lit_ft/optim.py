@@ -21,6 +21,39 @@ def weight_decay_groups(model: torch.nn.Module) -> list[dict]:
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def adamw(
+    params,
+    lr: float,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    fused: bool | str = "auto",
+) -> torch.optim.AdamW:
+    """`torch.optim.AdamW`, fused where the parameters' device has the fused kernel.
+
+    The fused kernel updates every tensor in one pass (CUDA, CPU, XPU, MPS, ...); torch's own
+    default is the multi-tensor `foreach` path on CUDA and a per-tensor Python loop elsewhere.
+    The update is the same AdamW either way, and so is the checkpointed state.
+    `fused="auto"` picks it when every parameter is a floating tensor on a supported device.
+    """
+    groups = list(params)
+    if fused == "auto":
+        fused = _fused_supported(groups)
+    return torch.optim.AdamW(
+        groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps, fused=bool(fused)
+    )
+
+
+def _fused_supported(groups: list) -> bool:
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    supported = set(_get_fused_kernels_supported_devices())
+    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    return bool(tensors) and all(
+        p.device.type in supported and torch.is_floating_point(p) for p in tensors
+    )
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     num_training_steps: int,

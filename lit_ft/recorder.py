@@ -47,9 +47,12 @@ class TrainingRecorder(L.Callback):
 
     # -- counting --------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # Packed batches carry no attention mask (see lit_ft/tasks/sft.py), only a count mask.
-        real = batch["attention_mask"] if "attention_mask" in batch else batch["_real_tokens"]
-        self._tokens = self._tokens + real.sum()
+        # Packed batches (lit_ft/tasks/sft.py) carry a count mask instead of an attention mask;
+        # padding-free ones (lit_ft/batching.py) neither: every token is real.
+        mask = batch.get("attention_mask", batch.get("_real_tokens"))
+        self._tokens = self._tokens + (
+            mask.sum() if mask is not None else batch["input_ids"].numel()
+        )
         # The module keeps the unscaled micro-batch loss; Lightning's `outputs` hold it divided
         # by the accumulation factor.
         self._pending_losses.append(pl_module.last_train_loss)

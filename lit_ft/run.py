@@ -48,6 +48,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lit_ft.preemption import PreemptionCheckpoint
     from lit_ft.recorder import TrainingRecorder
     from lit_ft.tasks import COLUMN_KEYS, build_task
+    from lit_ft.speed import compile_model
+    from lit_ft.vocab import pad_vocab
 
     started = time.perf_counter()
     validate_config(cfg)
@@ -72,8 +74,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **task_options,
     )
     datamodule = FineTuneDataModule(tokenizer, task, seed=cfg.seed, **data_options)
+    import datasets  # noqa: F401  (imported here so the data timing below is the data's own)
+
+    data_started = time.perf_counter()
     datamodule.prepare_data()
     datamodule.setup("fit")
+    data_seconds = time.perf_counter() - data_started  # a cached second run: well under 1 s
     task.configure_model(hf_config)  # labels found in the data: num_labels, id2label
     check_same_data(ckpt_path, datamodule.fingerprint(), force=cfg.force_resume)
 
@@ -87,7 +93,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [*_instantiate_all(cfg.callbacks), recorder, *resumption]
     callbacks += [AdapterCheckpoint(lora)] if lora else []  # adapter-only checkpoints
     precision, why = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    print(f"[lit_ft] precision {precision} ({why})", flush=True)
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         precision=precision,
@@ -112,12 +117,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         num_training_steps=num_steps,
         task=task,
         model=prepare_model(
-            build_model(spec, hf_config, **quantization_kwargs(lora)),
+            pad_vocab(
+                build_model(spec, hf_config, **quantization_kwargs(lora)),
+                spec.pad_vocab_to_multiple_of,
+            ),
             gradient_checkpointing=spec.gradient_checkpointing,
             lora=lora,
         ),
     )
-    _print_plan(cfg, datamodule, module, num_steps, trainer.world_size)
+    compile_model(module.model, **_plain(cfg.compile))
+    _print_plan(cfg, datamodule, module, num_steps, trainer.world_size, f"{precision} ({why})")
+    print(f"[lit_ft] data prepared in {data_seconds:.2f}s", flush=True)
 
     before = _evaluate(trainer, module, datamodule) if cfg.evaluate_before else None
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -147,6 +157,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "headline_metric": task.headline,
         "metrics": {"before": before, "after": after, "test": test, "train": training},
         "tokens_per_s": training["tokens_per_s"],
+        "throughput": _throughput(trainer),
+        "data_prep_s": round(data_seconds, 3),
         "wall_time_s": round(time.perf_counter() - started, 2),
         "best_checkpoint": best or _last_checkpoint(trainer),
         "last_checkpoint": _last_checkpoint(trainer),
@@ -231,7 +243,17 @@ def _last_checkpoint(trainer) -> str | None:
     return next((p for p in paths if p), None)
 
 
-def _print_plan(cfg: DictConfig, datamodule, module, num_steps: int, world_size: int) -> None:
+def _throughput(trainer) -> dict[str, Any] | None:
+    """The ThroughputLogger's summary (tokens/s, MFU after warm-up), when one is configured."""
+    from lit_ft.throughput import ThroughputLogger
+
+    found = [cb for cb in trainer.callbacks if isinstance(cb, ThroughputLogger)]
+    return found[0].summary() if found else None
+
+
+def _print_plan(
+    cfg: DictConfig, datamodule, module, num_steps: int, world_size: int, precision: str
+) -> None:
     """The pre-flight summary: what one step is, how many there are, what a checkpoint costs."""
     length, batch = module.task.max_length, cfg.data.batch_size
     accumulate = cfg.trainer.accumulate_grad_batches
@@ -250,8 +272,8 @@ def _print_plan(cfg: DictConfig, datamodule, module, num_steps: int, world_size:
         f"[lit_ft] step: {batch} sequences x {accumulate} accumulation x {world_size} devices = "
         f"{sequences} sequences = up to {sequences * length:,} tokens per optimizer step\n"
         f"[lit_ft] schedule: {num_steps:,} optimizer steps, {warmup:,} warmup; "
-        f"{params / 1e6:.2f}M parameters; checkpoint ~{checkpoint_mb:,.0f} MB; "
-        f"output: {cfg.paths.output_dir}",
+        f"{params / 1e6:.2f}M parameters; checkpoint ~{checkpoint_mb:,.0f} MB\n"
+        f"[lit_ft] precision: {precision}; output: {cfg.paths.output_dir}",
         flush=True,
     )
 

@@ -1,0 +1,225 @@
+"""Throughput and MFU for any Auto model: tokens/s, samples/s, FLOP/s and model FLOPs utilization.
+
+FLOPs per token are counted once, on a copy of the model built on the meta device (no memory,
+no compute) with Lightning's `measure_flops` (torch's FlopCounterMode over forward + backward
+at the training sequence length); a model that cannot be built there falls back to the usual
+6 x parameters per token (2 for the forward matmuls, 4 for the backward).
+
+    MFU = tokens/s x FLOPs per token / peak FLOP/s of one device
+
+Tokens are the non-padding ones (attention-mask sum), so padding never counts as useful work.
+The peak comes from Lightning's table of GPUs for the training dtype; CPUs have no table, so
+`peak_flops_per_s` sets it there (or overrides the table).
+
+No per-step host sync: token counts stay on the device and are read every `log_every_n_steps`
+optimizer steps, the only moments the clock is read against finished GPU work. Validation time
+inside training is left out of the windows.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def process_start_time() -> float | None:
+    """Wall-clock time (time.time()) at which this process started, or None where unknown.
+
+    Linux: field 22 of /proc/self/stat is the start time in clock ticks after boot; boot time
+    is `btime` in /proc/stat.
+    """
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        ticks = int(stat.rpartition(")")[2].split()[19])  # field 22; the split starts at field 3
+        boot = Path("/proc/stat").read_text().splitlines()
+        btime = next(int(line.split()[1]) for line in boot if line.startswith("btime"))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, StopIteration, IndexError):
+        return None
+
+
+def count_flops_per_token(model: torch.nn.Module, seq_len: int) -> tuple[float, str]:
+    """Training FLOPs (forward + backward) per token at `seq_len`, and how they were counted."""
+    from lightning.fabric.utilities.throughput import measure_flops
+
+    try:
+        with torch.device("meta"):
+            meta_model = type(model)(copy.deepcopy(model.config))
+            ids = torch.zeros((1, seq_len), dtype=torch.long)
+
+        def forward():
+            return meta_model(input_ids=ids, labels=ids).loss
+
+        flops = measure_flops(meta_model, forward, loss_fn=lambda loss: loss)
+        if flops > 0:
+            return flops / seq_len, "measured"
+    except Exception as err:  # any model, any architecture: fall back rather than fail a run
+        log.info("FLOPs could not be measured on the meta device (%s); using 6 x params", err)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return 6.0 * params, "6 x parameters"
+
+
+def peak_flops(trainer: L.Trainer, configured: float | None) -> float | None:
+    """Peak FLOP/s of one device at the training dtype: the configured value, else Lightning's."""
+    if configured:
+        return float(configured)
+    from lightning.fabric.utilities.throughput import _plugin_to_compute_dtype, get_available_flops
+
+    device = trainer.strategy.root_device
+    if device.type == "cpu":
+        return None
+    try:
+        return get_available_flops(device, _plugin_to_compute_dtype(trainer.precision_plugin))
+    except Exception:  # unknown plugin or device: no MFU rather than no run
+        return None
+
+
+class ThroughputLogger(L.Callback):
+    """Log throughput/{tokens_per_s, samples_per_s, flops_per_s, mfu} every N optimizer steps.
+
+    The first `warmup_steps` optimizer steps (allocator warm-up, torch.compile) are left out of
+    the summary that goes into results.json.
+    """
+
+    def __init__(
+        self,
+        log_every_n_steps: int = 10,
+        warmup_steps: int = 2,
+        peak_flops_per_s: float | None = None,
+    ):
+        self.log_every_n_steps = max(1, int(log_every_n_steps))
+        self.warmup_steps = max(0, int(warmup_steps))
+        self.configured_peak = peak_flops_per_s
+        self.flops_per_token: float | None = None
+        self.flops_method: str | None = None
+        self.peak: float | None = None
+        self.time_to_first_step_s: float | None = None
+        self.last: dict[str, float] = {}
+        self._window_tokens: torch.Tensor | int = 0
+        self._window_samples = 0
+        self._window_start: float | None = None
+        self._window_first_step = 0
+        self._paused_at: float | None = None
+        self._paused = 0.0
+        self._measured = {"tokens": 0, "samples": 0, "seconds": 0.0, "steps": 0}
+        self._last_step = self._start_step = 0
+        self._measuring = False
+
+    # -- set-up ----------------------------------------------------------------------------
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.peak = peak_flops(trainer, self.configured_peak)
+        self._last_step = self._start_step = trainer.global_step  # > 0 when resumed
+        self._measuring = False
+        self._restart_window(trainer.global_step)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.flops_per_token is None:  # once, at the real sequence length
+            model = getattr(pl_module, "model", pl_module)
+            seq_len = int(batch["input_ids"].shape[-1])
+            self.flops_per_token, self.flops_method = count_flops_per_token(model, seq_len)
+            self._window_start = time.perf_counter()  # counting is not training time
+
+    # -- validation inside training does not count ---------------------------------------
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._paused_at = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._paused_at is not None:
+            self._paused += time.perf_counter() - self._paused_at
+            self._paused_at = None
+
+    # -- counting --------------------------------------------------------------------------
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        mask = batch.get("attention_mask")
+        ids = batch["input_ids"]
+        tokens = mask.sum() if mask is not None else ids.numel()  # stays on the device
+        self._window_tokens = self._window_tokens + tokens
+        self._window_samples += int(ids.shape[0])
+        step = trainer.global_step
+        if step == self._last_step:  # inside a gradient-accumulation window
+            return
+        self._last_step = step
+        if self.time_to_first_step_s is None:
+            _synchronize(trainer)  # once: the first step really finished
+            started = process_start_time()
+            self.time_to_first_step_s = round(time.time() - started, 2) if started else None
+        if step - self._start_step == max(1, self.warmup_steps) and not self._measuring:
+            # Warm-up over (allocations, compilation): measure from here on.
+            _synchronize(trainer)
+            self._measuring = True
+            self._restart_window(step)
+        elif step - self._window_first_step >= self.log_every_n_steps:
+            self._close_window(trainer, pl_module, step)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._measuring and trainer.global_step > self._window_first_step:
+            self._close_window(trainer, pl_module, trainer.global_step, show=False)
+
+    def _close_window(self, trainer, pl_module, step: int, show: bool = True) -> None:
+        _synchronize(trainer)
+        seconds = time.perf_counter() - self._window_start - self._paused
+        tokens = int(self._window_tokens)  # the one host read per window
+        metrics = self._rates(tokens, self._window_samples, seconds)
+        self.last = metrics
+        for logger in trainer.loggers:
+            logger.log_metrics({f"throughput/{k}": v for k, v in metrics.items()}, step=step)
+        if show:  # the progress bar (Lightning forbids self.log in on_train_end)
+            pl_module.log("tokens/s", metrics["tokens_per_s"], prog_bar=True, logger=False)
+            if "mfu" in metrics:
+                pl_module.log("mfu", metrics["mfu"], prog_bar=True, logger=False)
+        if self._measuring:
+            self._measured["tokens"] += tokens
+            self._measured["samples"] += self._window_samples
+            self._measured["seconds"] += seconds
+            self._measured["steps"] += step - self._window_first_step
+        self._restart_window(step)
+
+    def _restart_window(self, step: int) -> None:
+        self._window_tokens, self._window_samples = 0, 0
+        self._window_start, self._paused = time.perf_counter(), 0.0
+        self._window_first_step = step
+
+    def _rates(self, tokens: int, samples: int, seconds: float) -> dict[str, float]:
+        if seconds <= 0:
+            return {}
+        metrics = {"tokens_per_s": tokens / seconds, "samples_per_s": samples / seconds}
+        if self.flops_per_token:
+            metrics["flops_per_s"] = tokens * self.flops_per_token / seconds
+            if self.peak:
+                metrics["mfu"] = metrics["flops_per_s"] / self.peak
+        return metrics
+
+    # -- results ---------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """For results.json: rates over the measured windows (warm-up excluded)."""
+        m = self._measured
+        rates = self._rates(m["tokens"], m["samples"], m["seconds"])
+        return {
+            **{k: _round(v) for k, v in rates.items()},
+            "measured_steps": m["steps"],
+            "warmup_steps_excluded": self.warmup_steps,
+            "flops_per_token": _round(self.flops_per_token),
+            "flops_counted_by": self.flops_method,
+            "peak_flops_per_s": self.peak,
+            "time_to_first_step_s": self.time_to_first_step_s,
+        }
+
+
+def _synchronize(trainer) -> None:
+    if trainer.strategy.root_device.type == "cuda":
+        torch.cuda.synchronize(trainer.strategy.root_device)
+
+
+def _round(value: float | None) -> float | None:
+    if value is None:
+        return None
+    return float(f"{value:.4g}")
