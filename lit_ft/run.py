@@ -47,8 +47,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lit_ft.precision import resolve_precision
     from lit_ft.preemption import PreemptionCheckpoint
     from lit_ft.recorder import TrainingRecorder
-    from lit_ft.tasks import COLUMN_KEYS, build_task
     from lit_ft.speed import compile_model
+    from lit_ft.tasks import COLUMN_KEYS, build_task
     from lit_ft.vocab import pad_vocab
 
     started = time.perf_counter()
