@@ -166,6 +166,7 @@ class RngState(Callback):
 
     def __init__(self) -> None:
         self._to_restore: dict[str, Any] | None = None
+        self._own_rank_state: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return capture_rng()
@@ -173,10 +174,27 @@ class RngState(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._to_restore = state_dict
 
+    # Under DDP only rank 0 writes the file, so state_dict() alone would give every rank rank
+    # 0's generators (and rank 1 other dropout masks than it had). Each rank's state is
+    # gathered into the checkpoint (all ranks save together), and each takes back its own.
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if trainer.world_size > 1:
+            import torch.distributed as dist
+
+            states: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(states, capture_rng())
+            checkpoint["lit_ft_rng_per_rank"] = states
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("lit_ft_rng_per_rank")
+        if states and len(states) == trainer.world_size:
+            self._own_rank_state = states[trainer.global_rank]  # preferred at on_train_start
+
     def on_train_start(self, trainer, pl_module) -> None:
-        if self._to_restore is not None:
-            restore_rng(self._to_restore)
-            self._to_restore = None
+        state = self._own_rank_state or self._to_restore
+        if state is not None:
+            restore_rng(state)
+        self._to_restore = self._own_rank_state = None
 
 
 def capture_rng() -> dict[str, Any]:

@@ -89,7 +89,7 @@ class FineTuneDataModule(L.LightningDataModule):
         # sweep over seeds compares validation losses on the same rows
         self.datasets: dict[str, Any] | None = None
         self._sampler: ResumableRandomSampler | None = None
-        self._position = (0, 0)  # (epoch, training batches consumed in it)
+        self._position = (0, 0)  # (epoch, training samples consumed in it, all processes)
         self._fingerprint: dict[str, Any] | None = None
 
     @property
@@ -125,17 +125,14 @@ class FineTuneDataModule(L.LightningDataModule):
         if trainer is not None and trainer.training:
             if self._position[0] != trainer.current_epoch:
                 self._position = (trainer.current_epoch, 0)
-            self._position = (self._position[0], self._position[1] + 1)
+            # Counted over all processes: each of the world-size ranks took one batch.
+            taken = self.batch_size * trainer.world_size
+            self._position = (self._position[0], self._position[1] + taken)
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        epoch, batches = self._position
-        return {
-            "epoch": epoch,
-            "batches_done": batches,
-            "batch_size": self.batch_size,
-            "fingerprint": self.fingerprint(),
-        }
+        epoch, samples = self._position
+        return {"epoch": epoch, "samples_done": samples, "fingerprint": self.fingerprint()}
 
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed run must share with its checkpoint for the data position to mean the
@@ -151,11 +148,11 @@ class FineTuneDataModule(L.LightningDataModule):
         return self._fingerprint
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        epoch, done = state["epoch"], state["batches_done"]
-        if done * state["batch_size"] >= len(self.train_sampler):  # saved at the epoch's end
+        epoch, done = state["epoch"], state["samples_done"]
+        if done >= self.train_sampler.dataset_size:  # saved at the epoch's end
             epoch, done = epoch + 1, 0
         self._position = (epoch, done)
-        self.train_sampler.resume(epoch, done * state["batch_size"])
+        self.train_sampler.resume(epoch, done)
 
     # -- building ----------------------------------------------------------------------------
     def _build(self) -> None:

@@ -36,6 +36,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         resolve_ckpt_path,
     )
     from lit_ft.data import FineTuneDataModule
+    from lit_ft.distributed import is_global_zero
     from lit_ft.export import export_checkpoint, export_pretrained
     from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
     from lit_ft.model import ModelSpec, build_model, load_config, load_tokenizer, max_positions
@@ -49,7 +50,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    leader = is_global_zero()  # under DDP, only rank 0 writes files and prints the summaries
+    if leader:
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     spec = ModelSpec(**_plain(cfg.model))
     check_hub_sources(spec.name_or_path, spec.tokenizer_name, cfg.data.path, cfg.data.name)
     hub_upload = _plain(cfg.push_to_hub)
@@ -73,7 +76,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resumption = [RngState(), PreemptionCheckpoint(cfg.paths.checkpoint_dir)]
     callbacks = [*_instantiate_all(cfg.callbacks), recorder, *resumption]
     precision, why = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    print(f"[lit_ft] precision {precision} ({why})", flush=True)
+    if leader:
+        print(f"[lit_ft] precision {precision} ({why})", flush=True)
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         precision=precision,
@@ -97,7 +101,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         num_training_steps=num_steps,
         model=build_model(spec, hf_config),
     )
-    _print_plan(cfg, datamodule, module, num_steps, trainer.world_size)
+    if leader:
+        _print_plan(cfg, datamodule, module, num_steps, trainer.world_size)
 
     before = _evaluate(trainer, module, datamodule) if cfg.evaluate_before else None
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -107,6 +112,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         after = _evaluate(trainer, module, datamodule, ckpt_path=best)
 
     export_dir = last_export_dir = hub_url = None
+    if not trainer.is_global_zero:
+        return {"metrics": {"before": before, "after": after}, "output_dir": str(output_dir)}
     if cfg.export:
         export_dir = export_pretrained(module.model, tokenizer, output_dir / "hf_model")
     if cfg.export_last and _last_checkpoint(trainer):
@@ -237,8 +244,15 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    # The job's own directory (per job in a multirun) is where everything of this run goes.
-    cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
+    from lit_ft.distributed import end_processes, launched_externally, share_run_with_child_ranks
+
+    # The job's own directory (per job in a multirun) is where everything of this run goes,
+    # for every rank that Lightning launches from here too.
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    cfg.paths.output_dir = hydra_cfg.runtime.output_dir
+    share_run_with_child_ranks(hydra_cfg, multirun)
+    launched_here = not launched_externally()
     # Lightning attaches its own console handlers when imported; without this every Lightning
     # message prints twice, once in each format.
     import lightning.pytorch  # noqa: F401  (import first, so there is something to remove)
@@ -247,9 +261,12 @@ def main(cfg: DictConfig) -> float | None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True  # to Hydra's handlers: console and run.log
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    with _user_errors_exit(keep_going=multirun):
-        results = train(cfg)
+    try:
+        with _user_errors_exit(keep_going=multirun):
+            results = train(cfg)
+    finally:
+        if multirun:  # the next job launches its own ranks
+            end_processes(launched_here)
     metric = results["metrics"]["after"].get(cfg.optimized_metric)
     return float(metric) if metric is not None else None
 
