@@ -180,6 +180,8 @@ class FineTuneDataModule(L.LightningDataModule):
             raise LitFtError(message) from err
         except ValueError as err:
             message = f"could not load data.path='{self.path}' ({self.name}): {err}"
+            if "corresponds to no data" in str(err):  # datasets' words for zero rows
+                message = f"data.path='{self.path}' ({self.data_files}) has no rows: it is empty"
             raise LitFtError(message) from err
         splits = {name: loaded[name] for name in loaded}
         if "train" not in splits:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from lit_ft.config import compose, config_dir, validate_config
@@ -33,6 +34,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         AtomicCheckpointIO,
         RngState,
         check_same_data,
+        check_same_model,
         resolve_ckpt_path,
     )
     from lit_ft.data import FineTuneDataModule
@@ -41,6 +43,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
     from lit_ft.model import ModelSpec, build_model, load_config, load_tokenizer, max_positions
     from lit_ft.module import FineTuneModule
+    from lit_ft.nonfinite import StopOnNonFiniteLoss
     from lit_ft.optim import optimizer_steps
     from lit_ft.precision import resolve_precision
     from lit_ft.preemption import PreemptionCheckpoint
@@ -59,8 +62,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_push_to_hub(hub_upload["enabled"], hub_upload["repo_id"])  # now, not after training
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.checkpoint_dir)
 
+    recorder = TrainingRecorder()
+    # Lightning warns that a mid-epoch resume repeats data unless the loader is stateful; ours
+    # resumes through the datamodule's state (lit_ft/sampler.py), so the warning is wrong here.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+    # Always on, whatever callbacks/ says: what exact resumption and preemption rely on.
+    resumption = [RngState(), PreemptionCheckpoint(cfg.paths.checkpoint_dir)]
+    resumption.append(StopOnNonFiniteLoss(cfg.paths.checkpoint_dir))  # no NaN checkpoint
+    callbacks = [*_instantiate_all(cfg.callbacks), recorder, *resumption]
+    precision, why = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    if leader:
+        print(f"[lit_ft] precision {precision} ({why})", flush=True)
+    # The Trainer first: a trainer setting this machine cannot run fails before data work.
+    try:
+        trainer = hydra.utils.instantiate(
+            cfg.trainer,
+            precision=precision,
+            callbacks=callbacks,
+            logger=_instantiate_all(cfg.logger) or False,
+            plugins=[AtomicCheckpointIO()],
+        )
+    except InstantiationException as err:  # e.g. more devices than this machine has
+        raise LitFtError(f"trainer: {err.__cause__ or err}") from err
+
     L.seed_everything(cfg.seed, workers=True)
     tokenizer, hf_config = load_tokenizer(spec), load_config(spec)
+    check_same_model(ckpt_path, hf_config, spec)
     datamodule = FineTuneDataModule(
         tokenizer, max_positions=max_positions(hf_config), seed=cfg.seed, **_plain(cfg.data)
     )
@@ -68,25 +95,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     check_same_data(ckpt_path, datamodule.fingerprint(), force=cfg.force_resume)
 
-    recorder = TrainingRecorder()
-    # Lightning warns that a mid-epoch resume repeats data unless the loader is stateful; ours
-    # resumes through the datamodule's state (lit_ft/sampler.py), so the warning is wrong here.
-    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
-    # Always on, whatever callbacks/ says: what exact resumption and preemption rely on.
-    resumption = [RngState(), PreemptionCheckpoint(cfg.paths.checkpoint_dir)]
-    callbacks = [*_instantiate_all(cfg.callbacks), recorder, *resumption]
-    precision, why = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    if leader:
-        print(f"[lit_ft] precision {precision} ({why})", flush=True)
-    trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        precision=precision,
-        callbacks=callbacks,
-        logger=_instantiate_all(cfg.logger) or False,
-        plugins=[AtomicCheckpointIO()],
-    )
-
-    # Each of N processes sees 1/N of the batches (DistributedSampler rounds up).
+    # Each of w processes takes ceil(N/w) of the N blocks (lit_ft/sampler.py pads), so
+    # ceil(ceil(N/w)/b) batches of b: equal to ceil(ceil(N/b)/w), which this computes
+    # (both are ceil(N/(b*w)); e.g. N=101, b=8, w=2: ceil(51/8) = ceil(13/2) = 7).
     num_steps = optimizer_steps(
         batches_per_epoch=math.ceil(len(datamodule.train_dataloader()) / trainer.world_size),
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,

@@ -43,3 +43,18 @@ class KillAt(Callback):
         if self._count == self.micro_batch:
             os.kill(os.getpid(), self.sig)
         self._count += 1
+
+
+class PoisonAt(Callback):
+    """Makes the weights NaN before the micro-batch that completes optimizer step `step`
+    (1-based), so that step's loss is the first non-finite one."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step + 1 == self.step:
+            import torch
+
+            with torch.no_grad():
+                next(pl_module.model.parameters()).fill_(float("nan"))
