@@ -308,3 +308,14 @@ def _expand(data_files: DataFiles) -> DataFiles:
     if isinstance(data_files, Mapping):
         return {k: _expand(v) for k, v in data_files.items()}
     return [str(Path(f).expanduser()) for f in data_files]
+
+
+def build_datamodule(
+    tokenizer, streaming: bool = False, streaming_validation_rows: int = 1000, **kw
+):
+    """The datamodule for `cfg.data`: in memory (above), or streamed (lit_ft.streaming)."""
+    if streaming:
+        from lit_ft.streaming import StreamingDataModule
+
+        return StreamingDataModule(tokenizer, validation_rows=streaming_validation_rows, **kw)
+    return FineTuneDataModule(tokenizer, **kw)

@@ -37,7 +37,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_same_model,
         resolve_ckpt_path,
     )
-    from lit_ft.data import FineTuneDataModule
+    from lit_ft.data import build_datamodule
     from lit_ft.distributed import is_global_zero
     from lit_ft.export import export_checkpoint, export_pretrained
     from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
@@ -88,7 +88,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     tokenizer, hf_config = load_tokenizer(spec), load_config(spec)
     check_same_model(ckpt_path, hf_config, spec)
-    datamodule = FineTuneDataModule(
+    datamodule = build_datamodule(
         tokenizer, max_positions=max_positions(hf_config), seed=cfg.seed, **_plain(cfg.data)
     )
     datamodule.prepare_data()
@@ -99,7 +99,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # ceil(ceil(N/w)/b) batches of b: equal to ceil(ceil(N/b)/w), which this computes
     # (both are ceil(N/(b*w)); e.g. N=101, b=8, w=2: ceil(51/8) = ceil(13/2) = 7).
     num_steps = optimizer_steps(
-        batches_per_epoch=math.ceil(len(datamodule.train_dataloader()) / trainer.world_size),
+        batches_per_epoch=None  # a stream's length is unknown: max_steps sizes the schedule
+        if cfg.data.get("streaming")
+        else math.ceil(len(datamodule.train_dataloader()) / trainer.world_size),
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         max_epochs=cfg.trainer.get("max_epochs"),
         max_steps=cfg.trainer.get("max_steps", -1),
@@ -201,7 +203,10 @@ def _print_plan(cfg: DictConfig, datamodule, module, num_steps: int, world_size:
     block, batch = datamodule.block_size, cfg.data.batch_size
     accumulate = cfg.trainer.accumulate_grad_batches
     sequences = batch * accumulate * world_size  # e.g. 16 x 4 accumulation x 2 devices = 128
-    train_blocks = len(datamodule.datasets["train"])
+    train = datamodule.datasets["train"]
+    # data.streaming: the length is unknown until the stream has been read
+    train_data = "streamed" if train is None else f"{len(train):,}"
+    per_epoch = "" if train is None else f" ({len(train) * block:,} tokens per epoch)"
     warmup = 0
     if cfg.scheduler:
         warmup = cfg.scheduler.warmup_steps or math.ceil(cfg.scheduler.warmup_ratio * num_steps)
@@ -209,8 +214,8 @@ def _print_plan(cfg: DictConfig, datamodule, module, num_steps: int, world_size:
     # fp32 weights + AdamW's two moments: 12 bytes per parameter (plus small loop state)
     checkpoint_mb = params * 12 / 2**20
     print(
-        f"[lit_ft] data: {train_blocks:,} train / {len(datamodule.datasets['validation']):,} "
-        f"validation blocks of {block} tokens ({train_blocks * block:,} tokens per epoch)\n"
+        f"[lit_ft] data: {train_data} train / {len(datamodule.datasets['validation']):,} "
+        f"validation blocks of {block} tokens{per_epoch}\n"
         f"[lit_ft] step: {batch} sequences x {accumulate} accumulation x {world_size} devices = "
         f"{sequences} sequences = {sequences * block:,} tokens per optimizer step\n"
         f"[lit_ft] schedule: {num_steps:,} optimizer steps, {warmup:,} warmup; "
