@@ -35,6 +35,22 @@ def share_run_with_child_ranks(hydra_cfg, multirun: bool) -> None:
         sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
 
 
+def require_one_output_dir(hydra_cfg) -> None:
+    """Under torchrun or srun every process composes its own config, so a `${now:...}` run
+    directory would differ between them: such runs must name one directory themselves."""
+    from lit_ft.errors import LitFtError
+
+    world = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
+    ours = any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)  # our children
+    named = any(o.startswith("paths.output_dir=") for o in hydra_cfg.overrides.task)
+    if world > 1 and launched_externally() and not ours and not named:
+        raise LitFtError(
+            f"{world} processes were started by torchrun/SLURM and each would pick its own "
+            "timestamped run directory: set paths.output_dir to one directory on a filesystem "
+            "all nodes share (e.g. paths.output_dir=outputs/runs/$SLURM_JOB_ID)"
+        )
+
+
 def launched_externally() -> bool:
     """True when torchrun, SLURM or a launcher before us set up this process's rank."""
     return "LOCAL_RANK" in os.environ or "SLURM_PROCID" in os.environ

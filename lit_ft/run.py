@@ -260,7 +260,12 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from lit_ft.distributed import end_processes, launched_externally, share_run_with_child_ranks
+    from lit_ft.distributed import (
+        end_processes,
+        launched_externally,
+        require_one_output_dir,
+        share_run_with_child_ranks,
+    )
 
     # The job's own directory (per job in a multirun) is where everything of this run goes,
     # for every rank that Lightning launches from here too.
@@ -279,6 +284,7 @@ def main(cfg: DictConfig) -> float | None:
         logger.propagate = True  # to Hydra's handlers: console and run.log
     try:
         with _user_errors_exit(keep_going=multirun):
+            require_one_output_dir(hydra_cfg)
             results = train(cfg)
     finally:
         if multirun:  # the next job launches its own ranks

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from conftest import tiny_run_overrides
 
-pytestmark = pytest.mark.slow
 HELPERS = str(Path(__file__).parent)
 # Per-step |loss(1 process, batch 8) - mean over 2 processes of loss(batch 4)|. The global
 # batch, data and weights are the same; only the order of float sums differs (gradients are
@@ -51,6 +50,7 @@ def _by_step(log: Path) -> dict[int, list[dict]]:
     return steps
 
 
+@pytest.mark.slow
 def test_ddp_matches_one_process_and_resumes_exactly(
     run_cli, tiny_tokenizer_dir, text_file, tmp_path
 ):
@@ -96,6 +96,7 @@ def test_ddp_matches_one_process_and_resumes_exactly(
     assert len(diffs) == 12 and max(diffs) < TOLERANCE
 
 
+@pytest.mark.slow
 def test_multirun_sweep_of_ddp_jobs(run_cli, tiny_tokenizer_dir, text_file, tmp_path):
     log = tmp_path / "sweep.jsonl"
     args = _args(tiny_tokenizer_dir, text_file, None, log, DDP)
@@ -114,3 +115,31 @@ def test_multirun_sweep_of_ddp_jobs(run_cli, tiny_tokenizer_dir, text_file, tmp_
         assert [p.name for p in (sweep / job / "checkpoints").iterdir()] == ["last.ckpt"]
     # Both jobs trained on two ranks: 2 steps x 2 ranks x 2 jobs.
     assert len(log.read_text().splitlines()) == 8
+
+
+@pytest.mark.parametrize(
+    ("env", "task", "hydra", "refused"),
+    [
+        ({"WORLD_SIZE": "8", "LOCAL_RANK": "3"}, [], [], True),  # torchrun, no output dir named
+        ({"WORLD_SIZE": "8", "LOCAL_RANK": "3"}, ["paths.output_dir=/shared/r"], [], False),
+        ({"SLURM_NTASKS": "4", "SLURM_PROCID": "0"}, [], [], True),
+        ({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}, [], [], False),  # one task: one dir
+        ({"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, [], ['hydra.run.dir="/r"'], False),  # our child
+    ],
+)
+def test_external_launchers_must_name_the_run_dir(monkeypatch, env, task, hydra, refused):
+    from omegaconf import OmegaConf
+
+    from lit_ft.distributed import require_one_output_dir
+    from lit_ft.errors import LitFtError
+
+    for key in ("WORLD_SIZE", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    hydra_cfg = OmegaConf.create({"overrides": {"task": task, "hydra": hydra}})
+    if refused:
+        with pytest.raises(LitFtError, match="set paths.output_dir to one directory"):
+            require_one_output_dir(hydra_cfg)
+    else:
+        require_one_output_dir(hydra_cfg)
