@@ -148,7 +148,8 @@ def validate_config(cfg: DictConfig) -> None:
     )
     if str(trainer.precision) in PRECISIONS:
         problems.append(precision_problem(trainer.precision, trainer.accelerator))
-    problems += strategy_problems(trainer.get("strategy", "auto"), str(trainer.accelerator))
+    strategy = trainer.get("strategy", "auto")
+    problems += strategy_problems(strategy, str(trainer.accelerator), bool(cfg.export))
     if data.get("streaming"):
         need(
             isinstance(max_steps, int) and max_steps > 0,

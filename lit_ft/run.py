@@ -48,6 +48,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lit_ft.precision import resolve_precision
     from lit_ft.preemption import PreemptionCheckpoint
     from lit_ft.recorder import TrainingRecorder
+    from lit_ft.strategy import shards_weights
 
     started = time.perf_counter()
     validate_config(cfg)
@@ -127,7 +128,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     export_dir = last_export_dir = hub_url = None
     if not trainer.is_global_zero:
         return {"metrics": {"before": before, "after": after}, "output_dir": str(output_dir)}
-    if cfg.export:
+    if cfg.export and shards_weights(trainer):  # the module holds only this rank's shard
+        export_dir = export_checkpoint(best or _last_checkpoint(trainer), output_dir / "hf_model")
+    elif cfg.export:
         export_dir = export_pretrained(module.model, tokenizer, output_dir / "hf_model")
     if cfg.export_last and _last_checkpoint(trainer):
         last_export_dir = export_checkpoint(_last_checkpoint(trainer), output_dir / "hf_model_last")

@@ -45,7 +45,7 @@ class TransformerBlockPolicy(ModuleWrapPolicy):
         return super()._run_policy(root_module, ignored_modules, root_kwargs)
 
 
-def strategy_problems(strategy: Any, accelerator: str) -> list[str]:
+def strategy_problems(strategy: Any, accelerator: str, export: bool = False) -> list[str]:
     """What keeps `trainer.strategy` from running here (for validate_config)."""
     import torch
 
@@ -62,9 +62,23 @@ def strategy_problems(strategy: Any, accelerator: str) -> list[str]:
                 "trainer.strategy is DeepSpeed, which needs CUDA GPUs; torch sees none "
                 "(trainer=ddp trainer.accelerator=cpu runs on CPUs)"
             )
+    if "deepspeed" in target and export:
+        problems.append(
+            "trainer.strategy is DeepSpeed, whose checkpoints are sharded directories that "
+            "lit_ft does not export: set export=false, then convert with Lightning's "
+            "convert_zero_checkpoint_to_fp32_state_dict and run python -m lit_ft.export on it"
+        )
     if "fsdp" in target and (accelerator == "cpu" or not torch.cuda.is_available()):
         problems.append(
             "trainer.strategy is FSDP, which Lightning runs on CUDA GPUs only; torch sees none "
             "(trainer=ddp trainer.accelerator=cpu runs on CPUs)"
         )
     return problems
+
+
+def shards_weights(trainer) -> bool:
+    """FSDP leaves each rank a shard of the weights: export from the checkpoint file instead
+    (`state_dict_type: full` writes whole weights into it). DeepSpeed runs have export off."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(trainer.strategy, FSDPStrategy)

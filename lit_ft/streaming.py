@@ -3,7 +3,9 @@
 For data that does not fit in memory or on disk: `datasets.load_dataset(..., streaming=True)`
 reads Hub or local files lazily, and each example is tokenized when the training loop asks for
 the next block. Nothing is cached, and the number of blocks is unknown, so training is sized
-by `trainer.max_steps` (validate_config asks for it).
+by `trainer.max_steps` (validate_config asks for it). At the end of the stream the next pass
+begins without ending Lightning's epoch (see StreamingBlocks): validation during training
+needs `trainer.val_check_interval=N` (batches).
 
 Resumption: the stream's position is the `datasets` iterator state *before* the example that
 completed a block, plus the tokens carried over from earlier examples (fewer than one block)
@@ -42,59 +44,67 @@ from lit_ft.sampler import _world
 
 
 class StreamingBlocks(IterableDataset):
-    """Blocks of `block_size` token ids cut from a stream of text, with a resumable position."""
+    """Endless blocks of `block_size` token ids cut from a stream of text, resumable.
+
+    Endless: at the end of the stream the next pass starts (the `datasets` epoch counts them),
+    so Lightning's epoch never ends and `trainer.max_steps` stops training. Under DDP this is
+    what keeps the ranks in step: shards of unequal length would otherwise end one rank's epoch
+    while another still trains, and the next all-reduce would wait forever.
+    """
 
     def __init__(self, source, tokenize, block_size: int, history: int):
         self.source = source  # a datasets.IterableDataset of raw rows (this rank's shard)
         self.tokenize = tokenize  # row -> token ids
         self.block_size = block_size
-        self.produced = 0  # blocks produced in the current pass
-        self.passes_done = 0  # passes read to the end of the stream
+        self.produced = 0  # blocks produced since training started
         self._positions: deque[tuple[int, dict]] = deque(maxlen=history)  # (block no., state)
         self._resume: dict | None = None
 
     def position_after(self, blocks: int) -> dict | None:
-        """The stream state right after the first `blocks` blocks of this pass."""
+        """The stream state right after the first `blocks` blocks."""
         return next((state for n, state in self._positions if n == blocks), None)
 
     def resume(self, state: dict) -> None:
-        """Start the next pass where `state` (from position_after) left off."""
+        """Make the next iteration continue where `state` (from position_after) left off."""
         self._resume = state
 
     def __iter__(self) -> Iterator[dict[str, list[int]]]:
         block, state, self._resume = self.block_size, self._resume, None
-        carry, consumed, self.produced = [], 0, 0
-        # The pass number is the `datasets` epoch: a loaded state applies to its own epoch only,
-        # so the passes after a resumed one start from the beginning again.
-        epoch = self.passes_done if state is None else state["source"]["epoch"]
-        self.source.set_epoch(epoch)
+        # A position: where the row that completed the block starts ("before": a `datasets`
+        # state, or {"pass": n} for the start of pass n), the tokens carried into that row
+        # from earlier ones (fewer than a block), and how many of carry + row went into blocks.
+        before, carry, consumed, self.produced = {"pass": 0}, [], 0, 0
         if state is not None:
-            self.source.load_state_dict(state["source"])
-            carry, consumed, self.produced = (
-                list(state["carry"]),
-                state["consumed"],
-                state["blocks"],
-            )
+            before, carry = state["before"], list(state["carry"])
+            consumed, self.produced = state["consumed"], state["blocks"]
         self._positions.clear()
-        before = self.source.state_dict()  # the position before the next example
-        for row in self.source:
-            pending = carry + self.tokenize(row)
-            start = consumed
-            while len(pending) - start >= block:
-                self.produced += 1
-                state = {
-                    "source": before,
-                    "carry": carry,
-                    "consumed": start + block,
-                    "blocks": self.produced,
-                }
-                self._positions.append((self.produced, state))
-                yield {"input_ids": pending[start : start + block]}
-                start += block
-            # Fewer than one block is left: it starts the next example's tokens.
-            carry, consumed = pending[start:], 0
-            before = self.source.state_dict()
-        self.passes_done = epoch + 1  # only a pass read to its end counts
+        while True:
+            epoch = before.get("pass", before.get("epoch"))
+            # The `datasets` epoch is the pass: a loaded state applies to its own pass only.
+            self.source.set_epoch(epoch)
+            if "pass" not in before:
+                self.source.load_state_dict(before)
+            rows = 0
+            for row in self.source:
+                rows += 1
+                pending, start = carry + self.tokenize(row), consumed
+                while len(pending) - start >= block:
+                    self.produced += 1
+                    position = {
+                        "before": before,
+                        "carry": carry,
+                        "consumed": start + block,
+                        "blocks": self.produced,
+                    }
+                    self._positions.append((self.produced, position))
+                    yield {"input_ids": pending[start : start + block]}
+                    start += block
+                # Fewer than one block is left: it starts the next row's tokens.
+                carry, consumed = pending[start:], 0
+                before = self.source.state_dict()  # now the position before the next row
+            if rows == 0 and "pass" in before:
+                raise LitFtError("the data stream has no rows (this process's shard is empty)")
+            before = {"pass": epoch + 1}
 
 
 class StreamingDataModule(L.LightningDataModule):

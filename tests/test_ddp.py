@@ -81,7 +81,9 @@ def test_ddp_matches_one_process_and_resumes_exactly(
         "step000009.ckpt",
         "step000012.ckpt",
     ]
-    assert (run_dir / "results.json").is_file() and (run_dir / "hf_model").is_dir()
+    assert (run_dir / "hf_model").is_dir()
+    train = json.loads((run_dir / "results.json").read_text())["metrics"]["train"]
+    assert train["steps"] == 6 and train["tokens"] == 6 * 8 * 32  # both ranks' tokens
 
     single, ddp = _by_step(single_log), _by_step(ddp_log)
     diffs = []
