@@ -135,6 +135,11 @@ def validate_config(cfg: DictConfig) -> None:
                 problems.append(f"data.data_files: '{empty}' is empty (0 bytes)")
 
     max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
+    for key, value in (("max_steps", max_steps), ("max_epochs", max_epochs)):
+        need(
+            value is None or (isinstance(value, int) and not isinstance(value, bool)),
+            f"trainer.{key} must be an integer (-1: no limit), got {value!r}",
+        )
     need(
         (isinstance(max_steps, int) and max_steps > 0)
         or (isinstance(max_epochs, int) and max_epochs > 0),

@@ -57,7 +57,8 @@ def strategy_problems(strategy: Any, accelerator: str, export: bool = False) -> 
                 "trainer.strategy is DeepSpeed but the deepspeed package is not installed: "
                 "pip install 'lit-ft[deepspeed]' (or use trainer=fsdp / trainer=ddp)"
             )
-        if accelerator == "cpu" or not torch.cuda.is_available():
+        # (trainer.accelerator=gpu without a GPU is reported on its own already)
+        if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
             problems.append(
                 "trainer.strategy is DeepSpeed, which needs CUDA GPUs; torch sees none "
                 "(trainer=ddp trainer.accelerator=cpu runs on CPUs)"
@@ -68,7 +69,9 @@ def strategy_problems(strategy: Any, accelerator: str, export: bool = False) -> 
             "lit_ft does not export: set export=false, then convert with Lightning's "
             "convert_zero_checkpoint_to_fp32_state_dict and run python -m lit_ft.export on it"
         )
-    if "fsdp" in target and (accelerator == "cpu" or not torch.cuda.is_available()):
+    if "fsdp" in target and (
+        accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    ):
         problems.append(
             "trainer.strategy is FSDP, which Lightning runs on CUDA GPUs only; torch sees none "
             "(trainer=ddp trainer.accelerator=cpu runs on CPUs)"

@@ -39,7 +39,8 @@ def test_every_config_problem_is_named_at_once(tiny_overrides, tmp_path):
             "trainer.precision=16-mixed",
             "trainer.accelerator=cpu",
             f"paths.output_dir={a_file}/run",
-            "+data.streaming=true",
+            "data.streaming=true",
+            "trainer.max_epochs=abc",
             "trainer.max_steps=-1",
             "trainer=fsdp",
         ]
@@ -56,6 +57,7 @@ def test_every_config_problem_is_named_at_once(tiny_overrides, tmp_path):
         f"paths.output_dir='{a_file}/run' cannot be created: '{a_file}' is a file",
         "data.streaming=true reads data of unknown length: set trainer.max_steps",
         "trainer.strategy is FSDP, which Lightning runs on CUDA GPUs only",
+        "trainer.max_epochs must be an integer (-1: no limit), got 'abc'",
     ):
         assert expected in problems
 
