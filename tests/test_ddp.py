@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import tiny_run_overrides
 
 HELPERS = str(Path(__file__).parent)
@@ -145,3 +146,47 @@ def test_external_launchers_must_name_the_run_dir(monkeypatch, env, task, hydra,
             require_one_output_dir(hydra_cfg)
     else:
         require_one_output_dir(hydra_cfg)
+
+
+def test_sampler_splits_an_epoch_between_ranks_and_resumes_over_all(monkeypatch):
+    import lit_ft.sampler as sampler_module
+    from lit_ft.sampler import ResumableRandomSampler
+
+    def ranks(sampler, world):
+        out = []
+        for rank in range(world):
+            monkeypatch.setattr(sampler_module, "_world", lambda r=rank: (r, world))
+            out.append(list(sampler))
+        return out
+
+    sampler = ResumableRandomSampler(101, seed=3)
+    order = sampler.order(0)
+    rank0, rank1 = ranks(sampler, 2)
+    assert len(rank0) == len(rank1) == 51  # 101 padded to 102 with the first index again
+    assert sorted(rank0 + rank1) == sorted([*range(101), order[0]])
+    # Batch k of 4 on each rank = positions [8k, 8k+8) of the order: one process, batch 8.
+    assert sorted(rank0[4:8] + rank1[4:8]) == sorted(order[8:16])
+
+    # Resume after 3 batches of 4 on 2 ranks = 24 samples of the epoch, whatever the ranks.
+    for world in (2, 3):
+        resumed = []
+        for rank in range(world):
+            sampler.resume(0, 24)
+            monkeypatch.setattr(sampler_module, "_world", lambda r=rank, w=world: (r, w))
+            resumed.append(list(sampler))
+        rest = sorted(i for part in resumed for i in part)
+        padded = order + order[: -len(order) % world]
+        assert rest == sorted(padded[24:])  # nothing trained twice, nothing skipped
+
+
+def test_fsdp_policy_wraps_the_models_own_blocks():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+
+    from lit_ft.strategy import TransformerBlockPolicy, block_classes
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=16, n_head=2, vocab_size=64))
+    wrapper = torch.nn.ModuleDict({"model": model})  # as inside the LightningModule
+    assert block_classes(wrapper) == {GPT2Block}
+    wrapped = TransformerBlockPolicy()._run_policy(wrapper, set(), {"device_id": None})
+    assert list(wrapped) == list(model.transformer.h)  # the 3 blocks, nothing else
