@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,50 @@ def check_same_data(ckpt_path: str | None, current: dict[str, Any], force: bool)
     )
 
 
+def check_same_model(ckpt_path: str | None, hf_config, spec) -> None:
+    """Refuse a checkpoint whose weights do not fit this run's model, naming both models.
+
+    Lightning would fail deep inside `load_state_dict` with a size-mismatch traceback, after
+    the data and the model were loaded. The shapes here come from the model built on the meta
+    device (no memory, no weights read).
+    """
+    if ckpt_path is None:
+        return
+    from lit_ft.tasks import get_task
+
+    with torch.device("meta"):
+        model = get_task(spec.task).model_class().from_config(hf_config)
+    name = spec.name_or_path
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    saved = {k.removeprefix("model."): v.shape for k, v in checkpoint["state_dict"].items()}
+    here = {k: v.shape for k, v in model.state_dict().items()}
+    differ = sorted(k for k in saved.keys() & here.keys() if saved[k] != here[k])
+    missing, extra = sorted(here.keys() - saved.keys()), sorted(saved.keys() - here.keys())
+    if not (differ or missing or extra):
+        return
+    info = checkpoint.get("lit_ft", {})
+    theirs = info.get("model_spec", {}).get("name_or_path", "an unknown model")
+    their_type = info.get("hf_config", {}).get("model_type", "?")
+    if differ:
+        k = differ[0]
+        detail = f"{k} is {tuple(saved[k])} there and {tuple(here[k])} here"
+    else:
+        detail = f"parameters missing there: {missing[:3]}; only there: {extra[:3]}"
+    their_config, our_config = info.get("hf_config", {}), hf_config.to_dict()
+    sizes = [  # the architecture numbers that differ, e.g. "n_embd 32 there, 64 here"
+        f"{key} {their_config[key]} there, {value} here"
+        for key, value in our_config.items()
+        if isinstance(value, int) and key in their_config and their_config[key] != value
+    ]
+    if sizes:
+        detail += f" ({'; '.join(sizes[:3])})"
+    raise LitFtError(
+        f"refusing to resume from {ckpt_path}: it holds another model ('{theirs}', "
+        f"{their_type}) than this run's '{name}' ({model.config.model_type}): {detail}. Resume "
+        "with the model it was trained with, or start fresh (drop ckpt_path)"
+    )
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoint writes that never leave a half-written file where a good one stood.
 
@@ -131,6 +176,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(f.fileno())
             os.replace(tmp, path)
             _fsync_dir(path.parent)
+        except OSError as err:  # disk full, quota, permissions: the user's to fix
+            free_mb = shutil.disk_usage(path.parent).free / 2**20
+            kept = "the previous one is kept" if path.exists() else "no earlier one was there"
+            raise LitFtError(
+                f"could not save checkpoint {path}: {err.strerror or err} ({free_mb:,.0f} MB "
+                f"free on its disk); {kept}. Free space (or set paths.output_dir elsewhere) "
+                "and resume with ckpt_path=last"
+            ) from err
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -166,6 +219,7 @@ class RngState(Callback):
 
     def __init__(self) -> None:
         self._to_restore: dict[str, Any] | None = None
+        self._own_rank_state: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return capture_rng()
@@ -173,10 +227,27 @@ class RngState(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._to_restore = state_dict
 
+    # Under DDP only rank 0 writes the file, so state_dict() alone would give every rank rank
+    # 0's generators (and rank 1 other dropout masks than it had). Each rank's state is
+    # gathered into the checkpoint (all ranks save together), and each takes back its own.
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if trainer.world_size > 1:
+            import torch.distributed as dist
+
+            states: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(states, capture_rng())
+            checkpoint["lit_ft_rng_per_rank"] = states
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("lit_ft_rng_per_rank")
+        if states and len(states) == trainer.world_size:
+            self._own_rank_state = states[trainer.global_rank]  # preferred at on_train_start
+
     def on_train_start(self, trainer, pl_module) -> None:
-        if self._to_restore is not None:
-            restore_rng(self._to_restore)
-            self._to_restore = None
+        state = self._own_rank_state or self._to_restore
+        if state is not None:
+            restore_rng(state)
+        self._to_restore = self._own_rank_state = None
 
 
 def capture_rng() -> dict[str, Any]:

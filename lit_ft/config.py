@@ -90,6 +90,9 @@ def validate_config(cfg: DictConfig) -> None:
     from lit_ft.corpora import CORPORA
     from lit_ft.hub import LOCAL_DATA_BUILDERS
     from lit_ft.model import DTYPES
+    from lit_ft.precision import precision_problem
+    from lit_ft.preflight import data_path_problem, model_path_problem, output_dir_problem
+    from lit_ft.strategy import strategy_problems
     from lit_ft.tasks import TASKS
 
     try:  # resolvers such as ${package_dir:...} raise here, wrapped by OmegaConf
@@ -125,7 +128,11 @@ def validate_config(cfg: DictConfig) -> None:
         f"model.dtype='{model.dtype}' is unknown; use one of {', '.join(DTYPES)}",
     )
 
+    if model.name_or_path:
+        problems.append(model_path_problem(model.name_or_path, not model.model_type))
     need(bool(data.path), "data.path is empty: give a Hub dataset name or text/csv/json/parquet")
+    if data.path:
+        problems.append(data_path_problem(data.path))
     positive_int("data.block_size", data.block_size)
     positive_int("data.batch_size", data.batch_size)
     pct = data.validation_split_percentage
@@ -141,13 +148,24 @@ def validate_config(cfg: DictConfig) -> None:
         data.corpus is None or isinstance(data.data_files, str),
         "data.corpus writes one file: data.data_files must be a single path",
     )
+    need(
+        not (data.path in LOCAL_DATA_BUILDERS and data.name),
+        f"data.name='{data.name}' names a Hub dataset's config; data.path={data.path} has none",
+    )
     if data.path in LOCAL_DATA_BUILDERS:
         need(bool(data.data_files), f"data.path='{data.path}' needs data.data_files (local files)")
         if data.data_files and not data.corpus:
             for missing in _missing_files(data.data_files):
                 problems.append(f"data.data_files: '{missing}' does not exist")
+            for empty in _empty_files(data.data_files):
+                problems.append(f"data.data_files: '{empty}' is empty (0 bytes)")
 
     max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
+    for key, value in (("max_steps", max_steps), ("max_epochs", max_epochs)):
+        need(
+            value is None or (isinstance(value, int) and not isinstance(value, bool)),
+            f"trainer.{key} must be an integer (-1: no limit), got {value!r}",
+        )
     need(
         (isinstance(max_steps, int) and max_steps > 0)
         or (isinstance(max_epochs, int) and max_epochs > 0),
@@ -159,6 +177,20 @@ def validate_config(cfg: DictConfig) -> None:
         f"trainer.precision='{trainer.precision}' is unknown; "
         f"use one of {', '.join(sorted(PRECISIONS))}",
     )
+    if str(trainer.precision) in PRECISIONS:
+        problems.append(precision_problem(trainer.precision, trainer.accelerator))
+    strategy = trainer.get("strategy", "auto")
+    problems += strategy_problems(strategy, str(trainer.accelerator), bool(cfg.export))
+    if data.get("streaming"):
+        need(
+            isinstance(max_steps, int) and max_steps > 0,
+            "data.streaming=true reads data of unknown length: set trainer.max_steps",
+        )
+        need(
+            cfg.task.name == "causal-lm",
+            f"data.streaming=true streams text blocks for task=causal_lm; task "
+            f"'{cfg.task.name}' reads its data into memory (set data.streaming=false)",
+        )
     clip = trainer.gradient_clip_val
     need(
         clip is None or (isinstance(clip, int | float) and clip >= 0),
@@ -213,6 +245,8 @@ def validate_config(cfg: DictConfig) -> None:
         f"ckpt_path='{ckpt}' is neither last, auto nor an existing checkpoint file",
     )
     need(isinstance(cfg.seed, int), f"seed must be an integer, got {cfg.seed!r}")
+    problems.append(output_dir_problem(cfg.paths.output_dir))
+    problems = [p for p in problems if p]  # the *_problem checks give None when all is well
     if problems:
         raise ConfigError(problems)
 
@@ -265,7 +299,7 @@ def _experiment_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def _missing_files(data_files) -> list[str]:
+def _literal_files(data_files) -> list[str]:
     if isinstance(data_files, str):
         files = [data_files]
     elif isinstance(data_files, DictConfig | dict):
@@ -273,6 +307,13 @@ def _missing_files(data_files) -> list[str]:
     else:
         files = list(data_files)
     # Globs (train-*.parquet) are resolved by datasets; only literal paths are checked here.
-    return [
-        f for f in files if not any(c in f for c in "*?[") and not Path(f).expanduser().exists()
-    ]
+    return [f for f in files if not any(c in f for c in "*?[")]
+
+
+def _missing_files(data_files) -> list[str]:
+    return [f for f in _literal_files(data_files) if not Path(f).expanduser().exists()]
+
+
+def _empty_files(data_files) -> list[str]:
+    paths = [Path(f).expanduser() for f in _literal_files(data_files)]
+    return [str(p) for p in paths if p.is_file() and p.stat().st_size == 0]

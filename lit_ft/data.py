@@ -64,7 +64,7 @@ class FineTuneDataModule(L.LightningDataModule):
         # sweep over seeds compares validation losses on the same rows
         self.datasets: dict[str, Any] | None = None
         self._sampler: ResumableRandomSampler | None = None
-        self._position = (0, 0)  # (epoch, training batches consumed in it)
+        self._position = (0, 0)  # (epoch, training samples consumed in it, all processes)
         self._fingerprint: dict[str, Any] | None = None
 
     @property
@@ -111,17 +111,14 @@ class FineTuneDataModule(L.LightningDataModule):
         if trainer is not None and trainer.training:
             if self._position[0] != trainer.current_epoch:
                 self._position = (trainer.current_epoch, 0)
-            self._position = (self._position[0], self._position[1] + 1)
+            # Counted over all processes: each of the world-size ranks took one batch.
+            taken = self.batch_size * trainer.world_size
+            self._position = (self._position[0], self._position[1] + taken)
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        epoch, batches = self._position
-        return {
-            "epoch": epoch,
-            "batches_done": batches,
-            "batch_size": self.batch_size,
-            "fingerprint": self.fingerprint(),
-        }
+        epoch, samples = self._position
+        return {"epoch": epoch, "samples_done": samples, "fingerprint": self.fingerprint()}
 
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed run must share with its checkpoint for the data position to mean the
@@ -137,11 +134,11 @@ class FineTuneDataModule(L.LightningDataModule):
         return self._fingerprint
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        epoch, done = state["epoch"], state["batches_done"]
-        if done * state["batch_size"] >= len(self.train_sampler):  # saved at the epoch's end
+        epoch, done = state["epoch"], state["samples_done"]
+        if done >= self.train_sampler.dataset_size:  # saved at the epoch's end
             epoch, done = epoch + 1, 0
         self._position = (epoch, done)
-        self.train_sampler.resume(epoch, done * state["batch_size"])
+        self.train_sampler.resume(epoch, done)
 
     # -- building ----------------------------------------------------------------------------
     def _build(self) -> None:
@@ -178,6 +175,8 @@ class FineTuneDataModule(L.LightningDataModule):
             raise LitFtError(message) from err
         except ValueError as err:
             message = f"could not load data.path='{self.path}' ({self.name}): {err}"
+            if "corresponds to no data" in str(err):  # datasets' words for zero rows
+                message = f"data.path='{self.path}' ({self.data_files}) has no rows: it is empty"
             raise LitFtError(message) from err
         splits = {name: loaded[name] for name in loaded}
         if "train" not in splits:
@@ -255,3 +254,22 @@ def _expand(data_files: DataFiles) -> DataFiles:
     if isinstance(data_files, Mapping):
         return {k: _expand(v) for k, v in data_files.items()}
     return [str(Path(f).expanduser()) for f in data_files]
+
+
+def build_datamodule(
+    tokenizer, task: Task, streaming: bool = False, streaming_validation_rows: int = 1000, **kw
+):
+    """The datamodule for `cfg.data`: in memory (above), or streamed (lit_ft.streaming, text
+    blocks for causal-lm only)."""
+    if streaming:
+        from lit_ft.streaming import StreamingDataModule
+
+        return StreamingDataModule(
+            tokenizer,
+            text_column=task.column["text_column"],
+            block_size=task.max_length,
+            add_eos=task.add_eos,
+            validation_rows=streaming_validation_rows,
+            **kw,
+        )
+    return FineTuneDataModule(tokenizer, task, **kw)

@@ -79,7 +79,7 @@ def build_scheduler(
 
 
 def optimizer_steps(
-    batches_per_epoch: int,
+    batches_per_epoch: int | None,  # None: unknown (a stream), max_steps decides
     accumulate_grad_batches: int,
     max_epochs: int | None,
     max_steps: int,
@@ -95,6 +95,10 @@ def optimizer_steps(
     window is incomplete, so an epoch is ceil(batches / accumulation) steps:
     e.g. 100 batches / 3 accumulation -> 34 steps per epoch.
     """
+    if batches_per_epoch is None:
+        if not max_steps or max_steps <= 0:
+            raise ValueError("data of unknown length (streaming) needs trainer.max_steps")
+        return max_steps
     if isinstance(limit_train_batches, int):
         batches_per_epoch = min(batches_per_epoch, limit_train_batches)
     elif isinstance(limit_train_batches, float):

@@ -36,3 +36,40 @@ def resolve_precision(requested: str, accelerator: str) -> tuple[str, str]:
     if found:
         return "bf16-mixed", f"the CPU has {', '.join(found)}"
     return "32-true", f"the CPU has none of {', '.join(CPU_BF16_FLAGS)} (bf16 would be emulated)"
+
+
+def precision_problem(requested: str, accelerator: str) -> str | None:
+    """Why this hardware cannot run `requested` (None when it can), for validate_config.
+
+    Lightning does not refuse these itself: on CPU it turns 16-mixed into bf16-mixed with a
+    warning (emulated on most CPUs, see above), and on a GPU without bf16 it fails mid-run.
+    """
+    import torch
+
+    requested, accelerator = str(requested), str(accelerator)
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        return f"trainer.accelerator={accelerator} but torch sees no CUDA GPU; use auto or cpu"
+    if requested in ("16-mixed", "16") and not on_gpu:
+        return (
+            f"trainer.precision={requested} needs a CUDA GPU (fp16 autocast does not run on CPU); "
+            "use auto, 32-true, or bf16-mixed if the CPU has avx512_bf16/AMX"
+        )
+    gpu_ready = on_gpu and torch.cuda.is_available()
+    if requested.startswith("bf16") and gpu_ready and not _gpu_computes_bf16():
+        return (
+            f"trainer.precision={requested}: {torch.cuda.get_device_name()} does not compute "
+            "bf16 (Ampere or newer does); use 16-mixed or auto"
+        )
+    if requested == "transformer-engine":
+        import importlib.util
+
+        if importlib.util.find_spec("transformer_engine") is None:
+            return "trainer.precision=transformer-engine needs the transformer_engine package"
+    return None
+
+
+def _gpu_computes_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_bf16_supported(including_emulation=False)

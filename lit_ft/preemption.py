@@ -40,11 +40,18 @@ class PreemptionCheckpoint(Callback):
         self.signal_received = signum
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.signal_received is None or trainer.fit_loop._should_accumulate():
+        if trainer.fit_loop._should_accumulate():
+            return
+        stop = self.signal_received is not None
+        if trainer.world_size > 1:
+            # Every rank must stop at the same step: the save is a collective, and a rank that
+            # trained on would wait for the others forever. One rank's signal stops all.
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if not stop:
             return
         path = self.checkpoint_dir / "last.ckpt"
         trainer.save_checkpoint(path)
-        name = signal.Signals(self.signal_received).name
+        name = signal.Signals(self.signal_received or signal.SIGTERM).name  # or another rank's
         print(
             f"[lit_ft] {name} received: saved {path} at step {trainer.global_step}; exiting with "
             f"code {EXIT_PREEMPTED}. Resume with the same command plus ckpt_path=last.",

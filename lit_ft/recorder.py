@@ -44,6 +44,20 @@ class TrainingRecorder(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self.train_seconds += time.perf_counter() - self._started - self._val_seconds
         self._started = None
+        if trainer.world_size > 1:
+            self._combine_ranks(trainer.strategy)
+
+    def _combine_ranks(self, strategy) -> None:
+        """Under DDP each rank saw its share of every batch: tokens add up, and a step's loss
+        is the mean of the ranks' losses (equal-sized blocks, so the global-batch loss)."""
+        device = strategy.root_device
+        self._tokens = strategy.reduce(
+            torch.as_tensor(self._tokens, device=device), reduce_op="sum"
+        )
+        if self._first_loss is not None:
+            self._first_loss = strategy.reduce(self._first_loss, reduce_op="mean")
+            losses = strategy.reduce(torch.stack(list(self._last_losses)), reduce_op="mean")
+            self._last_losses = deque(losses, maxlen=10)
 
     # -- counting --------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

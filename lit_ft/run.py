@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from lit_ft.config import compose, config_dir, validate_config
@@ -33,14 +34,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         AtomicCheckpointIO,
         RngState,
         check_same_data,
+        check_same_model,
         resolve_ckpt_path,
     )
-    from lit_ft.data import FineTuneDataModule, clamp_block_size
+    from lit_ft.data import build_datamodule, clamp_block_size
+    from lit_ft.distributed import is_global_zero
     from lit_ft.export import export_checkpoint, export_pretrained
     from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
     from lit_ft.loggers import finish, log_config
     from lit_ft.model import ModelSpec, build_model, load_config, load_tokenizer, max_positions
     from lit_ft.module import FineTuneModule
+    from lit_ft.nonfinite import StopOnNonFiniteLoss
     from lit_ft.optim import optimizer_steps
     from lit_ft.peft_adapter import AdapterCheckpoint, prepare_model, quantization_kwargs
     from lit_ft.plots import plot_run
@@ -48,6 +52,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lit_ft.preemption import PreemptionCheckpoint
     from lit_ft.recorder import TrainingRecorder
     from lit_ft.speed import compile_model
+    from lit_ft.strategy import shards_weights
     from lit_ft.tasks import COLUMN_KEYS, build_task
     from lit_ft.vocab import pad_vocab
 
@@ -55,15 +60,44 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    leader = is_global_zero()  # under DDP, only rank 0 writes files and prints the summaries
+    if leader:
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     spec = ModelSpec(task=cfg.task.name, **_plain(cfg.model))
     check_hub_sources(spec.name_or_path, spec.tokenizer_name, cfg.data.path, cfg.data.name)
     hub_upload = _plain(cfg.push_to_hub)
     check_push_to_hub(hub_upload["enabled"], hub_upload["repo_id"])  # now, not after training
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.checkpoint_dir)
 
+    lora = hydra.utils.instantiate(cfg.peft) if cfg.get("peft") else None  # peft=lora
+    recorder = TrainingRecorder()
+    # Lightning warns that a mid-epoch resume repeats data unless the loader is stateful; ours
+    # resumes through the datamodule's state (lit_ft/sampler.py), so the warning is wrong here.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+    # Always on, whatever callbacks/ says: what exact resumption and preemption rely on.
+    resumption = [RngState(), PreemptionCheckpoint(cfg.paths.checkpoint_dir)]
+    resumption.append(StopOnNonFiniteLoss(cfg.paths.checkpoint_dir))  # no NaN checkpoint
+    callbacks = [*_instantiate_all(cfg.callbacks), recorder, *resumption]
+    callbacks += [AdapterCheckpoint(lora)] if lora else []  # adapter-only checkpoints
+    precision, why = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    if leader:
+        print(f"[lit_ft] precision {precision} ({why})", flush=True)
+    # The Trainer first: a trainer setting this machine cannot run fails before data work.
+    try:
+        trainer = hydra.utils.instantiate(
+            cfg.trainer,
+            precision=precision,
+            callbacks=callbacks,
+            logger=_instantiate_all(cfg.logger) or False,
+            plugins=[AtomicCheckpointIO()],
+        )
+    except InstantiationException as err:  # e.g. more devices than this machine has
+        raise LitFtError(f"trainer: {err.__cause__ or err}") from err
+    log_config(trainer.loggers, _plain(cfg))
+
     L.seed_everything(cfg.seed, workers=True)
     tokenizer, hf_config = load_tokenizer(spec), load_config(spec)
+    check_same_model(ckpt_path, hf_config, spec)
     data_options, task_options = _plain(cfg.data), _plain(cfg.task)
     task = build_task(
         task_options.pop("name"),
@@ -73,7 +107,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         add_eos=data_options.pop("add_eos"),
         **task_options,
     )
-    datamodule = FineTuneDataModule(tokenizer, task, seed=cfg.seed, **data_options)
+    datamodule = build_datamodule(tokenizer, task, seed=cfg.seed, **data_options)
     import datasets  # noqa: F401  (imported here so the data timing below is the data's own)
 
     data_started = time.perf_counter()
@@ -83,28 +117,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     task.configure_model(hf_config)  # labels found in the data: num_labels, id2label
     check_same_data(ckpt_path, datamodule.fingerprint(), force=cfg.force_resume)
 
-    lora = hydra.utils.instantiate(cfg.peft) if cfg.get("peft") else None  # peft=lora
-    recorder = TrainingRecorder()
-    # Lightning warns that a mid-epoch resume repeats data unless the loader is stateful; ours
-    # resumes through the datamodule's state (lit_ft/sampler.py), so the warning is wrong here.
-    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
-    # Always on, whatever callbacks/ says: what exact resumption and preemption rely on.
-    resumption = [RngState(), PreemptionCheckpoint(cfg.paths.checkpoint_dir)]
-    callbacks = [*_instantiate_all(cfg.callbacks), recorder, *resumption]
-    callbacks += [AdapterCheckpoint(lora)] if lora else []  # adapter-only checkpoints
-    precision, why = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        precision=precision,
-        callbacks=callbacks,
-        logger=_instantiate_all(cfg.logger) or False,
-        plugins=[AtomicCheckpointIO()],
-    )
-    log_config(trainer.loggers, _plain(cfg))
-
-    # Each of N processes sees 1/N of the batches (DistributedSampler rounds up).
+    # Each of w processes takes ceil(N/w) of the N blocks (lit_ft/sampler.py pads), so
+    # ceil(ceil(N/w)/b) batches of b: equal to ceil(ceil(N/b)/w), which this computes
+    # (both are ceil(N/(b*w)); e.g. N=101, b=8, w=2: ceil(51/8) = ceil(13/2) = 7).
     num_steps = optimizer_steps(
-        batches_per_epoch=math.ceil(len(datamodule.train_dataloader()) / trainer.world_size),
+        batches_per_epoch=None  # a stream's length is unknown: max_steps sizes the schedule
+        if cfg.data.get("streaming")
+        else math.ceil(len(datamodule.train_dataloader()) / trainer.world_size),
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         max_epochs=cfg.trainer.get("max_epochs"),
         max_steps=cfg.trainer.get("max_steps", -1),
@@ -126,8 +145,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ),
     )
     compile_model(module.model, **_plain(cfg.compile))
-    _print_plan(cfg, datamodule, module, num_steps, trainer.world_size, f"{precision} ({why})")
-    print(f"[lit_ft] data prepared in {data_seconds:.2f}s", flush=True)
+    if leader:
+        plan_precision = f"{precision} ({why})"
+        _print_plan(cfg, datamodule, module, num_steps, trainer.world_size, plan_precision)
+        print(f"[lit_ft] data prepared in {data_seconds:.2f}s", flush=True)
 
     before = _evaluate(trainer, module, datamodule) if cfg.evaluate_before else None
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -142,7 +163,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
 
     export_dir = last_export_dir = hub_url = None
-    if cfg.export:
+    if not trainer.is_global_zero:
+        return {"metrics": {"before": before, "after": after}, "output_dir": str(output_dir)}
+    if cfg.export and shards_weights(trainer):  # the module holds only this rank's shard
+        export_dir = export_checkpoint(best or _last_checkpoint(trainer), output_dir / "hf_model")
+    elif cfg.export:
         export_dir = export_pretrained(module.model, tokenizer, output_dir / "hf_model")
     if cfg.export_last and _last_checkpoint(trainer):
         last_export_dir = export_checkpoint(_last_checkpoint(trainer), output_dir / "hf_model_last")
@@ -259,7 +284,9 @@ def _print_plan(
     accumulate = cfg.trainer.accumulate_grad_batches
     sequences = batch * accumulate * world_size  # e.g. 16 x 4 accumulation x 2 devices = 128
     train, validation = datamodule.datasets["train"], datamodule.datasets["validation"]
-    tokens = _token_count(train)
+    # data.streaming: the length is unknown until the stream has been read
+    train_data = "streamed" if train is None else f"{len(train):,}"
+    per_epoch = "" if train is None else f" ({_token_count(train):,} tokens per epoch)"
     warmup = 0
     if cfg.scheduler:
         warmup = cfg.scheduler.warmup_steps or math.ceil(cfg.scheduler.warmup_ratio * num_steps)
@@ -267,8 +294,8 @@ def _print_plan(
     # fp32 weights + AdamW's two moments: 12 bytes per parameter (plus small loop state)
     checkpoint_mb = params * 12 / 2**20
     print(
-        f"[lit_ft] task {module.task.name}: {len(train):,} train / {len(validation):,} "
-        f"validation sequences of up to {length} tokens ({tokens:,} tokens per epoch)\n"
+        f"[lit_ft] task {module.task.name}: {train_data} train / {len(validation):,} "
+        f"validation sequences of up to {length} tokens{per_epoch}\n"
         f"[lit_ft] step: {batch} sequences x {accumulate} accumulation x {world_size} devices = "
         f"{sequences} sequences = up to {sequences * length:,} tokens per optimizer step\n"
         f"[lit_ft] schedule: {num_steps:,} optimizer steps, {warmup:,} warmup; "
@@ -333,8 +360,20 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    # The job's own directory (per job in a multirun) is where everything of this run goes.
-    cfg.paths.output_dir = HydraConfig.get().runtime.output_dir
+    from lit_ft.distributed import (
+        end_processes,
+        launched_externally,
+        require_one_output_dir,
+        share_run_with_child_ranks,
+    )
+
+    # The job's own directory (per job in a multirun) is where everything of this run goes,
+    # for every rank that Lightning launches from here too.
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    cfg.paths.output_dir = hydra_cfg.runtime.output_dir
+    share_run_with_child_ranks(hydra_cfg, multirun)
+    launched_here = not launched_externally()
     # Lightning attaches its own console handlers when imported; without this every Lightning
     # message prints twice, once in each format.
     import lightning.pytorch  # noqa: F401  (import first, so there is something to remove)
@@ -343,9 +382,13 @@ def main(cfg: DictConfig) -> float | None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True  # to Hydra's handlers: console and run.log
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    with _user_errors_exit(keep_going=multirun):
-        results = train(cfg)
+    try:
+        with _user_errors_exit(keep_going=multirun):
+            require_one_output_dir(hydra_cfg)
+            results = train(cfg)
+    finally:
+        if multirun:  # the next job launches its own ranks
+            end_processes(launched_here)
     metric = results["metrics"]["after"].get(cfg.optimized_metric)
     return float(metric) if metric is not None else None
 

@@ -5,47 +5,85 @@ the uninterrupted run would have used. A sampler that draws from a running gener
 promise that once the process restarts (its state is gone, and Lightning creates the epoch's
 iterator before it announces the epoch). This one rebuilds each epoch's permutation from
 `seed + epoch` alone, and `resume(epoch, samples_done)` skips what the checkpoint already saw.
+
+Under DDP it also splits the epoch between processes itself, as `DistributedSampler` does:
+the permutation is padded (by repeating its start) to a multiple of the world size and rank r
+takes every world-size-th index from r. With a per-process batch b on w processes, step k
+trains on permutation positions [k*b*w, (k+1)*b*w): the same examples as one process with
+batch b*w. It subclasses `DistributedSampler` only so that Lightning leaves it alone:
+Lightning would otherwise wrap it in a `DistributedSamplerWrapper`, which re-splits the
+already-resumed order and loses the resume offset.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 
-class ResumableRandomSampler(Sampler[int]):
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True):
-        self.num_samples = num_samples
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the initialized process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ResumableRandomSampler(DistributedSampler):
+    # DistributedSampler.__init__ is not called: it needs the process group at construction,
+    # and this sampler is built before Lightning starts it. Rank and world size are read when
+    # an epoch's iterator is created.
+    def __init__(self, dataset_size: int, seed: int, shuffle: bool = True):
+        self.dataset_size = dataset_size
         self.seed = seed
         self.shuffle = shuffle
+        self.drop_last = False
         self.epoch = 0
-        self._resume_at: tuple[int, int] | None = None  # (epoch, samples to skip)
+        self._resume_at: tuple[int, int] | None = None  # (epoch, samples of all ranks to skip)
+
+    @property
+    def rank(self) -> int:
+        return _world()[0]
+
+    @property
+    def num_replicas(self) -> int:
+        return _world()[1]
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per process in a full epoch: e.g. 101 blocks on 2 processes -> 51 each."""
+        return math.ceil(self.dataset_size / self.num_replicas)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch."""
         self.epoch = epoch
 
     def resume(self, epoch: int, samples_done: int) -> None:
-        """Start the next iteration of `epoch` after its first `samples_done` samples."""
+        """Start the next iteration of `epoch` after its first `samples_done` samples, counted
+        over all processes (batches done x batch size x world size)."""
         self.epoch = epoch
         self._resume_at = (epoch, samples_done)
 
     def order(self, epoch: int) -> list[int]:
         if not self.shuffle:
-            return list(range(self.num_samples))
+            return list(range(self.dataset_size))
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.num_samples, generator=generator).tolist()
+        return torch.randperm(self.dataset_size, generator=generator).tolist()
 
     def __iter__(self) -> Iterator[int]:
         # Built eagerly (not a generator function): the order is fixed when the iterator is
         # created, whatever set_epoch calls come between that and the first batch.
+        rank, world = _world()
         order = self.order(self.epoch)
+        order += order[: self.num_samples * world - len(order)]  # pad to a multiple of world
         if self._resume_at is not None and self._resume_at[0] == self.epoch:
             order = order[self._resume_at[1] :]
         self._resume_at = None
-        return iter(order)
+        return iter(order[rank::world])
 
     def __len__(self) -> int:
         # The full epoch even when resuming: Lightning compares batches seen against it.

@@ -22,6 +22,7 @@ class LossLog(Callback):
             "step": trainer.global_step,
             "loss": float(pl_module.last_train_loss),
             "first_ids": batch["input_ids"][:, 0].tolist(),
+            "rank": trainer.global_rank,
         }
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -31,13 +32,29 @@ class KillAt(Callback):
     """SIGKILLs its own process at the first micro-batch where the optimizer has stepped
     `step` times and `micro_batch` batches of the next window are done (no clean-up runs)."""
 
-    def __init__(self, step: int, micro_batch: int = 0, sig: str = "SIGKILL"):
+    def __init__(self, step: int, micro_batch: int = 0, sig: str = "SIGKILL", rank: int = 0):
         self.step, self.micro_batch, self.sig = step, micro_batch, getattr(signal, sig)
+        self.rank = rank  # under DDP, only this rank signals itself
         self._count = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step < self.step:
+        if trainer.global_step < self.step or trainer.global_rank != self.rank:
             return
         if self._count == self.micro_batch:
             os.kill(os.getpid(), self.sig)
         self._count += 1
+
+
+class PoisonAt(Callback):
+    """Makes the weights NaN before the micro-batch that completes optimizer step `step`
+    (1-based), so that step's loss is the first non-finite one."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step + 1 == self.step:
+            import torch
+
+            with torch.no_grad():
+                next(pl_module.model.parameters()).fill_(float("nan"))

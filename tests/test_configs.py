@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 import hydra
 import pytest
 from hydra.errors import ConfigCompositionException
@@ -10,6 +12,7 @@ from omegaconf import OmegaConf
 from lit_ft.config import compose, config_dir, validate_config
 from lit_ft.errors import ConfigError
 from lit_ft.precision import resolve_precision
+from lit_ft.strategy import strategy_problems
 
 CONF = config_dir()
 GROUP_FILES = sorted(
@@ -23,7 +26,7 @@ def _overrides_for(group: str, name: str, tmp_path) -> list[str]:
     overrides = [f"{group}={name}", f"paths.output_dir={tmp_path}"]
     if group == "data" and name == "text_files":
         overrides.append(f"data.data_files={tmp_path / 'any.txt'}")  # the one mandatory key
-    if group == "trainer" and name == "gpu":
+    if group == "trainer" and name in ("gpu", "deepspeed"):
         import torch
 
         if not torch.cuda.is_available():  # the rest of the GPU config still instantiates
@@ -36,12 +39,20 @@ def test_every_config_composes_and_instantiates(group, name, tmp_path):
     cfg = compose(_overrides_for(group, name, tmp_path))
     OmegaConf.resolve(cfg)  # every interpolation resolves
 
-    precision, _ = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    trainer = hydra.utils.instantiate(
-        cfg.trainer, precision=precision, logger=False, enable_checkpointing=False
-    )
-    if not cfg.trainer.get("fast_dev_run"):  # which sets max_epochs=1 itself
-        assert trainer.max_epochs == cfg.trainer.max_epochs
+    refusals = strategy_problems(cfg.trainer.strategy, cfg.trainer.accelerator)
+    if refusals:  # a strategy this machine cannot run (FSDP/DeepSpeed without CUDA): refused
+        with pytest.raises(ConfigError) as info:
+            validate_config(cfg)
+        assert all(r in info.value.problems for r in refusals)
+        if "deepspeed" not in cfg.trainer.strategy._target_.lower() or find_spec("deepspeed"):
+            assert hydra.utils.instantiate(cfg.trainer.strategy) is not None
+    else:
+        precision, _ = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+        trainer = hydra.utils.instantiate(
+            cfg.trainer, precision=precision, logger=False, enable_checkpointing=False
+        )
+        if not cfg.trainer.get("fast_dev_run"):  # which sets max_epochs=1 itself
+            assert trainer.max_epochs == cfg.trainer.max_epochs
     for node in [*cfg.callbacks.values(), *cfg.logger.values()]:
         made = hydra.utils.instantiate(node)
         # The progress factory returns None exactly when the Trainer's progress bar is off.

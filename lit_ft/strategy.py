@@ -1,0 +1,87 @@
+"""Sharded strategies: FSDP's wrapping unit derived from the model, DeepSpeed's requirements.
+
+FSDP shards parameters per "unit"; the natural unit of a transformer is one block (GPT2Block,
+LlamaDecoderLayer, ...). Every Hugging Face model names its blocks in `_no_split_modules`
+(the classes `device_map="auto"` keeps whole), so the policy reads them from the model it is
+asked to wrap: `trainer=fsdp` works for any model without naming its block class.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from torch import nn
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+from lit_ft.errors import LitFtError
+
+
+def block_classes(root: nn.Module) -> set[type[nn.Module]]:
+    """The classes of `root`'s submodules that its Hugging Face models list as blocks."""
+    names = {
+        name
+        for module in root.modules()
+        for name in (getattr(module, "_no_split_modules", None) or ())
+    }
+    found = {type(m) for m in root.modules() if type(m).__name__ in names}
+    if not found:
+        raise LitFtError(
+            f"trainer=fsdp: the model ({type(root).__name__}) names no transformer block class "
+            "(_no_split_modules is empty), so there is nothing to wrap; use trainer=ddp"
+        )
+    return found
+
+
+class TransformerBlockPolicy(ModuleWrapPolicy):
+    """`ModuleWrapPolicy` over the model's own block classes, found when FSDP wraps it."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    def _run_policy(self, root_module: nn.Module, ignored_modules, root_kwargs: dict[str, Any]):
+        self._module_classes = block_classes(root_module)
+        self._module_classes_str = str(self._module_classes)
+        return super()._run_policy(root_module, ignored_modules, root_kwargs)
+
+
+def strategy_problems(strategy: Any, accelerator: str, export: bool = False) -> list[str]:
+    """What keeps `trainer.strategy` from running here (for validate_config)."""
+    import torch
+
+    target = str(strategy.get("_target_", "") if hasattr(strategy, "get") else strategy).lower()
+    problems = []
+    if "deepspeed" in target:
+        if importlib.util.find_spec("deepspeed") is None:
+            problems.append(
+                "trainer.strategy is DeepSpeed but the deepspeed package is not installed: "
+                "pip install 'lit-ft[deepspeed]' (or use trainer=fsdp / trainer=ddp)"
+            )
+        # (trainer.accelerator=gpu without a GPU is reported on its own already)
+        if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
+            problems.append(
+                "trainer.strategy is DeepSpeed, which needs CUDA GPUs; torch sees none "
+                "(trainer=ddp trainer.accelerator=cpu runs on CPUs)"
+            )
+    if "deepspeed" in target and export:
+        problems.append(
+            "trainer.strategy is DeepSpeed, whose checkpoints are sharded directories that "
+            "lit_ft does not export: set export=false, then convert with Lightning's "
+            "convert_zero_checkpoint_to_fp32_state_dict and run python -m lit_ft.export on it"
+        )
+    if "fsdp" in target and (
+        accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    ):
+        problems.append(
+            "trainer.strategy is FSDP, which Lightning runs on CUDA GPUs only; torch sees none "
+            "(trainer=ddp trainer.accelerator=cpu runs on CPUs)"
+        )
+    return problems
+
+
+def shards_weights(trainer) -> bool:
+    """FSDP leaves each rank a shard of the weights: export from the checkpoint file instead
+    (`state_dict_type: full` writes whole weights into it). DeepSpeed runs have export off."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(trainer.strategy, FSDPStrategy)
