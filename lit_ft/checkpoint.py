@@ -121,12 +121,21 @@ def check_same_model(ckpt_path: str | None, hf_config, spec) -> None:
     """
     if ckpt_path is None:
         return
+    import copy
+
+    from lit_ft.peft_adapter import CHECKPOINT_KEY
     from lit_ft.tasks import get_task
 
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    if CHECKPOINT_KEY in checkpoint:  # adapter-only: AdapterCheckpoint checks it on load
+        return
+    hf_config = copy.deepcopy(hf_config)
+    if spec.pad_vocab_to_multiple_of:  # run.py pads the embeddings after building the model
+        multiple = spec.pad_vocab_to_multiple_of
+        hf_config.vocab_size = -(-hf_config.vocab_size // multiple) * multiple
     with torch.device("meta"):
         model = get_task(spec.task).model_class().from_config(hf_config)
     name = spec.name_or_path
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     saved = {k.removeprefix("model."): v.shape for k, v in checkpoint["state_dict"].items()}
     here = {k: v.shape for k, v in model.state_dict().items()}
     differ = sorted(k for k in saved.keys() & here.keys() if saved[k] != here[k])

@@ -97,7 +97,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     L.seed_everything(cfg.seed, workers=True)
     tokenizer, hf_config = load_tokenizer(spec), load_config(spec)
-    check_same_model(ckpt_path, hf_config, spec)
     data_options, task_options = _plain(cfg.data), _plain(cfg.task)
     task = build_task(
         task_options.pop("name"),
@@ -115,6 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     data_seconds = time.perf_counter() - data_started  # a cached second run: well under 1 s
     task.configure_model(hf_config)  # labels found in the data: num_labels, id2label
+    check_same_model(ckpt_path, hf_config, spec)
     check_same_data(ckpt_path, datamodule.fingerprint(), force=cfg.force_resume)
 
     # Each of w processes takes ceil(N/w) of the N blocks (lit_ft/sampler.py pads), so
