@@ -48,14 +48,11 @@ def _distinct(values) -> set:
     return flat
 
 
-class SequenceClassificationTask(Task):
-    name = "sequence-classification"
-    auto_class = "AutoModelForSequenceClassification"
-    description = "one label per text or text pair"
-    predicts = True
-    headline = "val/accuracy"
-    columns = ("text_column", "label_column")
-    optional_columns = ("text_pair_column",)
+class LabelledTask(Task):
+    """A task whose labels come from the data: it learns the label set from the splits, writes it
+    into the model config, and keys its cache on it. `label_key` names the data-config column."""
+
+    label_key: str
 
     def __init__(self, tokenizer, columns, max_length: int):
         super().__init__(tokenizer, columns, max_length)
@@ -63,7 +60,7 @@ class SequenceClassificationTask(Task):
         self.label2id: dict[Any, int] = {}
 
     def fit_labels(self, splits, source: str) -> None:
-        self.labels, self.label2id = fit_label_map(splits, self.column["label_column"], source)
+        self.labels, self.label2id = fit_label_map(splits, self.column[self.label_key], source)
 
     def configure_model(self, hf_config) -> None:
         # Saved with the model, so from_pretrained + pipeline() print names, not LABEL_3.
@@ -78,6 +75,17 @@ class SequenceClassificationTask(Task):
         return self.cached_map(
             dataset, self._encode, split, context, "Tokenizing", remove_columns=dataset.column_names
         )
+
+
+class SequenceClassificationTask(LabelledTask):
+    name = "sequence-classification"
+    auto_class = "AutoModelForSequenceClassification"
+    description = "one label per text or text pair"
+    predicts = True
+    headline = "val/accuracy"
+    columns = ("text_column", "label_column")
+    optional_columns = ("text_pair_column",)
+    label_key = "label_column"
 
     def _encode(self, batch: dict[str, list]) -> dict[str, list]:
         pair = self.column["text_pair_column"]

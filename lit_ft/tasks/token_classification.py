@@ -11,17 +11,18 @@ from typing import Any
 import torch
 
 from lit_ft.errors import LitFtError
-from lit_ft.tasks.base import Task, TaskContext, attention_mask, pad_rows
-from lit_ft.tasks.sequence_classification import fit_label_map
+from lit_ft.tasks.base import attention_mask, pad_rows
+from lit_ft.tasks.sequence_classification import LabelledTask
 
 
-class TokenClassificationTask(Task):
+class TokenClassificationTask(LabelledTask):
     name = "token-classification"
     auto_class = "AutoModelForTokenClassification"
     description = "one tag per word, e.g. named entities (IOB tags)"
     predicts = True
     headline = "val/f1"
     columns = ("tokens_column", "tags_column")
+    label_key = "tags_column"
 
     def __init__(self, tokenizer, columns, max_length: int):
         if not getattr(tokenizer, "is_fast", False):
@@ -30,24 +31,6 @@ class TokenClassificationTask(Task):
                 "word pieces); this model's tokenizer is a slow one"
             )
         super().__init__(tokenizer, columns, max_length)
-        self.labels: list[str] = []
-        self.label2id: dict[Any, int] = {}
-
-    def fit_labels(self, splits, source: str) -> None:
-        self.labels, self.label2id = fit_label_map(splits, self.column["tags_column"], source)
-
-    def configure_model(self, hf_config) -> None:
-        hf_config.num_labels = len(self.labels)
-        hf_config.id2label = dict(enumerate(self.labels))
-        hf_config.label2id = {name: i for i, name in enumerate(self.labels)}
-
-    def options(self) -> dict[str, Any]:
-        return {**super().options(), "labels": self.labels}
-
-    def preprocess(self, dataset, split: str, context: TaskContext):
-        return self.cached_map(
-            dataset, self._encode, split, context, "Tokenizing", remove_columns=dataset.column_names
-        )
 
     def _encode(self, batch: dict[str, list]) -> dict[str, list]:
         encoded = self.tokenizer(
