@@ -99,17 +99,15 @@ def load_job(preset: dict, steps: int, output_dir: str):
     from omegaconf import OmegaConf
 
     import lit_ft
-    from lit_ft.data import FineTuneDataModule
     from lit_ft.model import ModelSpec, load_config, load_tokenizer
+    from lit_ft.run import build_task_and_data
 
     cfg = lit_ft.compose(lit_ft_overrides(preset, steps, output_dir))
-    spec = ModelSpec(**OmegaConf.to_container(cfg.model, resolve=True))
-    tokenizer = load_tokenizer(spec)
-    data = FineTuneDataModule(
-        tokenizer, seed=SEED, **OmegaConf.to_container(cfg.data, resolve=True)
-    )
+    spec = ModelSpec(task=cfg.task.name, **OmegaConf.to_container(cfg.model, resolve=True))
+    tokenizer, hf_config = load_tokenizer(spec), load_config(spec)
+    _, data = build_task_and_data(cfg, tokenizer, hf_config)
     data.setup("fit")
-    return cfg, spec, tokenizer, data, load_config(spec)
+    return cfg, spec, tokenizer, data, hf_config
 
 
 def new_model(hf_config):

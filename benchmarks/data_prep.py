@@ -34,28 +34,29 @@ def build(corpus: str, num_proc: int) -> dict:
     from omegaconf import OmegaConf
 
     import lit_ft
-    from lit_ft.data import FineTuneDataModule
-    from lit_ft.model import ModelSpec, load_tokenizer
+    from lit_ft.model import ModelSpec, load_config, load_tokenizer
+    from lit_ft.run import build_task_and_data
 
-    cfg = lit_ft.compose([f"data={CORPUS_DATA[corpus]}"])
-    spec = ModelSpec(**OmegaConf.to_container(cfg.model, resolve=True))
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    data_cfg["preprocessing_num_workers"] = num_proc if num_proc > 1 else None
-    data = FineTuneDataModule(load_tokenizer(spec), seed=42, **data_cfg)
+    workers = num_proc if num_proc > 1 else "null"
+    cfg = lit_ft.compose(
+        [f"data={CORPUS_DATA[corpus]}", f"data.preprocessing_num_workers={workers}"]
+    )
+    spec = ModelSpec(task=cfg.task.name, **OmegaConf.to_container(cfg.model, resolve=True))
+    task, data = build_task_and_data(cfg, load_tokenizer(spec), load_config(spec))
     timings = {"tokenize_s": 0.0}
-    tokenize = data._tokenize
+    preprocess = task.preprocess  # tokenize + group into blocks, per split
 
-    def timed_tokenize(dataset, split):
+    def timed_preprocess(dataset, split, context):
         started = time.perf_counter()
-        out = tokenize(dataset, split)
+        out = preprocess(dataset, split, context)
         timings["tokenize_s"] += time.perf_counter() - started
         return out
 
-    data._tokenize = timed_tokenize
+    task.preprocess = timed_preprocess
     started = time.perf_counter()
     data.setup("fit")
     timings["total_s"] = time.perf_counter() - started
-    timings["text_mb"] = Path(data_cfg["data_files"]).stat().st_size / 1e6
+    timings["text_mb"] = Path(cfg.data.data_files).stat().st_size / 1e6
     timings["train_blocks"] = len(data.datasets["train"])
     return timings
 

@@ -191,6 +191,11 @@ def validate_config(cfg: DictConfig) -> None:
             f"data.streaming=true streams text blocks for task=causal_lm; task "
             f"'{cfg.task.name}' reads its data into memory (set data.streaming=false)",
         )
+        need(
+            not data.get("group_by_length"),
+            "data.group_by_length=true sorts examples by length, which a stream cannot do "
+            "(set data.group_by_length=false)",
+        )
     clip = trainer.gradient_clip_val
     need(
         clip is None or (isinstance(clip, int | float) and clip >= 0),

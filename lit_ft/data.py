@@ -40,6 +40,7 @@ class FineTuneDataModule(L.LightningDataModule):
         validation_split_percentage: float = 5.0,
         test_split: str | None = "test",
         batch_size: int = 8,
+        group_by_length: bool = False,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         preprocessing_num_workers: int | None = None,
@@ -54,6 +55,7 @@ class FineTuneDataModule(L.LightningDataModule):
         self.validation_split_percentage = validation_split_percentage
         self.test_split = test_split  # evaluated and predicted after training, when labelled
         self.batch_size = batch_size
+        self.group_by_length = group_by_length
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.preprocessing_num_workers = preprocessing_num_workers
@@ -72,7 +74,13 @@ class FineTuneDataModule(L.LightningDataModule):
         """One sampler for the whole run, so a restored position survives new dataloaders."""
         if self._sampler is None:
             self.setup("fit")
-            self._sampler = ResumableRandomSampler(len(self.datasets["train"]), seed=self.seed)
+            train = self.datasets["train"]
+            self._sampler = ResumableRandomSampler(
+                len(train),
+                seed=self.seed,
+                lengths=example_lengths(train) if self.group_by_length else None,
+                batch_size=self.batch_size,
+            )
         return self._sampler
 
     # -- Lightning hooks -------------------------------------------------------------------
@@ -123,13 +131,15 @@ class FineTuneDataModule(L.LightningDataModule):
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed run must share with its checkpoint for the data position to mean the
         same examples: the processed training data (raw data, split, tokenization, blocks),
-        the tokenizer, and the sampler's seed. Computed once: every checkpoint stores it."""
+        the tokenizer, and the sampler's seed and order. Computed once: every checkpoint
+        stores it."""
         if self._fingerprint is None:
             self.setup("fit")
             self._fingerprint = {
                 "train_data": self.datasets["train"]._fingerprint,
                 "tokenizer": self._tokenizer_hash,
                 "sampler_seed": self.seed,
+                "group_by_length": self.group_by_length,  # another order of the same data
             }
         return self._fingerprint
 
@@ -238,6 +248,13 @@ def clamp_block_size(block_size: int, max_positions: int | None) -> int:
         )
         return max_positions
     return block_size
+
+
+def example_lengths(dataset) -> list[int]:
+    """Tokens per row, read from the Arrow column (no Python lists of ids are built)."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_pylist()
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -62,7 +62,7 @@ class TrainingRecorder(L.Callback):
     # -- counting --------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Packed batches (lit_ft/tasks/sft.py) carry a count mask instead of an attention mask;
-        # padding-free ones (lit_ft/batching.py) neither: every token is real.
+        # batches with neither (fixed-length LM blocks) are all real tokens.
         mask = batch.get("attention_mask", batch.get("_real_tokens"))
         self._tokens = self._tokens + (
             mask.sum() if mask is not None else batch["input_ids"].numel()

@@ -37,12 +37,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_same_model,
         resolve_ckpt_path,
     )
-    from lit_ft.data import build_datamodule, clamp_block_size
     from lit_ft.distributed import is_global_zero
     from lit_ft.export import export_checkpoint, export_pretrained
     from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
     from lit_ft.loggers import finish, log_config
-    from lit_ft.model import ModelSpec, build_model, load_config, load_tokenizer, max_positions
+    from lit_ft.model import ModelSpec, build_model, load_config, load_tokenizer
     from lit_ft.module import FineTuneModule
     from lit_ft.nonfinite import StopOnNonFiniteLoss
     from lit_ft.optim import optimizer_steps
@@ -53,7 +52,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lit_ft.recorder import TrainingRecorder
     from lit_ft.speed import compile_model
     from lit_ft.strategy import shards_weights
-    from lit_ft.tasks import COLUMN_KEYS, build_task
     from lit_ft.vocab import pad_vocab
 
     started = time.perf_counter()
@@ -97,16 +95,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     L.seed_everything(cfg.seed, workers=True)
     tokenizer, hf_config = load_tokenizer(spec), load_config(spec)
-    data_options, task_options = _plain(cfg.data), _plain(cfg.task)
-    task = build_task(
-        task_options.pop("name"),
-        tokenizer,
-        columns={key: data_options.pop(key) for key in COLUMN_KEYS},
-        max_length=clamp_block_size(data_options.pop("block_size"), max_positions(hf_config)),
-        add_eos=data_options.pop("add_eos"),
-        **task_options,
-    )
-    datamodule = build_datamodule(tokenizer, task, seed=cfg.seed, **data_options)
+    task, datamodule = build_task_and_data(cfg, tokenizer, hf_config)
     import datasets  # noqa: F401  (imported here so the data timing below is the data's own)
 
     data_started = time.perf_counter()
@@ -144,6 +133,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             lora=lora,
         ),
     )
+    task.check_model(module.model)  # e.g. packing needs attention that reads position ids
     compile_model(module.model, **_plain(cfg.compile))
     if leader:
         plan_precision = f"{precision} ({why})"
@@ -198,6 +188,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     _print_summary(results)
     return results
+
+
+def build_task_and_data(cfg: DictConfig, tokenizer, hf_config):
+    """The task (conf/task) and its datamodule (conf/data): the data's column keys and block
+    size go to the task, the rest to the datamodule. The benchmarks build their data here too."""
+    from lit_ft.data import build_datamodule, clamp_block_size
+    from lit_ft.model import max_positions
+    from lit_ft.tasks import COLUMN_KEYS, build_task
+
+    data_options, task_options = _plain(cfg.data), _plain(cfg.task)
+    task = build_task(
+        task_options.pop("name"),
+        tokenizer,
+        columns={key: data_options.pop(key) for key in COLUMN_KEYS},
+        max_length=clamp_block_size(data_options.pop("block_size"), max_positions(hf_config)),
+        add_eos=data_options.pop("add_eos"),
+        **task_options,
+    )
+    return task, build_datamodule(tokenizer, task, seed=cfg.seed, **data_options)
 
 
 def train_from_overrides(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:

@@ -18,10 +18,12 @@ already-resumed order and loses the resume offset.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import DistributedSampler
+
+from lit_ft.batching import length_grouped_order
 
 
 def _world() -> tuple[int, int]:
@@ -37,10 +39,19 @@ class ResumableRandomSampler(DistributedSampler):
     # DistributedSampler.__init__ is not called: it needs the process group at construction,
     # and this sampler is built before Lightning starts it. Rank and world size are read when
     # an epoch's iterator is created.
-    def __init__(self, dataset_size: int, seed: int, shuffle: bool = True):
+    def __init__(
+        self,
+        dataset_size: int,
+        seed: int,
+        shuffle: bool = True,
+        lengths: Sequence[int] | None = None,
+        batch_size: int = 1,
+    ):
         self.dataset_size = dataset_size
         self.seed = seed
         self.shuffle = shuffle
+        self.lengths = lengths  # given: each step's examples have similar lengths
+        self.batch_size = batch_size  # per process; grouping needs it
         self.drop_last = False
         self.epoch = 0
         self._resume_at: tuple[int, int] | None = None  # (epoch, samples of all ranks to skip)
@@ -68,17 +79,22 @@ class ResumableRandomSampler(DistributedSampler):
         self.epoch = epoch
         self._resume_at = (epoch, samples_done)
 
-    def order(self, epoch: int) -> list[int]:
+    def order(self, epoch: int, world: int = 1) -> list[int]:
         if not self.shuffle:
             return list(range(self.dataset_size))
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.dataset_size, generator=generator).tolist()
+        order = torch.randperm(self.dataset_size, generator=generator).tolist()
+        if self.lengths is not None:
+            # One step trains on `batch_size x world` consecutive positions (see above).
+            group = self.batch_size * world
+            order = length_grouped_order(order, self.lengths, group, generator)
+        return order
 
     def __iter__(self) -> Iterator[int]:
         # Built eagerly (not a generator function): the order is fixed when the iterator is
         # created, whatever set_epoch calls come between that and the first batch.
         rank, world = _world()
-        order = self.order(self.epoch)
+        order = self.order(self.epoch, world)
         order += order[: self.num_samples * world - len(order)]  # pad to a multiple of world
         if self._resume_at is not None and self._resume_at[0] == self.epoch:
             order = order[self._resume_at[1] :]

@@ -52,6 +52,16 @@ def tiny_tokenizer_dir(tmp_path_factory, reference_text) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gpt2_tokenizer(tiny_tokenizer_dir):
+    """The tiny BPE as a GPT-2-style tokenizer (EOS doubles as padding)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
 def text_file(tmp_path_factory, reference_text) -> Path:
     """About 60K characters of real prose (paragraphs of the Python language reference)."""
     path = tmp_path_factory.mktemp("text") / "reference.txt"

@@ -55,13 +55,6 @@ def test_string_labels_map_to_sorted_ids_and_unseen_ones_are_refused():
     )
 
 
-@pytest.fixture(scope="module")
-def gpt2_tokenizer(tiny_tokenizer_dir):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 def _instruction_rows():
     return datasets.Dataset.from_dict(
         {"prompt": ["Say yes.", "Name a colour."], "response": ["yes", "red, of course"]}

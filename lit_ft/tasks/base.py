@@ -66,6 +66,9 @@ class Task:
     def configure_model(self, hf_config) -> None:
         """Write what the task knows into the model config (e.g. num_labels, id2label)."""
 
+    def check_model(self, model) -> None:
+        """Refuse, before training, a built model that cannot do what the task asks of it."""
+
     def preprocess(self, dataset, split: str, context: TaskContext):
         """Raw rows -> model-ready rows (lists of token ids). Implemented by each task."""
         raise NotImplementedError

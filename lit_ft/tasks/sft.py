@@ -143,6 +143,16 @@ class InstructionTask(Task):
         return list(ids)
 
     # -- packing -----------------------------------------------------------------------------
+    def check_model(self, model) -> None:
+        from lit_ft.batching import keeps_packed_examples_apart
+
+        if self.packing and not keeps_packed_examples_apart(model):
+            raise LitFtError(
+                f"task.packing=true: {type(model).__name__} does not keep packed examples "
+                "apart by their position ids (they would attend to each other); set "
+                "task.packing=false (data.group_by_length=true also cuts padding)"
+            )
+
     def _pack(self, batch: dict[str, list]) -> dict[str, list]:
         """Greedy in order: start a new block when the next example does not fit."""
         blocks: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": []}
