@@ -15,6 +15,12 @@ read at the end of step `warmup` and of the last step, after a device sync on GP
 is computed the same way for everyone, after training: token-weighted cross-entropy over the
 validation blocks, in fp32.
 
+MFU uses the training FLOPs per token counted on a meta-device copy of the model (as lit_ft's
+throughput logger does) against one device's peak: Lightning's table on a GPU, a timed
+1024 x 1024 matmul on a CPU (measured once before the runs). "first step s" is the time from
+the process's start to the end of its first optimizer step (imports and data loading
+included; the shared harness loads the data the same way for all three).
+
 Modes:
   same      every framework at identical settings (fp32, fused AdamW, SDPA, no compile):
             framework overhead, lit_ft vs the bare loop (target: within 3%)
@@ -140,21 +146,33 @@ class Clock:
     def __init__(self, warmup: int, steps: int):
         self.warmup, self.steps = warmup, steps
         self.t0 = self.t1 = None
+        self.first_step_s = None  # from the process's start to the end of optimizer step 1
 
     def step_done(self, step: int) -> None:  # step counts from 1
+        if step == 1:
+            from lit_ft.throughput import process_start_time
+
+            started = process_start_time()
+            self.first_step_s = time.time() - started if started else None
         if step in (self.warmup, self.steps):
             import torch
 
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             if step == self.warmup:
-                self.t0 = time.perf_counter()
+                self.t0, self.cpu0 = time.perf_counter(), time.process_time()
             if step == self.steps:
-                self.t1 = time.perf_counter()
+                self.t1, self.cpu1 = time.perf_counter(), time.process_time()
 
     @property
     def seconds(self) -> float:
         return self.t1 - self.t0
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time of all the process's threads over the timed steps: unlike the wall clock,
+        it does not grow when a shared or virtual machine takes the cores away for a while."""
+        return self.cpu1 - self.cpu0
 
 
 CLOCK: Clock | None = None  # the worker's clock, reached by the Lightning/HF callbacks
@@ -200,6 +218,7 @@ def run_lit_ft(mode: str, preset: dict, steps: int, workdir: str) -> dict:
     return {
         "eval_loss": eval_loss(model, data.datasets["validation"]),
         "settings": overrides[len(lit_ft_overrides(preset, steps, workdir)) :] or ["(defaults)"],
+        "bf16": mode != "same" and bf16_ok(),  # precision=auto decides
         "lit_ft_throughput": results.get("throughput"),
         "data_prep_s": results.get("data_prep_s"),
     }
@@ -251,6 +270,7 @@ def run_hf(mode: str, preset: dict, steps: int, workdir: str) -> dict:
     return {
         "eval_loss": eval_loss(model, data.datasets["validation"]),
         "settings": [f"{k}={v}" for k, v in settings.items()] or ["(defaults)"],
+        "bf16": bool(settings.get("bf16")),
     }
 
 
@@ -300,6 +320,7 @@ def run_bare(mode: str, preset: dict, steps: int, workdir: str) -> dict:
     return {
         "eval_loss": eval_loss(model, data.datasets["validation"]),
         "settings": ["torch.compile", "bf16 autocast"][: 1 + use_bf16] if mode == "best" else [],
+        "bf16": use_bf16,
     }
 
 
@@ -316,8 +337,10 @@ def worker(args) -> None:
     tokens = (args.steps - args.warmup) * preset["batch"] * preset["block"]
     out.update(
         tokens_per_s=tokens / CLOCK.seconds,
+        tokens_per_cpu_s=tokens / CLOCK.cpu_seconds,
         timed_seconds=CLOCK.seconds,
         peak_memory_mb=peak_memory_mb(),
+        first_step_s=CLOCK.first_step_s,
         wall_s=time.perf_counter() - started,
     )
     Path(args.out).write_text(json.dumps(out))
@@ -346,6 +369,48 @@ def machine() -> dict:
 
     info.update(lightning=lightning.__version__, transformers=transformers.__version__)
     return info
+
+
+def model_flops(preset: dict) -> dict:
+    """Training FLOPs per token (counted on a meta-device model, as lit_ft's logger does) and
+    one device's peak FLOP/s for fp32 and bf16: Lightning's table on a GPU, a timed matmul on
+    a CPU (measured here, before any run, on the quiet machine)."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from lit_ft.throughput import count_flops_per_token, matmul_flops_per_s
+
+    config = GPT2Config(
+        n_layer=preset["n_layer"],
+        n_head=preset["n_head"],
+        n_embd=preset["n_embd"],
+        n_positions=preset["block"],
+        vocab_size=preset["vocab"],
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    per_token, how = count_flops_per_token(model, preset["block"])
+    if device() == "cuda":
+        from lightning.fabric.utilities.throughput import get_available_flops
+
+        gpu = torch.device("cuda")
+        peaks = {"fp32": get_available_flops(gpu, torch.float32)}
+        peaks["bf16"] = get_available_flops(gpu, torch.bfloat16)
+        source = "Lightning's GPU table"
+    else:
+        peaks = {"fp32": matmul_flops_per_s(torch.float32)}
+        # bf16 too, even where precision=auto stays fp32: it shows why (an emulated bf16
+        # matmul runs at ~1% of fp32 on a CPU without avx512_bf16/AMX).
+        peaks["bf16"] = matmul_flops_per_s(torch.bfloat16)
+        source = "timed 1024x1024 matmul on this CPU"
+    return {"per_token": per_token, "counted_by": how, "peak": peaks, "peak_from": source}
+
+
+def mfu(run: dict, flops: dict) -> float | None:
+    peak = flops["peak"]["bf16" if run.get("bf16") else "fp32"]
+    return run["tokens_per_s"] * flops["per_token"] / peak if peak else None
 
 
 def launch(framework: str, mode: str, args, out: Path) -> dict:
@@ -381,8 +446,11 @@ def summarize(runs: list[dict]) -> dict:
             tps = [r["tokens_per_s"] for r in mine]
             rows[fw] = {
                 "tokens_per_s_median": statistics.median(tps),
+                "mfu_median": _median_of(mine, "mfu"),
+                "tokens_per_cpu_s_median": _median_of(mine, "tokens_per_cpu_s"),
                 "tokens_per_s_all": [round(x, 1) for x in tps],
                 "peak_memory_mb": statistics.median(r["peak_memory_mb"] for r in mine),
+                "first_step_s": _median_of(mine, "first_step_s"),
                 "eval_loss": statistics.median(r["eval_loss"] for r in mine),
                 "settings": mine[0]["settings"],
             }
@@ -393,8 +461,8 @@ def summarize(runs: list[dict]) -> dict:
             for peer in rows:
                 if peer == fw:
                     continue
-                paired = [
-                    a["tokens_per_s"] / b["tokens_per_s"]
+                pairs = [
+                    (a, b)
                     for a in runs
                     for b in runs
                     if a["mode"] == b["mode"] == mode
@@ -402,14 +470,32 @@ def summarize(runs: list[dict]) -> dict:
                     and b["framework"] == peer
                     and a["repeat"] == b["repeat"]
                 ]
+                by_cpu = [
+                    a["tokens_per_cpu_s"] / b["tokens_per_cpu_s"]
+                    for a, b in pairs
+                    if a.get("tokens_per_cpu_s") and b.get("tokens_per_cpu_s")
+                ]
                 row["vs"][peer] = {
                     "ratio_of_medians": row["tokens_per_s_median"]
                     / rows[peer]["tokens_per_s_median"],
-                    "median_paired_ratio": statistics.median(paired),
+                    "median_paired_ratio": statistics.median(
+                        a["tokens_per_s"] / b["tokens_per_s"] for a, b in pairs
+                    ),
+                    "median_paired_cpu_ratio": statistics.median(by_cpu) if by_cpu else None,
                     "eval_loss_ratio": row["eval_loss"] / rows[peer]["eval_loss"],
                 }
         summary[mode] = rows
     return summary
+
+
+def _cpu_ratio(vs: dict) -> str:
+    ratio = vs.get("median_paired_cpu_ratio")
+    return f"per CPU-s {ratio:.3f}x; " if ratio else ""
+
+
+def _median_of(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]  # older results lack some keys
+    return statistics.median(values) if values else None
 
 
 def print_table(summary: dict, meta: dict) -> str:
@@ -420,22 +506,41 @@ def print_table(summary: dict, meta: dict) -> str:
         f"{meta['loadavg_end'][0]:.1f} at end",
         f"job: {meta['preset']} {PRESETS[meta['preset']]}; {meta['steps']} steps, first "
         f"{meta['warmup']} not timed; {meta['repeats']} alternating repeats",
+    ]
+    flops = meta.get("flops")
+    if flops:
+        peaks = ", ".join(
+            f"{k} {v / 1e12:.3g} TFLOP/s" for k, v in flops["peak"].items() if v is not None
+        )
+        lines.append(
+            f"MFU: {flops['per_token'] / 1e6:.2f} MFLOP per token ({flops['counted_by']}) "
+            f"against a peak of {peaks} ({flops['peak_from']})"
+        )
+    lines += [
         "",
-        "| mode | framework | tokens/s (median) | runs | peak memory MB | eval loss | "
-        "vs peers (paired median ratio; eval-loss ratio) | settings |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mode | framework | tokens/s (median) | runs | tokens per CPU-s | MFU | first step s | "
+        "peak memory MB | eval loss | vs peers (paired median ratio of tokens/s; of tokens per "
+        "CPU-s; eval-loss ratio) | settings |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, rows in summary.items():
         for fw, row in rows.items():
             vs = "; ".join(
-                f"{r['median_paired_ratio']:.3f}x {peer} (loss {r['eval_loss_ratio']:.3f})"
+                f"{r['median_paired_ratio']:.3f}x {peer} ({_cpu_ratio(r)}loss "
+                f"{r['eval_loss_ratio']:.3f})"
                 for peer, r in row["vs"].items()
             )
             runs = ", ".join(f"{x:.0f}" for x in row["tokens_per_s_all"])
+            share = row.get("mfu_median")
+            share = f"{share:.1%}" if share is not None else "-"
+            per_cpu = row.get("tokens_per_cpu_s_median")
+            per_cpu = f"{per_cpu:.0f}" if per_cpu is not None else "-"
+            first = row.get("first_step_s")
+            first = f"{first:.1f}" if first is not None else "-"
             lines.append(
-                f"| {mode} | {fw} | {row['tokens_per_s_median']:.0f} | {runs} | "
-                f"{row['peak_memory_mb']:.0f} | {row['eval_loss']:.4f} | {vs} | "
-                f"{' '.join(row['settings'])} |"
+                f"| {mode} | {fw} | {row['tokens_per_s_median']:.0f} | {runs} | {per_cpu} | "
+                f"{share} | {first} | {row['peak_memory_mb']:.0f} | {row['eval_loss']:.4f} | "
+                f"{vs} | {' '.join(row['settings'])} |"
             )
     text = "\n".join(lines)
     print(text, flush=True)
@@ -477,6 +582,7 @@ def main() -> None:
         "warmup": args.warmup,
         "repeats": args.repeats,
         "machine": machine(),
+        "flops": model_flops(PRESETS[args.preset]),
         "loadavg_start": os.getloadavg(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -491,10 +597,12 @@ def main() -> None:
                 for fw in (f for f in MODES[mode] if f in frameworks):
                     result = launch(fw, mode, args, Path(tmp) / "run.json")
                     result.update(framework=fw, mode=mode, repeat=repeat)
+                    result["mfu"] = mfu(result, meta["flops"])
                     runs.append(result)
                     print(
                         f"[{repeat + 1}/{args.repeats}] {mode:8s} {fw:6s} "
-                        f"{result['tokens_per_s']:7.0f} tokens/s  eval loss "
+                        f"{result['tokens_per_s']:7.0f} tokens/s  MFU {result['mfu'] or 0:.1%}  "
+                        "eval loss "
                         f"{result['eval_loss']:.4f}  {result['peak_memory_mb']:.0f} MB  "
                         f"load {result['loadavg_before'][0]:.1f}->{result['loadavg_after'][0]:.1f}",
                         flush=True,

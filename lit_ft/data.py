@@ -78,7 +78,7 @@ class FineTuneDataModule(L.LightningDataModule):
             self._sampler = ResumableRandomSampler(
                 len(train),
                 seed=self.seed,
-                lengths=example_lengths(train) if self.group_by_length else None,
+                lengths=example_lengths(train).to_pylist() if self.group_by_length else None,
                 batch_size=self.batch_size,
             )
         return self._sampler
@@ -250,11 +250,17 @@ def clamp_block_size(block_size: int, max_positions: int | None) -> int:
     return block_size
 
 
-def example_lengths(dataset) -> list[int]:
-    """Tokens per row, read from the Arrow column (no Python lists of ids are built)."""
+def example_lengths(dataset):
+    """Tokens per row as an Arrow array, read from the column (no Python lists of ids)."""
     import pyarrow.compute as pc
 
-    return pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_pylist()
+    return pc.list_value_length(dataset.with_format("arrow")["input_ids"])
+
+
+def token_count(dataset) -> int:
+    import pyarrow.compute as pc
+
+    return int(pc.sum(example_lengths(dataset)).as_py() or 0)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

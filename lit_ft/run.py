@@ -289,13 +289,15 @@ def _print_plan(
     cfg: DictConfig, datamodule, module, num_steps: int, world_size: int, precision: str
 ) -> None:
     """The pre-flight summary: what one step is, how many there are, what a checkpoint costs."""
+    from lit_ft.data import token_count
+
     length, batch = module.task.max_length, cfg.data.batch_size
     accumulate = cfg.trainer.accumulate_grad_batches
     sequences = batch * accumulate * world_size  # e.g. 16 x 4 accumulation x 2 devices = 128
     train, validation = datamodule.datasets["train"], datamodule.datasets["validation"]
     # data.streaming: the length is unknown until the stream has been read
     train_data = "streamed" if train is None else f"{len(train):,}"
-    per_epoch = "" if train is None else f" ({_token_count(train):,} tokens per epoch)"
+    per_epoch = "" if train is None else f" ({token_count(train):,} tokens per epoch)"
     warmup = 0
     if cfg.scheduler:
         warmup = cfg.scheduler.warmup_steps or math.ceil(cfg.scheduler.warmup_ratio * num_steps)
@@ -312,14 +314,6 @@ def _print_plan(
         f"[lit_ft] precision: {precision}; output: {cfg.paths.output_dir}",
         flush=True,
     )
-
-
-def _token_count(dataset) -> int:
-    """Tokens in a processed split, read from the Arrow column without building Python lists."""
-    import pyarrow.compute as pc
-
-    column = dataset.data.column("input_ids")
-    return int(pc.sum(pc.list_value_length(column)).as_py() or 0)
 
 
 # How the end-of-run line names each task's headline metric (Task.headline).

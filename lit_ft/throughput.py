@@ -9,7 +9,8 @@ at the training sequence length); a model that cannot be built there falls back 
 
 Tokens are the non-padding ones (attention-mask sum), so padding never counts as useful work.
 The peak comes from Lightning's table of GPUs for the training dtype; CPUs have no table, so
-`peak_flops_per_s` sets it there (or overrides the table).
+there it is the measured rate of a large matmul at the training dtype (`matmul_flops_per_s`);
+`peak_flops_per_s` overrides either.
 
 No per-step host sync: token counts stay on the device and are read every `log_every_n_steps`
 optimizer steps, the only moments the clock is read against finished GPU work. Validation time
@@ -68,19 +69,53 @@ def count_flops_per_token(model: torch.nn.Module, seq_len: int) -> tuple[float, 
     return 6.0 * params, "6 x parameters"
 
 
-def peak_flops(trainer: L.Trainer, configured: float | None) -> float | None:
-    """Peak FLOP/s of one device at the training dtype: the configured value, else Lightning's."""
+def peak_flops(trainer: L.Trainer, configured: float | None) -> tuple[float | None, str | None]:
+    """Peak FLOP/s of one device at the training dtype, and where the figure comes from: the
+    configured value, else Lightning's GPU table, else (CPUs, which have no table) the rate of
+    a large matmul measured on this machine."""
     if configured:
-        return float(configured)
+        return float(configured), "configured"
     from lightning.fabric.utilities.throughput import _plugin_to_compute_dtype, get_available_flops
 
     device = trainer.strategy.root_device
-    if device.type == "cpu":
-        return None
     try:
-        return get_available_flops(device, _plugin_to_compute_dtype(trainer.precision_plugin))
-    except Exception:  # unknown plugin or device: no MFU rather than no run
-        return None
+        dtype = _plugin_to_compute_dtype(trainer.precision_plugin)
+    except Exception:  # an unknown precision plugin: no MFU rather than no run
+        return None, None
+    if device.type == "cpu":
+        return matmul_flops_per_s(dtype), f"measured {_dtype_name(dtype)} matmul on this CPU"
+    try:
+        return get_available_flops(device, dtype), "Lightning's device table"
+    except Exception:  # a device missing from the table
+        return None, None
+
+
+def matmul_flops_per_s(dtype: torch.dtype = torch.float32, size: int = 1024) -> float:
+    """FLOP/s of a size x size matmul on the CPU with torch's threads (best of 5 rounds).
+
+    A CPU's datasheet peak depends on clocks and vector units that Python cannot read, and
+    no matmul reaches it; this is the practical ceiling, so CPU MFU reads as "share of what
+    this CPU's best kernel does". About 0.3 s for fp32 on 2 cores (2 x 1024^3 = 2.1 GFLOP
+    per product at ~130 GFLOP/s: 16 ms each, 3 per round)."""
+    # A private generator: drawing from the global one would shift every later dropout mask
+    # (and a resumed run's restored random state) just because MFU was measured.
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(dtype)
+    b = torch.randn(size, size, generator=generator).to(dtype)
+    a @ b  # warm-up: thread pool, kernel choice
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        best = min(best, (time.perf_counter() - started) / 3)
+        if best > 1.0:  # an emulated dtype (bf16 without avx512_bf16/AMX): one round is enough
+            break
+    return 2 * size**3 / best
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.").replace("float32", "fp32").replace("bfloat16", "bf16")
 
 
 class ThroughputLogger(L.Callback):
@@ -102,6 +137,7 @@ class ThroughputLogger(L.Callback):
         self.flops_per_token: float | None = None
         self.flops_method: str | None = None
         self.peak: float | None = None
+        self.peak_source: str | None = None
         self.time_to_first_step_s: float | None = None
         self.last: dict[str, float] = {}
         self._window_tokens: torch.Tensor | int = 0
@@ -116,7 +152,7 @@ class ThroughputLogger(L.Callback):
 
     # -- set-up ----------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
-        self.peak = peak_flops(trainer, self.configured_peak)
+        self.peak, self.peak_source = peak_flops(trainer, self.configured_peak)
         self._last_step = self._start_step = trainer.global_step  # > 0 when resumed
         self._measuring = False
         self._restart_window(trainer.global_step)
@@ -209,7 +245,8 @@ class ThroughputLogger(L.Callback):
             "warmup_steps_excluded": self.warmup_steps,
             "flops_per_token": _round(self.flops_per_token),
             "flops_counted_by": self.flops_method,
-            "peak_flops_per_s": self.peak,
+            "peak_flops_per_s": _round(self.peak),
+            "peak_flops_from": self.peak_source,
             "time_to_first_step_s": self.time_to_first_step_s,
         }
 

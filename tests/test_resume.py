@@ -58,9 +58,45 @@ def test_killed_and_resumed_run_matches_uninterrupted(
         "evaluate_before=false",
         *extra,
     ]
+    _check_kill_and_resume(
+        run_cli, tmp_path, common, tiny_tokenizer_dir, text_file, kill_step, micro, sig
+    )
+
+
+def test_length_grouped_instruction_run_resumes_exactly(
+    run_cli, tiny_tokenizer_dir, text_file, tmp_path
+):
+    """Variable-length SFT examples in length-grouped order (data.group_by_length=true):
+    the resumed run continues the same grouped epoch, across an epoch boundary."""
+    words = text_file.read_text().split()
+    rows = [
+        {"prompt": " ".join(words[i : i + 2 + i % 9]), "response": words[i + 1]}
+        for i in range(0, 4000, 10)
+    ]
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = [
+        "task=instruction",
+        "data.path=json",
+        f"data.data_files={data}",
+        "data.group_by_length=true",
+        "data.batch_size=16",  # 360 training rows: 23 batches per epoch
+        "trainer.max_epochs=2",
+        "trainer.max_steps=-1",
+        "callbacks.resumable_checkpoint.every_n_train_steps=4",
+        "evaluate_before=false",
+    ]
+    _check_kill_and_resume(run_cli, tmp_path, common, tiny_tokenizer_dir, text_file, 30, 0)
+
+
+def _check_kill_and_resume(
+    run_cli, tmp_path, common, tokenizer_dir, text_file, kill_step, micro, sig="SIGKILL"
+):
+    """Run to the end; run again, killed at `kill_step`; resume with ckpt_path=last: the
+    resumed losses and final weights must equal the uninterrupted run's, bit for bit."""
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
-    full = tiny_run_overrides(tiny_tokenizer_dir, text_file, full_dir) + common
-    cut = tiny_run_overrides(tiny_tokenizer_dir, text_file, cut_dir) + common
+    full = tiny_run_overrides(tokenizer_dir, text_file, full_dir) + common
+    cut = tiny_run_overrides(tokenizer_dir, text_file, cut_dir) + common
     for args in (full, cut):
         args.remove("trainer.max_steps=30")
 

@@ -95,6 +95,7 @@ def test_run_logs_mfu_compiles_and_exports_unpadded(tiny_overrides, tmp_path):
     assert throughput["measured_steps"] == 10 and throughput["flops_counted_by"] == "measured"
     assert throughput["tokens_per_s"] > 0 and 0 < throughput["mfu"] < 1
     assert throughput["time_to_first_step_s"] is None or throughput["time_to_first_step_s"] > 0
+    assert throughput["peak_flops_per_s"] == 1e11 and throughput["peak_flops_from"] == "configured"
     run_dir = tmp_path / "run"
     assert json.loads((run_dir / "results.json").read_text())["throughput"] == throughput
     with open(run_dir / "logs" / "version_0" / "metrics.csv") as f:
@@ -112,6 +113,18 @@ def test_run_logs_mfu_compiles_and_exports_unpadded(tiny_overrides, tmp_path):
         assert model.config.vocab_size == 512 and not hasattr(model.config, UNPADDED_KEY)
         out = model.generate(**tokenizer("def", return_tensors="pt"), max_new_tokens=5)
         assert out.shape[1] > 1 and int(out.max()) < 512
+
+
+def test_cpu_peak_is_a_measured_matmul_rate():
+    """No table for CPUs: the peak is timed; a plain CPU run still reports an MFU."""
+    from lit_ft.throughput import matmul_flops_per_s
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    rate = matmul_flops_per_s(torch.float32, size=256)
+    assert 1e8 < rate < 1e14  # 0.1 GFLOP/s .. 100 TFLOP/s: a real measurement, not a constant
+    assert torch.equal(torch.rand(3), expected)  # the global random state is untouched
 
 
 def test_speed_keys_are_validated_together():
