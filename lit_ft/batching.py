@@ -8,7 +8,7 @@
    share of a step is grouped too.
 
        e.g. lengths 20..500 at random, batch 8: a random batch pads to ~the max of 8 draws
-       (~45% of its tokens are padding); grouped within mega-batches of 8 x 50 it pads ~5%.
+       (~43% of its tokens are padding); grouped within windows of 8 x 50 it pads ~2%.
 
 2. `keeps_packed_examples_apart` (checked before training with `task.packing=true`): packing
    puts several examples in one row with `position_ids` restarting at 0 and no attention
