@@ -51,6 +51,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PRESETS = {
     # the reference job on 2 CPU cores
     "gpt2-4x256": dict(n_layer=4, n_head=4, n_embd=256, block=256, batch=8, vocab=4096),
+    # a smoke test of the harness (tests/test_benchmarks.py), not a measurement
+    "tiny": dict(n_layer=2, n_head=2, n_embd=64, block=64, batch=4, vocab=4096),
     # GPT-2 124M's shape (for a GPU; the bundled tokenizer's ids index the first 4,096 rows)
     "gpt2-124m": dict(n_layer=12, n_head=12, n_embd=768, block=1024, batch=8, vocab=50257),
 }

@@ -83,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", default="python_reference", choices=sorted(CORPUS_DATA))
     parser.add_argument("--num-proc", default="1,2")
+    parser.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.build:
@@ -113,11 +114,11 @@ def main() -> None:
     report["loadavg_end"] = os.getloadavg()
     print(f'python -c "import lit_ft.run": {statistics.median(times):.2f}s (median of {times})')
     print(f"load average {report['loadavg_start'][0]:.1f} -> {report['loadavg_end'][0]:.1f}")
-    out_dir = ROOT / "benchmarks" / "results"
+    out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}_data_prep_{args.corpus}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {path.relative_to(ROOT)}")
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
 if __name__ == "__main__":
