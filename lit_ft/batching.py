@@ -44,11 +44,14 @@ def length_grouped_order(
     for start in range(0, len(order), mega):
         chunk = sorted(order[start : start + mega], key=lambda i: -lengths[i])
         groups += [chunk[i : i + group] for i in range(0, len(chunk), group)]
+    # Only the last group can be short; it stays last, since a short group in the middle
+    # would shift every later step off the group boundaries.
+    tail = groups.pop() if groups and len(groups[-1]) < group else []
     if not groups:
-        return []
+        return tail
     longest = groups.pop(max(range(len(groups)), key=lambda g: lengths[groups[g][0]]))
     shuffled = torch.randperm(len(groups), generator=generator).tolist()
-    return [*longest, *(i for g in shuffled for i in groups[g])]
+    return [*longest, *(i for g in shuffled for i in groups[g]), *tail]
 
 
 def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:

@@ -24,12 +24,15 @@ def batches_of(order: list[int], size: int) -> list[list[int]]:
 
 
 def test_grouped_epoch_covers_every_example_once_and_cuts_padding():
-    lens = lengths()
-    grouped = ResumableRandomSampler(1000, seed=1, lengths=lens, batch_size=8)
-    plain = ResumableRandomSampler(1000, seed=1)
+    lens = lengths(1003)  # not a multiple of 8: the short last batch must stay last
+    grouped = ResumableRandomSampler(1003, seed=1, lengths=lens, batch_size=8)
+    plain = ResumableRandomSampler(1003, seed=1)
     order = list(grouped)
-    assert sorted(order) == list(range(1000)) and len(grouped) == 1000
+    assert sorted(order) == list(range(1003)) and len(grouped) == 1003
     assert max(lens[i] for i in order[:8]) == max(lens)  # longest first: OOM at step 1
+    # The last window of 50 x 8 holds 203 examples: its 3 shortest are the short batch, last.
+    last_window = sorted(plain.order(0)[800:], key=lambda i: -lens[i])
+    assert set(order[-3:]) == set(last_window[-3:])
     padding = padding_fraction(lens, batches_of(order, 8))
     random_padding = padding_fraction(lens, batches_of(list(plain), 8))
     assert padding < 0.1 < 0.3 < random_padding  # measured: ~0.02 vs ~0.43
