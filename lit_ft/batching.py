@@ -1,8 +1,9 @@
 """Variable-length examples (instruction tuning, classification): less padding, safe packing.
 
 1. `length_grouped_order` (`data.group_by_length=true`, the HF Trainer's `group_by_length`):
-   an epoch order in which each optimizer step's examples have similar lengths, so a batch
-   pads to a length close to its own examples'. lit_ft's sampler (lit_ft/sampler.py) applies
+   an epoch order in which each batch's examples have similar lengths, so a batch pads to
+   a length close to its own examples' (with gradient accumulation each micro-batch is one
+   group: padding is per micro-batch). lit_ft's sampler (lit_ft/sampler.py) applies
    it to its shuffled order, so the order stays a pure function of (seed, epoch) and resumes
    exactly; under DDP the group is the global batch (batch x world size), so every rank's
    share of a step is grouped too.

@@ -50,7 +50,7 @@ class ResumableRandomSampler(DistributedSampler):
         self.dataset_size = dataset_size
         self.seed = seed
         self.shuffle = shuffle
-        self.lengths = lengths  # given: each step's examples have similar lengths
+        self.lengths = lengths  # given: each batch's examples have similar lengths
         self.batch_size = batch_size  # per process; grouping needs it
         self.drop_last = False
         self.epoch = 0
