@@ -34,6 +34,7 @@ def build(corpus: str, num_proc: int) -> dict:
     from omegaconf import OmegaConf
 
     import lit_ft
+    from lit_ft import corpora
     from lit_ft.model import ModelSpec, load_config, load_tokenizer
     from lit_ft.run import build_task_and_data
 
@@ -56,7 +57,8 @@ def build(corpus: str, num_proc: int) -> dict:
     started = time.perf_counter()
     data.setup("fit")
     timings["total_s"] = time.perf_counter() - started
-    timings["text_mb"] = Path(cfg.data.data_files).stat().st_size / 1e6
+    read = corpora.files_to_read(cfg.data.data_files, cfg.data.corpus, cfg.data.corpus_dir)
+    timings["text_mb"] = Path(read).stat().st_size / 1e6
     timings["train_blocks"] = len(data.datasets["train"])
     return timings
 

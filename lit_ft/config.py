@@ -145,16 +145,15 @@ def validate_config(cfg: DictConfig) -> None:
         f"data.corpus='{data.corpus}' is unknown; available: {', '.join(CORPORA)}",
     )
     need(
-        data.corpus is None or isinstance(data.data_files, str),
-        "data.corpus writes one file: data.data_files must be a single path",
-    )
-    need(
         not (data.path in LOCAL_DATA_BUILDERS and data.name),
         f"data.name='{data.name}' names a Hub dataset's config; data.path={data.path} has none",
     )
     if data.path in LOCAL_DATA_BUILDERS:
-        need(bool(data.data_files), f"data.path='{data.path}' needs data.data_files (local files)")
-        if data.data_files and not data.corpus:
+        need(
+            bool(data.data_files or data.corpus),
+            f"data.path='{data.path}' needs data.data_files (local files)",
+        )
+        if data.data_files:  # the user's own files, even where a built-in corpus is configured
             for missing in _missing_files(data.data_files):
                 problems.append(f"data.data_files: '{missing}' does not exist")
             for empty in _empty_files(data.data_files):
@@ -238,9 +237,6 @@ def validate_config(cfg: DictConfig) -> None:
         need(
             isinstance(ratio, int | float) and 0 <= ratio < 1,
             f"scheduler.warmup_ratio must be in [0, 1), got {ratio!r}",
-        )
-        need(
-            not (steps and ratio), "set scheduler.warmup_steps or scheduler.warmup_ratio, not both"
         )
 
     problems += _experiment_problems(cfg)

@@ -147,6 +147,27 @@ CORPORA: dict[str, Callable[[], Iterator[str]]] = {
 }
 
 
+# The file each corpus is written to, inside `data.corpus_dir`.
+CORPUS_FILES = {
+    "python_reference": "python_reference.txt",
+    "python_source": "python_source.jsonl",
+    "python_docstrings": "python_docstrings.jsonl",
+    "python_docstring_topics": "python_docstring_topics.jsonl",
+}
+
+
+def corpus_file(name: str, corpus_dir: str | Path) -> Path:
+    return Path(corpus_dir).expanduser() / CORPUS_FILES[name]
+
+
+def files_to_read(data_files, corpus: str | None, corpus_dir: str | Path | None):
+    """`data.data_files` when given (the user's files replace a built-in corpus); else the
+    built-in corpus, written to `corpus_dir` on first use."""
+    if data_files or not corpus:
+        return data_files
+    return str(materialize(corpus, corpus_file(corpus, corpus_dir)))
+
+
 def materialize(name: str, target: str | Path) -> Path:
     """Write corpus `name` to `target` unless it is already there; return the path."""
     if name not in CORPORA:

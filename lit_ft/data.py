@@ -37,6 +37,7 @@ class FineTuneDataModule(L.LightningDataModule):
         name: str | None = None,
         data_files: DataFiles = None,
         corpus: str | None = None,
+        corpus_dir: str | None = None,
         validation_split_percentage: float = 5.0,
         test_split: str | None = "test",
         batch_size: int = 8,
@@ -52,6 +53,7 @@ class FineTuneDataModule(L.LightningDataModule):
         super().__init__()
         self.tokenizer, self.task = tokenizer, task
         self.path, self.name, self.data_files, self.corpus = path, name, data_files, corpus
+        self.corpus_dir = corpus_dir  # where a built-in corpus is written when data_files is null
         self.validation_split_percentage = validation_split_percentage
         self.test_split = test_split  # evaluated and predicted after training, when labelled
         self.batch_size = batch_size
@@ -174,10 +176,9 @@ class FineTuneDataModule(L.LightningDataModule):
         import datasets
 
         kwargs = dict(self.load_kwargs)
-        if self.corpus:
-            corpora.materialize(self.corpus, self.data_files)
-        if self.data_files:
-            kwargs["data_files"] = _expand(self.data_files)
+        data_files = corpora.files_to_read(self.data_files, self.corpus, self.corpus_dir)
+        if data_files:
+            kwargs["data_files"] = _expand(data_files)
         try:
             loaded = datasets.load_dataset(self.path, self.name, **kwargs)
         except FileNotFoundError as err:

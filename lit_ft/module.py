@@ -95,6 +95,24 @@ class FineTuneModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        # Lightning's FSDP precision plugin refuses to clip by norm: with sharded gradients
+        # the total norm needs every rank's shard, which the root FSDP module's own
+        # clip_grad_norm_ gathers. Every other strategy clips through its precision plugin.
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        strategy = self.trainer.strategy
+        if (
+            gradient_clip_val
+            and gradient_clip_algorithm in (None, "norm")
+            and isinstance(strategy, FSDPStrategy)
+        ):
+            strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Plain containers only, so the file loads with torch.load(weights_only=True) and
         # `python -m lit_ft.export` can rebuild the network without the original config.

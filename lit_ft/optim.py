@@ -54,6 +54,14 @@ def _fused_supported(groups: list) -> bool:
     )
 
 
+def warmup_steps_for(
+    num_training_steps: int, warmup_steps: int = 0, warmup_ratio: float = 0.0
+) -> int:
+    """Warmup in optimizer steps: `warmup_steps` when set (it wins over the ratio, as in the
+    HF Trainer), else the ratio of all steps rounded up: 1,000 steps x 0.06 = 60."""
+    return warmup_steps or math.ceil(warmup_ratio * num_training_steps)
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     num_training_steps: int,
@@ -62,13 +70,10 @@ def build_scheduler(
     warmup_ratio: float = 0.0,
     scheduler_specific_kwargs: dict | None = None,
 ):
-    """`transformers.get_scheduler` with warmup given as steps or as a ratio of all steps.
-
-    e.g. 1,000 optimizer steps x warmup_ratio 0.06 = 60 warmup steps.
-    """
+    """`transformers.get_scheduler` with warmup given as steps or as a ratio of all steps."""
     from transformers import get_scheduler
 
-    warmup = warmup_steps or math.ceil(warmup_ratio * num_training_steps)
+    warmup = warmup_steps_for(num_training_steps, warmup_steps, warmup_ratio)
     return get_scheduler(
         name,
         optimizer,

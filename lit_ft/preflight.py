@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -61,16 +62,26 @@ def data_path_problem(path: str) -> str | None:
     )
 
 
-def output_dir_problem(output_dir: str) -> str | None:
-    """Why `output_dir` cannot be created and written, or None."""
+def output_dir_problem(output_dir: str, key: str = "paths.output_dir") -> str | None:
+    """Why `output_dir` cannot be created and written, or None.
+
+    Permission bits are not enough: root passes every `os.access` check, yet cannot create a
+    directory in /proc or on a read-only mount, so the nearest existing parent is probed with
+    a real (empty, removed at once) directory.
+    """
     path = Path(output_dir).expanduser().absolute()
     existing = path
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        return f"paths.output_dir='{output_dir}' cannot be created: '{existing}' is a file"
+        return f"{key}='{output_dir}' cannot be created: '{existing}' is a file"
     if not os.access(existing, os.W_OK | os.X_OK):
-        return f"paths.output_dir='{output_dir}' is not writable (no write access to '{existing}')"
+        return f"{key}='{output_dir}' is not writable (no write access to '{existing}')"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".lit_ft_probe_", dir=existing))
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        return f"{key}='{output_dir}' cannot be created in '{existing}' ({reason})"
     return None
 
 
@@ -78,10 +89,13 @@ class OutputDirCheck(Callback):
     """Refuse an unwritable run directory before Hydra tries to create it."""
 
     def on_run_start(self, config, **kwargs) -> None:
-        _refuse(output_dir_problem(str(config.hydra.run.dir)))
+        run_dir = str(config.hydra.run.dir)
+        # named by the key the user set: hydra.run.dir defaults to paths.output_dir
+        key = "paths.output_dir" if run_dir == str(config.paths.output_dir) else "hydra.run.dir"
+        _refuse(output_dir_problem(run_dir, key))
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        _refuse(output_dir_problem(str(config.hydra.sweep.dir)))
+        _refuse(output_dir_problem(str(config.hydra.sweep.dir), "hydra.sweep.dir"))
 
 
 def _refuse(problem: str | None) -> None:

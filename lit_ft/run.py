@@ -28,6 +28,19 @@ from lit_ft.errors import EXIT_USER_ERROR, LitFtError
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one fine-tuning job described by a composed config; return what results.json holds."""
+    from lit_ft.distributed import is_global_zero
+    from lit_ft.run_lock import hold_run_dir
+
+    started = time.perf_counter()
+    validate_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    leader = is_global_zero()  # under DDP, only rank 0 writes files and prints the summaries
+    with hold_run_dir(output_dir, leader):  # a second live run on this directory is refused
+        return _train(cfg, output_dir, leader, started)
+
+
+def _train(cfg: DictConfig, output_dir: Path, leader: bool, started: float) -> dict[str, Any]:
     import lightning as L
 
     from lit_ft.checkpoint import (
@@ -37,10 +50,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_same_model,
         resolve_ckpt_path,
     )
-    from lit_ft.distributed import is_global_zero
     from lit_ft.export import export_checkpoint, export_pretrained
     from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
     from lit_ft.loggers import finish, log_config
+    from lit_ft.mixed_precision import precision_plugins
     from lit_ft.model import ModelSpec, build_model, load_config, load_tokenizer
     from lit_ft.module import FineTuneModule
     from lit_ft.nonfinite import StopOnNonFiniteLoss
@@ -54,11 +67,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lit_ft.strategy import shards_weights
     from lit_ft.vocab import pad_vocab
 
-    started = time.perf_counter()
-    validate_config(cfg)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    leader = is_global_zero()  # under DDP, only rank 0 writes files and prints the summaries
     if leader:
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     spec = ModelSpec(task=cfg.task.name, **_plain(cfg.model))
@@ -81,13 +89,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if leader:
         print(f"[lit_ft] precision {precision} ({why})", flush=True)
     # The Trainer first: a trainer setting this machine cannot run fails before data work.
+    # bf16-/16-mixed come as lit_ft's plugin (clipping with the fused AdamW); a precision
+    # plugin and a `precision` flag together are refused by Lightning, so one or the other.
+    amp = precision_plugins(precision, cfg.trainer.accelerator, _plain(cfg.trainer).get("strategy"))
     try:
         trainer = hydra.utils.instantiate(
             cfg.trainer,
-            precision=precision,
+            precision=None if amp else precision,
             callbacks=callbacks,
             logger=_instantiate_all(cfg.logger) or False,
-            plugins=[AtomicCheckpointIO()],
+            plugins=[AtomicCheckpointIO(), *amp],
         )
     except InstantiationException as err:  # e.g. more devices than this machine has
         raise LitFtError(f"trainer: {err.__cause__ or err}") from err
@@ -290,6 +301,7 @@ def _print_plan(
 ) -> None:
     """The pre-flight summary: what one step is, how many there are, what a checkpoint costs."""
     from lit_ft.data import token_count
+    from lit_ft.optim import warmup_steps_for
 
     length, batch = module.task.max_length, cfg.data.batch_size
     accumulate = cfg.trainer.accumulate_grad_batches
@@ -300,7 +312,7 @@ def _print_plan(
     per_epoch = "" if train is None else f" ({token_count(train):,} tokens per epoch)"
     warmup = 0
     if cfg.scheduler:
-        warmup = cfg.scheduler.warmup_steps or math.ceil(cfg.scheduler.warmup_ratio * num_steps)
+        warmup = warmup_steps_for(num_steps, cfg.scheduler.warmup_steps, cfg.scheduler.warmup_ratio)
     params = sum(p.numel() for p in module.model.parameters())
     # fp32 weights + AdamW's two moments: 12 bytes per parameter (plus small loop state)
     checkpoint_mb = params * 12 / 2**20

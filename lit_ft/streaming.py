@@ -115,6 +115,7 @@ class StreamingDataModule(L.LightningDataModule):
         name: str | None = None,
         data_files: DataFiles = None,
         corpus: str | None = None,
+        corpus_dir: str | None = None,
         text_column: str = "text",
         block_size: int = 1024,
         batch_size: int = 8,
@@ -134,6 +135,7 @@ class StreamingDataModule(L.LightningDataModule):
             )
         self.tokenizer = tokenizer
         self.path, self.name, self.data_files, self.corpus = path, name, data_files, corpus
+        self.corpus_dir = corpus_dir  # where a built-in corpus is written when data_files is null
         self.text_column, self.add_eos = text_column, add_eos
         self.block_size = clamp_block_size(block_size, max_positions)
         self.batch_size = batch_size
@@ -229,11 +231,10 @@ class StreamingDataModule(L.LightningDataModule):
     def _build(self) -> None:
         import datasets
 
-        if self.corpus:
-            corpora.materialize(self.corpus, self.data_files)
         kwargs = dict(self.load_kwargs)
-        if self.data_files:
-            kwargs["data_files"] = _expand(self.data_files)
+        data_files = corpora.files_to_read(self.data_files, self.corpus, self.corpus_dir)
+        if data_files:
+            kwargs["data_files"] = _expand(data_files)
         try:
             streams = datasets.load_dataset(self.path, self.name, streaming=True, **kwargs)
         except (FileNotFoundError, ValueError) as err:

@@ -175,3 +175,57 @@ def test_checkpoint_of_another_model_is_refused_naming_both(tiny_overrides, tmp_
     assert "refusing to resume from" in message and "it holds another model" in message
     assert "is (512, 32) there and (512, 64) here (n_embd 32 there, 64 here)" in message
     assert _checkpoints(tmp_path / "run") == before
+
+
+@pytest.mark.slow
+def test_cli_run_dir_named_through_hydra_that_cannot_be_created(run_cli, tiny_overrides):
+    # /proc refuses new directories even to root, whom every permission check lets through
+    result = run_cli([*tiny_overrides, "hydra.run.dir=/proc/lit_ft_run"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "lit_ft: error: hydra.run.dir='/proc/lit_ft_run' cannot be created in '/proc'" in (
+        result.stderr
+    )
+
+
+def test_warmup_steps_win_over_a_tuned_warmup_ratio(tmp_path):
+    from lit_ft.optim import warmup_steps_for
+
+    cfg = compose(["scheduler.warmup_steps=6", f"paths.output_dir={tmp_path}"])
+    assert cfg.scheduler.warmup_ratio == 0.05  # conf/tuned/ sets it for the default pair
+    validate_config(cfg)  # not refused: the explicit step count wins, as in the HF Trainer
+    assert warmup_steps_for(180, cfg.scheduler.warmup_steps, cfg.scheduler.warmup_ratio) == 6
+    assert warmup_steps_for(180, 0, 0.05) == 9  # 180 x 0.05 = 9
+
+
+def test_own_data_files_replace_the_built_in_corpus(tmp_path, text_file):
+    cfg = compose([f"data.data_files={text_file}", f"paths.output_dir={tmp_path}"])
+    assert cfg.data.corpus == "python_reference"
+    validate_config(cfg)
+    from lit_ft import corpora
+
+    assert corpora.files_to_read(cfg.data.data_files, cfg.data.corpus, tmp_path) == str(text_file)
+    # A mistyped path is named, and the built-in corpus is never written under the user's name.
+    typo = tmp_path / "notes.txt"
+    with pytest.raises(ConfigError, match=f"data.data_files: '{typo}' does not exist"):
+        validate_config(compose([f"data.data_files={typo}", f"paths.output_dir={tmp_path}"]))
+    assert not typo.exists()
+
+
+def test_a_second_process_on_a_live_run_dir_is_refused(run_cli, tiny_overrides, tmp_path):
+    from lit_ft.run_lock import hold_run_dir
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"the live run's")
+    with hold_run_dir(run_dir):  # this test process plays the live run
+        result = run_cli([*tiny_overrides, "ckpt_path=last"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"run directory '{run_dir}' is in use by a live run (process {os.getpid()} on" in (
+        result.stderr
+    )
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() == b"the live run's"
+    assert not (run_dir / "config.yaml").exists()
+    # once the holder is gone (however it ended), the directory is free again
+    with hold_run_dir(run_dir):
+        pass

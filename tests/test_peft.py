@@ -35,6 +35,7 @@ def _lora_overrides(text_file: Path, output_dir: Path) -> list[str]:
         "trainer.enable_progress_bar=false",
         "callbacks.generations.num_prompts=0",
         "optimizer.lr=1e-2",
+        "trainer.precision=32-true",  # stated: not the host's `auto`
         f"paths.output_dir={output_dir}",
     ]
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+import pytest
 import torch
 
 from lit_ft import precision
@@ -36,3 +40,165 @@ def test_gpu_choice_follows_bf16_support(monkeypatch):
 
 def test_this_machine_reads_its_flags():
     assert isinstance(precision.cpu_flags(), set)
+
+
+# -- the precision matrix: every combination trains, saves, reloads, exports and generates ----
+MATRIX = [
+    (precision, fused, clip, accumulate)
+    for precision in ("32-true", "bf16-mixed", "bf16-true")
+    for fused in (True, False)
+    for clip in (1.0, None)
+    for accumulate in (1, 3)
+]
+WEIGHT_DTYPE = {"32-true": torch.float32, "bf16-mixed": torch.float32, "bf16-true": torch.bfloat16}
+
+
+@pytest.mark.parametrize(
+    "precision_flag,fused,clip,accumulate",
+    MATRIX,
+    ids=[f"{p}-fused{f}-clip{c}-acc{a}" for p, f, c, a in MATRIX],
+)
+def test_precision_matrix_trains_saves_exports_and_generates(
+    precision_flag, fused, clip, accumulate, tiny_overrides, tmp_path
+):
+    """Both outcomes of `auto` (and bf16-true) on the host at hand: bf16 on a CPU without bf16
+    units is emulated, so the model is tiny and the run is a few steps."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import lit_ft
+
+    steps = 6
+    results = lit_ft.train_from_overrides(
+        [
+            *tiny_overrides,
+            f"trainer.precision={precision_flag}",
+            f"optimizer.fused={str(fused).lower()}",
+            f"trainer.gradient_clip_val={'null' if clip is None else clip}",
+            f"trainer.accumulate_grad_batches={accumulate}",
+            f"trainer.max_steps={steps}",
+            "trainer.limit_val_batches=2",
+            "trainer.log_every_n_steps=1",
+            "evaluate_before=false",
+            "callbacks.generations.num_prompts=1",
+            "callbacks.generations.max_new_tokens=4",
+        ]
+    )
+    train = results["metrics"]["train"]
+    assert train["steps"] == steps
+    first, last = train["loss_first_step"], train["loss_last_10_steps"]
+    assert math.isfinite(first) and math.isfinite(last) and last < first, train
+    assert math.isfinite(results["metrics"]["after"]["val/loss"])
+
+    checkpoint = torch.load(results["last_checkpoint"], weights_only=True)  # saved, reloads
+    assert checkpoint["global_step"] == steps
+    export = Path(results["export_dir"])
+    model = AutoModelForCausalLM.from_pretrained(export)
+    weights = dict(model.named_parameters())
+    assert {p.dtype for p in weights.values()} == {WEIGHT_DTYPE[precision_flag]}
+    # the export holds what the checkpoint holds: fp32 master weights after bf16-mixed
+    name = "transformer.h.0.mlp.c_fc.weight"
+    assert torch.equal(checkpoint["state_dict"][f"model.{name}"].cpu(), weights[name].detach())
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    prompt = tokenizer("The for statement", return_tensors="pt")
+    out = model.generate(**prompt, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == prompt["input_ids"].shape[1] + 4
+
+
+# -- 16-mixed: unscaled before the hooks and clipping, overflowing steps skipped -------------
+def _fp16_trainer(callbacks, steps: int, clip: float | None):
+    import lightning as L
+
+    from lit_ft.mixed_precision import ClippingMixedPrecision
+
+    return L.Trainer(
+        accelerator="cpu",
+        plugins=[ClippingMixedPrecision("16-mixed", "cpu")],  # fp16 autocast runs on CPU too
+        max_steps=steps,
+        gradient_clip_val=clip,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+
+class _Regression:
+    @staticmethod
+    def module(grad_hook=None):
+        import lightning as L
+
+        class Module(L.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.net = torch.nn.Linear(8, 1)
+
+            def training_step(self, batch, batch_idx):
+                x, y = batch
+                return torch.nn.functional.mse_loss(self.net(x).float(), y)
+
+            def configure_optimizers(self):
+                return torch.optim.AdamW(self.parameters(), lr=1e-2, fused=True)
+
+            def train_dataloader(self):
+                g = torch.Generator().manual_seed(0)
+                x = torch.randn(64, 8, generator=g)
+                data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
+                return torch.utils.data.DataLoader(data, batch_size=8)
+
+        return Module()
+
+
+def test_16_mixed_unscales_for_fused_adamw_before_hooks_and_clipping():
+    from lightning.pytorch import Callback
+
+    norms = []
+
+    class Record(Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            grads = [p.grad for p in pl_module.parameters()]
+            norms.append(float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))))
+
+    module = _Regression.module()
+    before = module.net.weight.detach().clone()
+    trainer = _fp16_trainer([Record()], steps=6, clip=1.0)
+    trainer.fit(module)
+    # The first steps overflow at GradScaler's initial scale of 65,536 and are skipped (the
+    # scale halves); after them the hook sees true gradients (a loss of ~8: norms of ~3-10),
+    # not gradients x 16,384 or more.
+    finite = [n for n in norms if math.isfinite(n)]
+    assert len(finite) >= 2 and all(0 < n < 1e3 for n in finite), norms
+    # clipped to norm 1 and AdamW's step is lr-sized: the weights moved, by at most ~lr each
+    moved = (module.net.weight.detach() - before).abs().max()
+    assert 0 < moved <= 6 * 1e-2 + 1e-6
+
+
+def test_16_mixed_skips_a_step_whose_gradients_overflow():
+    from lightning.pytorch import Callback
+
+    class Overflow(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.weights = pl_module.net.weight.detach().clone()
+            self.scale = trainer.precision_plugin.scaler.get_scale()
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            pl_module.net.weight.grad.fill_(float("inf"))
+
+    overflow = Overflow()
+    module = _Regression.module()
+    trainer = _fp16_trainer([overflow], steps=1, clip=1.0)
+    trainer.fit(module)
+    assert torch.equal(module.net.weight.detach(), overflow.weights)  # the step was skipped
+    assert trainer.precision_plugin.scaler.get_scale() == overflow.scale / 2
+
+
+def test_mixed_precision_comes_as_lit_ft_plugin_except_under_fsdp_and_deepspeed():
+    from lit_ft.mixed_precision import ClippingMixedPrecision, precision_plugins
+
+    (plugin,) = precision_plugins("bf16-mixed", "cpu", "auto")
+    assert isinstance(plugin, ClippingMixedPrecision) and plugin.device == "cpu"
+    assert precision_plugins("32-true", "cpu", "auto") == []
+    assert precision_plugins("bf16-true", "cpu", "auto") == []
+    fsdp = {"_target_": "lightning.pytorch.strategies.FSDPStrategy"}
+    assert precision_plugins("bf16-mixed", "gpu", fsdp) == []
+    assert precision_plugins("16-mixed", "gpu", "deepspeed_stage_2") == []

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_run_overrides
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 HELPERS = str(Path(__file__).parent)
@@ -41,6 +42,24 @@ CASES = {
     "warmup_schedule": (["scheduler=cosine", "scheduler.warmup_steps=10"], 13, 0, "SIGKILL"),
     # SIGTERM mid-window: the run finishes the window, saves, exits 3; resuming is exact.
     "sigterm_preemption": (["trainer.accumulate_grad_batches=2"], 6, 1, "SIGTERM"),
+    # bf16-mixed (what `auto` picks on bf16 CPUs and GPUs): lit_ft's AMP plugin with fused
+    # AdamW and clipping. One epoch (25 steps): this host may emulate bf16 slowly.
+    "bf16_mixed_sigkill": (
+        ["trainer.precision=bf16-mixed", "trainer.max_epochs=1"],
+        14,
+        0,
+        "SIGKILL",
+    ),
+    "bf16_mixed_sigterm": (
+        [
+            "trainer.precision=bf16-mixed",
+            "trainer.max_epochs=1",
+            "trainer.accumulate_grad_batches=2",
+        ],
+        6,
+        1,
+        "SIGTERM",
+    ),
 }
 
 
@@ -125,6 +144,9 @@ def _check_kill_and_resume(
     full_w, cut_w = _final_weights(full_dir), _final_weights(cut_dir)
     assert full_w.keys() == cut_w.keys()
     assert all(torch.equal(full_w[k], cut_w[k]) for k in full_w)
+    full_x, cut_x = (load_file(d / "hf_model" / "model.safetensors") for d in (full_dir, cut_dir))
+    assert full_x.keys() == cut_x.keys()
+    assert all(torch.equal(full_x[k], cut_x[k]) for k in full_x)  # the export too
 
 
 def test_resume_onto_changed_data_is_refused(run_cli, tiny_tokenizer_dir, text_file, tmp_path):

@@ -28,7 +28,7 @@ def build(out_dir: Path, overrides: list[str]) -> dict:
     from lit_ft.run import train
 
     cfg = compose(["experiment=pretrain_tiny_gpt2", *overrides])
-    corpus = corpora.materialize("python_source", cfg.data.data_files)
+    corpus = Path(corpora.files_to_read(cfg.data.data_files, cfg.data.corpus, cfg.data.corpus_dir))
     texts = (json.loads(line)["text"] for line in corpus.open(encoding="utf-8"))
     overrides_cfg = cfg.model.config_overrides
     train_byte_level_bpe(

@@ -1,0 +1,71 @@
+"""Mixed precision that clips gradients with the fused optimizer, on CPU and GPU.
+
+Lightning's `MixedPrecision` refuses gradient clipping for any optimizer that handles AMP
+scaling in its own step (torch's fused AdamW is one), so lit_ft's defaults on bf16 hardware
+(bf16-mixed, fused AdamW, clipping at 1.0) would stop at the first optimizer step. The fused
+kernel is worth keeping: it updates every tensor in one pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
+
+
+class ClippingMixedPrecision(MixedPrecision):
+    """Lightning's `MixedPrecision`, with clipping allowed for every optimizer.
+
+    bf16-mixed has no loss scaler: the gradients are the true ones, so clipping them is valid
+    whatever the optimizer. Under 16-mixed the gradients are unscaled right after the backward
+    pass, for every optimizer (torch's AMP recipe), so the `on_before_optimizer_step` hooks
+    (gradient-norm logging, the NaN stop) and clipping see true gradients. `GradScaler.step`
+    then passes the fused kernel no scale (already unscaled) and the inf/NaN flag, so a step
+    whose gradients overflowed is still skipped and the scale lowered.
+    """
+
+    def optimizer_step(self, optimizer, model, closure, **kwargs: Any) -> Any:
+        if self.scaler is None:  # bf16: no scaler, nothing to unscale
+            return super().optimizer_step(optimizer, model=model, closure=closure, **kwargs)
+        closure_result = closure()
+        # automatic optimization returns None when training_step skipped the backward
+        skipped = closure_result is None and model.automatic_optimization
+        if not skipped:
+            self.scaler.unscale_(optimizer)
+        self._after_closure(model, optimizer)
+        if skipped:
+            return closure_result
+        step_output = self.scaler.step(optimizer, **kwargs)
+        self.scaler.update()
+        return step_output
+
+    def clip_gradients(
+        self, optimizer, clip_val=0.0, gradient_clip_algorithm=GradClipAlgorithmType.NORM
+    ) -> None:
+        # Unscaled by now (see optimizer_step): clip exactly as in fp32.
+        Precision.clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm)
+
+
+def autocast_device(accelerator: str) -> str:
+    """The autocast device type for a Trainer's `accelerator`, as Lightning picks it."""
+    accelerator = str(accelerator)
+    if accelerator in ("cpu", "mps"):
+        return accelerator
+    if accelerator in ("gpu", "cuda") or torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
+def precision_plugins(precision: str, accelerator: str, strategy: Any) -> list:
+    """`[ClippingMixedPrecision]` for 16-/bf16-mixed under the single-device and DDP
+    strategies; [] otherwise (pass `precision` to the Trainer). FSDP and DeepSpeed bring
+    precision plugins of their own, which lit_ft keeps."""
+    if precision not in ("16-mixed", "bf16-mixed"):
+        return []
+    target = strategy.get("_target_", "") if isinstance(strategy, dict) else str(strategy)
+    if any(name in target.lower() for name in ("fsdp", "deepspeed")):
+        return []
+    return [ClippingMixedPrecision(precision, autocast_device(accelerator))]

@@ -1,0 +1,1 @@
+"""Helpers the tests share: configs, callbacks injected into CLI runs, runners."""
