@@ -1,0 +1,58 @@
+"""benchmarks/gpu_check.py on a machine without CUDA: every step is skipped, at once, and the
+report is still written. Its overrides must also compose, so a typo in a key shows up here
+rather than on a lent GPU machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+STEPS = ["default", "compare", "compile", "attention", "fp16", "resume", "fsdp", "qlora", "ddp"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    # No GPU visible even where the suite runs on a GPU machine: the real check takes minutes.
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, str(SCRIPT), *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+
+
+def test_without_cuda_every_step_is_skipped_and_the_report_written(tmp_path):
+    result = _run(f"--out-dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "machine: no CUDA GPU" in result.stdout
+    rows = [ln for ln in result.stdout.splitlines() if ln.startswith("| ") and "---" not in ln]
+    assert rows[0] == "| step | result | figure | seconds |"
+    assert len(rows[1:]) == len(STEPS)
+    for row in rows[1:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1:] == ["skip", "no CUDA GPU", "-"], row
+
+    (path,) = tmp_path.glob("gpu_check_*.json")
+    report = json.loads(path.read_text())
+    assert [s["id"] for s in report["steps"]] == STEPS
+    assert {(s["result"], s["figure"]) for s in report["steps"]} == {("skip", "no CUDA GPU")}
+    assert report["machine"]["gpu_count"] == 0
+    assert sum(s["budget_s"] for s in report["steps"]) <= 480
+    assert (path.with_suffix(".md")).read_text().count("| skip | no CUDA GPU |") == len(STEPS)
+
+
+def test_every_override_of_every_step_composes():
+    result = _run("--compose-only")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "FAIL" not in result.stdout
+    assert {line.split()[1].split("/")[0] for line in result.stdout.splitlines()} >= {
+        "default",
+        "compile",
+        "attention",
+        "fp16",
+        "resume",
+        "fsdp",
+        "qlora",
+        "ddp",
+    }
