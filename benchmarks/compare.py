@@ -73,7 +73,7 @@ def device() -> str:
 
 def bf16_ok() -> bool:
     """What lit_ft's precision=auto decides: bf16 only where the hardware computes it."""
-    from lit_ft.precision import resolve_precision
+    from lit_ft.model.precision import resolve_precision
 
     return resolve_precision("auto", "auto")[0] == "bf16-mixed"
 
@@ -107,7 +107,7 @@ def load_job(preset: dict, steps: int, output_dir: str):
     from omegaconf import OmegaConf
 
     import lit_ft
-    from lit_ft.model import ModelSpec, load_config, load_tokenizer
+    from lit_ft.model.build import ModelSpec, load_config, load_tokenizer
     from lit_ft.run import build_task_and_data
 
     cfg = lit_ft.compose(lit_ft_overrides(preset, steps, output_dir))
@@ -152,7 +152,7 @@ class Clock:
 
     def step_done(self, step: int) -> None:  # step counts from 1
         if step == 1:
-            from lit_ft.throughput import process_start_time
+            from lit_ft.observe.throughput import process_start_time
 
             started = process_start_time()
             self.first_step_s = time.time() - started if started else None
@@ -380,7 +380,7 @@ def model_flops(preset: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config
 
-    from lit_ft.throughput import count_flops_per_token, matmul_flops_per_s
+    from lit_ft.observe.throughput import count_flops_per_token, matmul_flops_per_s
 
     config = GPT2Config(
         n_layer=preset["n_layer"],

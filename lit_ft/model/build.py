@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
 from lit_ft.tasks import check_architecture, get_task
 
@@ -31,7 +32,7 @@ class ModelSpec:
     revision: str | None = None
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
-    pad_vocab_to_multiple_of: int | None = None  # lit_ft/vocab.py (run.py pads, export crops)
+    pad_vocab_to_multiple_of: int | None = None  # lit_ft/model/vocab.py (run.py pads, export crops)
 
     @property
     def tokenizer_name(self) -> str:
@@ -115,3 +116,26 @@ def build_model(spec: ModelSpec, config=None, pretrained: bool | None = None, **
             )
     except (OSError, ValueError) as err:
         raise LitFtError(f"could not load model '{spec.name_or_path}': {err}") from err
+
+
+def model_problems(model) -> Problems:
+    """The rules of `model.*` (conf/model)."""
+    from lit_ft.preflight import model_path_problem
+
+    problems = Problems()
+    problems.need(
+        bool(model.name_or_path), "model.name_or_path is empty: give a Hub id or a local directory"
+    )
+    problems.need(
+        model.dtype in DTYPES,
+        f"model.dtype='{model.dtype}' is unknown; use one of {', '.join(DTYPES)}",
+    )
+    if model.name_or_path:
+        problems.add(model_path_problem(model.name_or_path, not model.model_type))
+    pad = model.get("pad_vocab_to_multiple_of")
+    problems.need(
+        pad is None or (isinstance(pad, int) and not isinstance(pad, bool) and pad > 0),
+        f"model.pad_vocab_to_multiple_of must be a positive integer or null, got {pad!r}",
+    )
+    problems.boolean("model.gradient_checkpointing", model.get("gradient_checkpointing", False))
+    return problems

@@ -29,6 +29,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from lit_ft.observe.tokens import real_tokens
+
 log = logging.getLogger(__name__)
 
 
@@ -175,11 +177,8 @@ class ThroughputLogger(L.Callback):
 
     # -- counting --------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        mask = batch.get("attention_mask")
-        ids = batch["input_ids"]
-        tokens = mask.sum() if mask is not None else ids.numel()  # stays on the device
-        self._window_tokens = self._window_tokens + tokens
-        self._window_samples += int(ids.shape[0])
+        self._window_tokens = self._window_tokens + real_tokens(batch)  # stays on the device
+        self._window_samples += int(batch["input_ids"].shape[0])
         step = trainer.global_step
         if step == self._last_step:  # inside a gradient-accumulation window
             return
