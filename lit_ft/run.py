@@ -16,6 +16,7 @@ import logging
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -38,8 +39,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     validate_config(cfg)  # every problem at once, before any long work
     leader = is_global_zero()  # under DDP, only rank 0 writes files and prints
-    output_dir = steps.prepare_run_dir(cfg, leader)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     with hold_run_dir(output_dir, leader):  # a second live run on this directory is refused
+        steps.write_config(cfg, output_dir, leader)
         spec = ModelSpec(task=cfg.task.name, **to_plain(cfg.model))
         steps.check_sources(cfg, spec)
         resume = steps.resume_point(cfg)  # read once; checked against model and data below

@@ -52,13 +52,10 @@ from lit_ft.training.rng import RngState
 
 
 # -- before any long work ----------------------------------------------------------------------
-def prepare_run_dir(cfg: DictConfig, leader: bool) -> Path:
-    """The run directory, with the resolved config in it (written by rank 0)."""
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+def write_config(cfg: DictConfig, output_dir: Path, leader: bool) -> None:
+    """The resolved config, beside everything the run writes (by rank 0)."""
     if leader:
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return output_dir
 
 
 def check_sources(cfg: DictConfig, spec: ModelSpec) -> None:

@@ -11,11 +11,10 @@ import torch
 from lit_ft.errors import LitFtError
 from lit_ft.training.checkpoint import (
     AtomicCheckpointIO,
-    capture_rng,
     newest_valid_checkpoint,
     resolve_ckpt_path,
-    restore_rng,
 )
+from lit_ft.training.rng import capture_rng, restore_rng
 
 
 def _checkpoint(step: int) -> dict:

@@ -158,7 +158,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
             "optimizer.lr=-1",
             "scheduler.name=triangle",
             "scheduler.warmup_steps=10",
-            "scheduler.warmup_ratio=0.1",
+            "scheduler.warmup_ratio=1.5",  # with warmup_steps set too: steps win, both allowed
             "trainer.precision=fp8",
             "trainer.max_epochs=-1",
             "trainer.max_steps=-1",
@@ -174,7 +174,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
         "data.batch_size",
         "optimizer.lr",
         "scheduler.name",
-        "warmup_steps or scheduler.warmup_ratio",
+        "scheduler.warmup_ratio must be in [0, 1)",
         "trainer.precision",
         "trainer.max_steps",
         "ckpt_path",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_ft import precision
+from lit_ft.model import precision
 
 
 def test_explicit_precision_is_kept():
