@@ -133,7 +133,9 @@ def _user_errors_exit(keep_going: bool = False):
     try:
         yield
     except LitFtError as err:
-        print(f"lit_ft: error: {err}", file=sys.stderr, flush=True)
+        from lit_ft.observe.log import error
+
+        error(str(err))
         if keep_going:
             raise
         sys.exit(EXIT_USER_ERROR)

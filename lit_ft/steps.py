@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from lit_ft.model.peft import AdapterCheckpoint, prepare_model, quantization_kwa
 from lit_ft.model.precision import resolve_precision
 from lit_ft.model.strategy import shards_weights
 from lit_ft.model.vocab import pad_vocab
-from lit_ft.observe.log import say
+from lit_ft.observe.log import quiet_known_noise, say
 from lit_ft.observe.loggers import finish
 from lit_ft.observe.recorder import TrainingRecorder
 from lit_ft.observe.throughput import ThroughputLogger
@@ -72,9 +71,7 @@ def resume_point(cfg: DictConfig) -> ResumePoint | None:
 def run_callbacks(configured: list, checkpoint_dir: str, lora) -> tuple[list, TrainingRecorder]:
     """The configured callbacks plus what exact resumption, preemption and the NaN stop rely
     on (always on, whatever `callbacks/` says), and the recorder behind results.json."""
-    # Lightning warns that a mid-epoch resume repeats data unless the loader is stateful; ours
-    # resumes through the datamodule's state (lit_ft/data/sampler.py), so it is wrong here.
-    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+    quiet_known_noise()  # e.g. Lightning's mid-epoch-resume warning, wrong for our loader
     recorder = TrainingRecorder()
     always = [RngState(), PreemptionCheckpoint(checkpoint_dir), StopOnNonFiniteLoss(checkpoint_dir)]
     adapters = [AdapterCheckpoint(lora)] if lora else []  # adapter-only checkpoints

@@ -116,3 +116,19 @@ def test_collator_masks_padding_not_eos():
     batch = PadCollator(pad_token_id=eos, labels="from_inputs")(rows)
     assert batch["labels"].tolist() == [[5, 6, eos], [7, -100, -100]]  # real EOS keeps its label
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_every_missing_column_is_named_at_once_with_the_builder_hint(gpt2_tokenizer):
+    from types import SimpleNamespace
+
+    from lit_ft.errors import LitFtError
+    from lit_ft.tasks import build_task
+
+    columns = {"text_column": "review", "label_column": "stars", "text_pair_column": None}
+    task = build_task("sequence-classification", gpt2_tokenizer, columns, max_length=32)
+    as_text = SimpleNamespace(column_names=["text"])  # a CSV read with data.path=text
+    with pytest.raises(LitFtError) as info:
+        task.check_columns(as_text, "data.path='text'")
+    message = str(info.value)
+    assert "data.text_column='review' and data.label_column='stars' are not columns" in message
+    assert "needs data.path=csv, json or parquet" in message

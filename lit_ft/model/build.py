@@ -102,20 +102,27 @@ def build_model(spec: ModelSpec, config=None, pretrained: bool | None = None, **
     use_weights = not spec.from_scratch if pretrained is None else pretrained
     try:
         if not use_weights:
-            return auto_class.from_config(
+            model = auto_class.from_config(
                 config, trust_remote_code=spec.trust_remote_code, **kwargs
             )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            return auto_class.from_pretrained(
-                spec.name_or_path,
-                config=config,
-                revision=spec.revision,
-                trust_remote_code=spec.trust_remote_code,
-                **kwargs,
-            )
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                model = auto_class.from_pretrained(
+                    spec.name_or_path,
+                    config=config,
+                    revision=spec.revision,
+                    trust_remote_code=spec.trust_remote_code,
+                    **kwargs,
+                )
     except (OSError, ValueError) as err:
         raise LitFtError(f"could not load model '{spec.name_or_path}': {err}") from err
+    # transformers picks the loss from the class name and warns, for class names such as
+    # GPT2LMHeadModel that carry no task suffix, that it falls back to the causal-LM loss:
+    # for a causal-LM head that fallback is the right loss, so say so and skip the warning.
+    if getattr(model, "loss_type", "") is None and auto_class.__name__ == "AutoModelForCausalLM":
+        model.loss_type = "ForCausalLM"
+    return model
 
 
 def model_problems(model) -> Problems:

@@ -62,6 +62,10 @@ def _extra_metrics(trainer, speed: _Speed) -> dict[str, str]:
     rate = speed.read()
     if rate is not None:
         extra["tok/s"] = f"{rate:,.0f}"
+    # MFU from the throughput logger's last window, as a percentage (one tokens/s shown: ours)
+    mfu = next((cb.last.get("mfu") for cb in trainer.callbacks if hasattr(cb, "last")), None)
+    if mfu is not None:
+        extra["mfu"] = f"{100 * mfu:.1f}%"
     return extra
 
 

@@ -53,13 +53,20 @@ class Task:
         self.require_columns(dataset, source, used)
 
     def require_columns(self, dataset, source: str, keys) -> None:
+        """Every missing column named at once, with the columns that exist."""
         available = dataset.column_names
-        for key in keys:
-            if self.column[key] not in available:
-                raise LitFtError(
-                    f"data.{key}='{self.column[key]}' is not a column of {source} "
-                    f"(task '{self.name}'); columns: {', '.join(available)}"
-                )
+        missing = [f"data.{k}='{self.column[k]}'" for k in keys if self.column[k] not in available]
+        if not missing:
+            return
+        hint = ""
+        if available == ["text"] and source.startswith("data.path='text'"):
+            # the text builder reads any file as lines: a CSV/JSON file shows one column
+            hint = "; a CSV, JSON or Parquet file needs data.path=csv, json or parquet"
+        verb = "is not a column" if len(missing) == 1 else "are not columns"
+        raise LitFtError(
+            f"{' and '.join(missing)} {verb} of {source} (task '{self.name}'); "
+            f"columns: {', '.join(available)}{hint}"
+        )
 
     def fit_labels(self, splits: Mapping[str, Any], source: str) -> None:
         """Learn the label set from the raw splits (classification tasks)."""
