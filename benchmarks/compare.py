@@ -28,6 +28,8 @@ Modes:
             TrainingArguments' defaults), the job's hyper-parameters (target: >= 1.25x HF)
   best      each framework's fastest settings on this device (torch.compile, bf16 where the
             hardware computes it)
+  fp32, bf16  lit_ft alone at trainer.precision=32-true / bf16-mixed (fused AdamW, clipping):
+            is `precision=auto`'s choice the faster one on this device?
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PRESETS = {
     # the issue's reference job on 2 CPU cores
     "gpt2-4x256": dict(n_layer=4, n_head=4, n_embd=256, block=256, batch=8, vocab=4096),
+    # the bundled default model's shape with the default data's block and batch
+    "bundled-4x128": dict(n_layer=4, n_head=4, n_embd=128, block=128, batch=16, vocab=4096),
     # a smoke test of the harness (tests/test_benchmarks.py), not a measurement
     "tiny": dict(n_layer=2, n_head=2, n_embd=64, block=64, batch=4, vocab=4096),
     # GPT-2 124M's shape (for a GPU; the bundled tokenizer's ids index the first 4,096 rows)
@@ -61,7 +65,10 @@ MODES = {
     "same": ("lit_ft", "bare", "hf"),
     "defaults": ("lit_ft", "hf"),
     "best": ("lit_ft", "hf", "bare"),
+    "fp32": ("lit_ft",),
+    "bf16": ("lit_ft",),
 }
+PRECISION_MODES = {"fp32": "32-true", "bf16": "bf16-mixed"}
 
 
 # -- the shared job ------------------------------------------------------------------------------
@@ -73,7 +80,7 @@ def device() -> str:
 
 def bf16_ok() -> bool:
     """What lit_ft's precision=auto decides: bf16 only where the hardware computes it."""
-    from lit_ft.precision import resolve_precision
+    from lit_ft.model.precision import resolve_precision
 
     return resolve_precision("auto", "auto")[0] == "bf16-mixed"
 
@@ -107,7 +114,7 @@ def load_job(preset: dict, steps: int, output_dir: str):
     from omegaconf import OmegaConf
 
     import lit_ft
-    from lit_ft.model import ModelSpec, load_config, load_tokenizer
+    from lit_ft.model.build import ModelSpec, load_config, load_tokenizer
     from lit_ft.run import build_task_and_data
 
     cfg = lit_ft.compose(lit_ft_overrides(preset, steps, output_dir))
@@ -152,7 +159,7 @@ class Clock:
 
     def step_done(self, step: int) -> None:  # step counts from 1
         if step == 1:
-            from lit_ft.throughput import process_start_time
+            from lit_ft.observe.throughput import process_start_time
 
             started = process_start_time()
             self.first_step_s = time.time() - started if started else None
@@ -211,6 +218,8 @@ def run_lit_ft(mode: str, preset: dict, steps: int, workdir: str) -> dict:
         overrides += ["trainer.precision=32-true", "optimizer.fused=true"]
     elif mode == "best":
         overrides += ["compile.enabled=true"]  # precision auto: bf16 where computed
+    elif mode in PRECISION_MODES:
+        overrides += [f"trainer.precision={PRECISION_MODES[mode]}", "optimizer.fused=true"]
     cfg = lit_ft.compose(overrides)
     with open_dict(cfg):
         cfg.callbacks.bench_clock = {"_target_": "__main__.LightningClock"}
@@ -220,7 +229,8 @@ def run_lit_ft(mode: str, preset: dict, steps: int, workdir: str) -> dict:
     return {
         "eval_loss": eval_loss(model, data.datasets["validation"]),
         "settings": overrides[len(lit_ft_overrides(preset, steps, workdir)) :] or ["(defaults)"],
-        "bf16": mode != "same" and bf16_ok(),  # precision=auto decides
+        # precision=auto decides, except in the precision modes
+        "bf16": mode == "bf16" or (mode in ("defaults", "best") and bf16_ok()),
         "lit_ft_throughput": results.get("throughput"),
         "data_prep_s": results.get("data_prep_s"),
     }
@@ -380,7 +390,7 @@ def model_flops(preset: dict) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config
 
-    from lit_ft.throughput import count_flops_per_token, matmul_flops_per_s
+    from lit_ft.observe.throughput import count_flops_per_token, matmul_flops_per_s
 
     config = GPT2Config(
         n_layer=preset["n_layer"],

@@ -34,8 +34,8 @@ def build(corpus: str, num_proc: int) -> dict:
     from omegaconf import OmegaConf
 
     import lit_ft
-    from lit_ft import corpora
-    from lit_ft.model import ModelSpec, load_config, load_tokenizer
+    from lit_ft.data import corpora
+    from lit_ft.model.build import ModelSpec, load_config, load_tokenizer
     from lit_ft.run import build_task_and_data
 
     workers = num_proc if num_proc > 1 else "null"

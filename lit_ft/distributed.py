@@ -67,6 +67,15 @@ def end_processes(launched_here: bool) -> None:
             os.environ.pop(key, None)
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the initialized process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def is_global_zero() -> bool:
     """Rank 0 of the whole run; known from the environment before the Trainer exists."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only

@@ -21,8 +21,8 @@ def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
     Everything is written into a sibling temporary directory first and swapped in at the end,
     so an interrupted export never leaves a half-written directory where a good one stood.
     """
-    from lit_ft.peft_adapter import for_export
-    from lit_ft.vocab import unpadded
+    from lit_ft.model.peft import for_export
+    from lit_ft.model.vocab import unpadded
 
     model = for_export(model)  # LoRA: merged into the weights, or the adapter alone
     model = unpadded(model)  # a padded vocabulary is cropped back to the tokenizer's
@@ -48,8 +48,8 @@ def load_checkpoint_model(ckpt_path: str | Path):
     import torch
     from transformers import AutoConfig
 
-    from lit_ft.model import ModelSpec, build_model, load_tokenizer
-    from lit_ft.peft_adapter import CHECKPOINT_KEY, load_adapter_checkpoint
+    from lit_ft.model.build import ModelSpec, build_model, load_tokenizer
+    from lit_ft.model.peft import CHECKPOINT_KEY, load_adapter_checkpoint
 
     path = Path(ckpt_path)
     if not path.is_file():

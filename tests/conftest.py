@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers.config import tiny_run_overrides
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 # An empty HF home: a model or dataset in the user's own cache must not change any outcome.
@@ -42,7 +43,7 @@ def reference_text() -> str:
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory, reference_text) -> Path:
     """A 512-token byte-level BPE trained in a second on Python's reference text."""
-    from lit_ft.tokenizer_training import train_byte_level_bpe
+    from lit_ft.model.tokenizer_training import train_byte_level_bpe
 
     out = tmp_path_factory.mktemp("tiny_tokenizer")
     train_byte_level_bpe(
@@ -67,35 +68,6 @@ def text_file(tmp_path_factory, reference_text) -> Path:
     path = tmp_path_factory.mktemp("text") / "reference.txt"
     path.write_text(reference_text[:60_000], encoding="utf-8")
     return path
-
-
-def tiny_run_overrides(tokenizer_dir: Path, text_file: Path, output_dir: Path) -> list[str]:
-    """Overrides for a 2-layer, 32-wide GPT-2 from a config on local text: trains in seconds.
-
-    ~60K characters / ~3 per token = ~20K tokens = ~600 blocks of 32: one epoch is ~70 batches
-    of 8, so 30 steps stay inside the first epoch.
-    """
-    return [
-        f"model.name_or_path={tokenizer_dir}",
-        "model.from_scratch=true",
-        "model.model_type=gpt2",
-        "model.config_overrides={n_layer: 2, n_head: 2, n_embd: 32, n_positions: 64, "
-        "vocab_size: 512, bos_token_id: 0, eos_token_id: 0}",
-        "data=text_files",
-        f"data.data_files={text_file}",
-        "data.block_size=32",
-        "data.batch_size=8",
-        "data.validation_split_percentage=10",
-        "trainer.max_epochs=1",
-        "trainer.max_steps=30",
-        "trainer.log_every_n_steps=5",
-        "trainer.enable_progress_bar=false",
-        "optimizer.lr=3e-3",
-        # Stated, never `auto`: what auto picks depends on the host's CPU (test_precision.py
-        # tests both of its outcomes and every precision this run can take).
-        "trainer.precision=32-true",
-        f"paths.output_dir={output_dir}",
-    ]
 
 
 @pytest.fixture

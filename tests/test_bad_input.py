@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_run_overrides
+from helpers.config import tiny_run_overrides
 
 import lit_ft
-from lit_ft.checkpoint import checkpoint_problem
 from lit_ft.config import compose, validate_config
 from lit_ft.errors import ConfigError, LitFtError
+from lit_ft.training.checkpoint import checkpoint_problem
 
 # Two steps between checkpoints; no evaluation before training (speed).
 QUICK = ["callbacks.resumable_checkpoint.every_n_train_steps=2", "evaluate_before=false"]
@@ -121,7 +121,7 @@ def test_empty_data_file(tiny_tokenizer_dir, text_file, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_overrides, tmp_path):
-    poison = "+callbacks.poison={_target_: resume_helpers.PoisonAt, step: 5}"
+    poison = "+callbacks.poison={_target_: helpers.callbacks.PoisonAt, step: 5}"
     with pytest.raises(LitFtError) as info:
         lit_ft.train_from_overrides([*tiny_overrides, *QUICK, poison])
     run = tmp_path / "run"
@@ -136,7 +136,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_overrides
 
 
 def test_disk_full_during_save_keeps_the_previous_checkpoint(tiny_overrides, tmp_path, monkeypatch):
-    import lit_ft.checkpoint
+    import lit_ft.training.checkpoint
 
     real_save = torch.save
 
@@ -146,7 +146,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tiny_overrides, tmp
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(lit_ft.checkpoint.torch, "save", save)
+    monkeypatch.setattr(lit_ft.training.checkpoint.torch, "save", save)
     with pytest.raises(LitFtError) as info:
         lit_ft.train_from_overrides([*tiny_overrides, *QUICK])
     run = tmp_path / "run"
@@ -188,7 +188,7 @@ def test_cli_run_dir_named_through_hydra_that_cannot_be_created(run_cli, tiny_ov
 
 
 def test_warmup_steps_win_over_a_tuned_warmup_ratio(tmp_path):
-    from lit_ft.optim import warmup_steps_for
+    from lit_ft.training.optim import warmup_steps_for
 
     cfg = compose(["scheduler.warmup_steps=6", f"paths.output_dir={tmp_path}"])
     assert cfg.scheduler.warmup_ratio == 0.05  # conf/tuned/ sets it for the default pair
@@ -201,7 +201,7 @@ def test_own_data_files_replace_the_built_in_corpus(tmp_path, text_file):
     cfg = compose([f"data.data_files={text_file}", f"paths.output_dir={tmp_path}"])
     assert cfg.data.corpus == "python_reference"
     validate_config(cfg)
-    from lit_ft import corpora
+    from lit_ft.data import corpora
 
     assert corpora.files_to_read(cfg.data.data_files, cfg.data.corpus, tmp_path) == str(text_file)
     # A mistyped path is named, and the built-in corpus is never written under the user's name.

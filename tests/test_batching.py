@@ -1,4 +1,4 @@
-"""Length-grouped epochs (data.group_by_length) and the packing check (lit_ft/batching.py)."""
+"""Length-grouped epochs (data.group_by_length) and the packing check (lit_ft/data/grouping.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-import lit_ft.sampler as sampler_module
-from lit_ft.batching import keeps_packed_examples_apart, padding_fraction
+import lit_ft.data.sampler as sampler_module
+from lit_ft.data.grouping import padding_fraction
+from lit_ft.data.sampler import ResumableRandomSampler
 from lit_ft.errors import LitFtError
-from lit_ft.sampler import ResumableRandomSampler
+from lit_ft.tasks.packing import keeps_packed_examples_apart
 
 
 def lengths(n: int = 1000, seed: int = 0) -> list[int]:
@@ -55,7 +56,7 @@ def test_under_ddp_each_ranks_share_of_a_step_is_grouped(monkeypatch):
     sampler = ResumableRandomSampler(400, seed=5, lengths=lens, batch_size=4)
     ranks = []
     for rank in range(2):
-        monkeypatch.setattr(sampler_module, "_world", lambda r=rank: (r, 2))
+        monkeypatch.setattr(sampler_module, "rank_and_world", lambda r=rank: (r, 2))
         ranks.append(list(sampler))
     # Step k: 4 examples on each rank, taken from one group of 4 x 2 similar lengths.
     steps = [a + b for a, b in zip(batches_of(ranks[0], 4), batches_of(ranks[1], 4), strict=True)]
@@ -66,7 +67,7 @@ def test_under_ddp_each_ranks_share_of_a_step_is_grouped(monkeypatch):
 def test_group_by_length_reaches_the_sampler_and_the_resume_fingerprint(gpt2_tokenizer):
     import datasets
 
-    from lit_ft.data import FineTuneDataModule
+    from lit_ft.data.datamodule import FineTuneDataModule
     from lit_ft.tasks import build_task
 
     columns = {"prompt_column": "prompt", "response_column": "response", "messages_column": None}

@@ -8,14 +8,13 @@ import time
 import pytest
 import torch
 
-from lit_ft.checkpoint import (
+from lit_ft.errors import LitFtError
+from lit_ft.training.checkpoint import (
     AtomicCheckpointIO,
-    capture_rng,
     newest_valid_checkpoint,
     resolve_ckpt_path,
-    restore_rng,
 )
-from lit_ft.errors import LitFtError
+from lit_ft.training.rng import capture_rng, restore_rng
 
 
 def _checkpoint(step: int) -> dict:

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from lit_ft.config import compose, config_dir, validate_config
 from lit_ft.errors import ConfigError
-from lit_ft.precision import resolve_precision
-from lit_ft.strategy import strategy_problems
+from lit_ft.model.precision import resolve_precision
+from lit_ft.model.strategy import strategy_problems
 
 CONF = config_dir()
 GROUP_FILES = sorted(

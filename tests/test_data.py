@@ -6,10 +6,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from lit_ft.data import FineTuneDataModule, clamp_block_size
+from lit_ft.data.datamodule import FineTuneDataModule
+from lit_ft.data.sources import clamp_block_size
 from lit_ft.errors import LitFtError
 from lit_ft.tasks import build_task
-from lit_ft.tasks.causal_lm import CausalLMCollator
+from lit_ft.tasks.base import PadCollator
 
 
 @pytest.fixture
@@ -111,6 +112,23 @@ def test_local_csv_and_jsonl(tokenizer, tmp_path, reference_text):
 
 def test_collator_masks_padding_not_eos():
     eos = 0
-    batch = CausalLMCollator(pad_token_id=eos)([{"input_ids": [5, 6, eos]}, {"input_ids": [7]}])
+    rows = [{"input_ids": [5, 6, eos]}, {"input_ids": [7]}]
+    batch = PadCollator(pad_token_id=eos, labels="from_inputs")(rows)
     assert batch["labels"].tolist() == [[5, 6, eos], [7, -100, -100]]  # real EOS keeps its label
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_every_missing_column_is_named_at_once_with_the_builder_hint(gpt2_tokenizer):
+    from types import SimpleNamespace
+
+    from lit_ft.errors import LitFtError
+    from lit_ft.tasks import build_task
+
+    columns = {"text_column": "review", "label_column": "stars", "text_pair_column": None}
+    task = build_task("sequence-classification", gpt2_tokenizer, columns, max_length=32)
+    as_text = SimpleNamespace(column_names=["text"])  # a CSV read with data.path=text
+    with pytest.raises(LitFtError) as info:
+        task.check_columns(as_text, "data.path='text'")
+    message = str(info.value)
+    assert "data.text_column='review' and data.label_column='stars' are not columns" in message
+    assert "needs data.path=csv, json or parquet" in message

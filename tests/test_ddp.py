@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_run_overrides
+from helpers.config import tiny_run_overrides
 
 HELPERS = str(Path(__file__).parent)
 # Per-step |loss(1 process, batch 8) - mean over 2 processes of loss(batch 4)|. The global
@@ -32,7 +32,7 @@ def _args(tokenizer_dir, text_file, out: Path | None, log: Path, extra=()) -> li
         "trainer.max_steps=12",
         "callbacks.resumable_checkpoint.every_n_train_steps=3",
         "evaluate_before=false",
-        f"+callbacks.loss_log={{_target_: resume_helpers.LossLog, path: '{log}'}}",
+        f"+callbacks.loss_log={{_target_: helpers.callbacks.LossLog, path: '{log}'}}",
         *extra,
     ]
 
@@ -64,7 +64,7 @@ def test_ddp_matches_one_process_and_resumes_exactly(
     # Two processes of batch 4 (the same global batch of 8); rank 1 alone gets SIGTERM at
     # step 6: both ranks must stop there, rank 0 saves last.ckpt, the run exits 3.
     root = tmp_path / "outputs"
-    kill = "+callbacks.kill={_target_: resume_helpers.KillAt, step: 6, sig: SIGTERM, rank: 1}"
+    kill = "+callbacks.kill={_target_: helpers.callbacks.KillAt, step: 6, sig: SIGTERM, rank: 1}"
     cut = run_cli(_args(tiny_tokenizer_dir, text_file, None, ddp_log, [*DDP, kill]), env=_env(root))
     assert cut.returncode == 3, cut.stderr[-3000:]
     run_dirs = list((root / "runs").iterdir())
@@ -149,13 +149,13 @@ def test_external_launchers_must_name_the_run_dir(monkeypatch, env, task, hydra,
 
 
 def test_sampler_splits_an_epoch_between_ranks_and_resumes_over_all(monkeypatch):
-    import lit_ft.sampler as sampler_module
-    from lit_ft.sampler import ResumableRandomSampler
+    import lit_ft.data.sampler as sampler_module
+    from lit_ft.data.sampler import ResumableRandomSampler
 
     def ranks(sampler, world):
         out = []
         for rank in range(world):
-            monkeypatch.setattr(sampler_module, "_world", lambda r=rank: (r, world))
+            monkeypatch.setattr(sampler_module, "rank_and_world", lambda r=rank: (r, world))
             out.append(list(sampler))
         return out
 
@@ -172,7 +172,7 @@ def test_sampler_splits_an_epoch_between_ranks_and_resumes_over_all(monkeypatch)
         resumed = []
         for rank in range(world):
             sampler.resume(0, 24)
-            monkeypatch.setattr(sampler_module, "_world", lambda r=rank, w=world: (r, w))
+            monkeypatch.setattr(sampler_module, "rank_and_world", lambda r=rank, w=world: (r, w))
             resumed.append(list(sampler))
         rest = sorted(i for part in resumed for i in part)
         padded = order + order[: -len(order) % world]
@@ -183,7 +183,7 @@ def test_fsdp_policy_wraps_the_models_own_blocks():
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
-    from lit_ft.strategy import TransformerBlockPolicy, block_classes
+    from lit_ft.model.strategy import TransformerBlockPolicy, block_classes
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=16, n_head=2, vocab_size=64))
     wrapper = torch.nn.ModuleDict({"model": model})  # as inside the LightningModule

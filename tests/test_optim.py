@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from lit_ft.optim import build_scheduler, optimizer_steps, weight_decay_groups
+from lit_ft.training.optim import build_scheduler, optimizer_steps, weight_decay_groups
 
 
 def test_no_weight_decay_on_biases_and_norms():

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 import lit_ft
 from lit_ft.export import load_checkpoint_model
-from lit_ft.peft_adapter import LoraSettings, for_export, prepare_model
+from lit_ft.model.peft import LoraSettings, for_export, prepare_model
 
 # The bundled GPT-2: 4 layers whose c_attn maps 128 -> 384. With r=4 each layer gains
 # A (4 x 128) + B (384 x 4) = 2,048 weights: 8,192 trainable in all.

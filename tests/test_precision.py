@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_ft import precision
+from lit_ft.model import precision
 
 
 def test_explicit_precision_is_kept():
@@ -108,7 +108,7 @@ def test_precision_matrix_trains_saves_exports_and_generates(
 def _fp16_trainer(callbacks, steps: int, clip: float | None):
     import lightning as L
 
-    from lit_ft.mixed_precision import ClippingMixedPrecision
+    from lit_ft.training.amp import ClippingMixedPrecision
 
     return L.Trainer(
         accelerator="cpu",
@@ -193,7 +193,7 @@ def test_16_mixed_skips_a_step_whose_gradients_overflow():
 
 
 def test_mixed_precision_comes_as_lit_ft_plugin_except_under_fsdp_and_deepspeed():
-    from lit_ft.mixed_precision import ClippingMixedPrecision, precision_plugins
+    from lit_ft.training.amp import ClippingMixedPrecision, precision_plugins
 
     (plugin,) = precision_plugins("bf16-mixed", "cpu", "auto")
     assert isinstance(plugin, ClippingMixedPrecision) and plugin.device == "cpu"

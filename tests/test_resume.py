@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_run_overrides
+from helpers.config import tiny_run_overrides
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -18,7 +18,7 @@ HELPERS = str(Path(__file__).parent)
 def _run(run_cli, overrides, log: Path, extra=()):
     args = [
         *overrides,
-        f"+callbacks.loss_log={{_target_: resume_helpers.LossLog, path: '{log}'}}",
+        f"+callbacks.loss_log={{_target_: helpers.callbacks.LossLog, path: '{log}'}}",
         *extra,
     ]
     env = {"PYTHONPATH": os.pathsep.join([HELPERS, os.environ.get("PYTHONPATH", "")])}
@@ -123,7 +123,7 @@ def _check_kill_and_resume(
     assert result.returncode == 0, result.stderr[-3000:]
 
     kill = (
-        "+callbacks.kill={_target_: resume_helpers.KillAt, "
+        "+callbacks.kill={_target_: helpers.callbacks.KillAt, "
         f"step: {kill_step}, micro_batch: {micro}, sig: {sig}}}"
     )
     result = _run(run_cli, cut, tmp_path / "cut.jsonl", [kill])

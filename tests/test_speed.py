@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from lit_ft.optim import adamw
-from lit_ft.speed import compile_model
-from lit_ft.throughput import count_flops_per_token, process_start_time
-from lit_ft.vocab import UNPADDED_KEY, pad_vocab, unpadded
+from lit_ft.model.compile import compile_model
+from lit_ft.model.vocab import UNPADDED_KEY, pad_vocab, unpadded
+from lit_ft.observe.throughput import count_flops_per_token, process_start_time
+from lit_ft.training.optim import adamw
 
 
 def tiny_gpt2(vocab_size: int = 500) -> GPT2LMHeadModel:
@@ -117,7 +117,7 @@ def test_run_logs_mfu_compiles_and_exports_unpadded(tiny_overrides, tmp_path):
 
 def test_cpu_peak_is_a_measured_matmul_rate():
     """No table for CPUs: the peak is timed; a plain CPU run still reports an MFU."""
-    from lit_ft.throughput import matmul_flops_per_s
+    from lit_ft.observe.throughput import matmul_flops_per_s
 
     torch.manual_seed(0)
     expected = torch.rand(3)

@@ -38,13 +38,14 @@ def test_streaming_run_resumes_to_the_same_losses(tiny_overrides, short_text, tm
             "callbacks.resumable_checkpoint.every_n_train_steps=4",
             "evaluate_before=false",
             "export=false",
-            f"+callbacks.loss_log={{_target_: resume_helpers.LossLog, path: '{tmp_path / log}'}}",
+            "+callbacks.loss_log="
+            f"{{_target_: helpers.callbacks.LossLog, path: '{tmp_path / log}'}}",
             *extra,
         ]
 
     lit_ft.train_from_overrides(args("full", "full.jsonl"))
     # SIGTERM at step 6: the run saves last.ckpt there and stops (exit code 3 on the CLI).
-    kill = "+callbacks.kill={_target_: resume_helpers.KillAt, step: 6, sig: SIGTERM}"
+    kill = "+callbacks.kill={_target_: helpers.callbacks.KillAt, step: 6, sig: SIGTERM}"
     with pytest.raises(SystemExit) as stopped:
         lit_ft.train_from_overrides(args("cut", "cut.jsonl", kill))
     assert stopped.value.code == 3

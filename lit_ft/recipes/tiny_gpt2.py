@@ -17,9 +17,9 @@ import json
 import shutil
 from pathlib import Path
 
-from lit_ft import corpora
 from lit_ft.config import asset_path, compose
-from lit_ft.tokenizer_training import train_byte_level_bpe
+from lit_ft.data import corpora
+from lit_ft.model.tokenizer_training import train_byte_level_bpe
 
 ASSET = "tiny-gpt2-pystdlib"
 

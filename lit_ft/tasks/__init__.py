@@ -12,6 +12,7 @@ A task is a class (one file each in this package) that knows four things:
 
 from __future__ import annotations
 
+from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
 from lit_ft.tasks.base import Task, TaskContext
 from lit_ft.tasks.causal_lm import CausalLMTask
@@ -83,3 +84,13 @@ def check_architecture(task: type[Task], model_type: str) -> None:
             f"model type '{model_type}' has no {task.auto_class} head, so it cannot do task "
             f"'{task.name}'; model types that can: {', '.join(supported)}"
         )
+
+
+def task_problems(name: str, data) -> Problems:
+    """An unknown task, or a column the task reads that the data config leaves empty."""
+    problems = Problems()
+    task = TASKS.get(name)
+    problems.need(task is not None, f"task.name='{name}' is unknown; available: {', '.join(TASKS)}")
+    for key in task.columns if task else ():
+        problems.need(bool(data.get(key)), f"task '{task.name}' reads data.{key}, which is empty")
+    return problems

@@ -29,6 +29,7 @@ class Task:
     columns: ClassVar[tuple[str, ...]] = ()  # data-config keys that must name a column
     optional_columns: ClassVar[tuple[str, ...]] = ()  # ...that may be null
     headline: ClassVar[str] = "val/ppl"  # the number the end-of-run line leads with
+    headline_label: ClassVar[str] = "validation perplexity"  # ...and how it names it
     predicts: ClassVar[bool] = False  # writes predictions.jsonl (classification, seq2seq)
 
     def __init__(self, tokenizer, columns: Mapping[str, str | None], max_length: int):
@@ -52,13 +53,20 @@ class Task:
         self.require_columns(dataset, source, used)
 
     def require_columns(self, dataset, source: str, keys) -> None:
+        """Every missing column named at once, with the columns that exist."""
         available = dataset.column_names
-        for key in keys:
-            if self.column[key] not in available:
-                raise LitFtError(
-                    f"data.{key}='{self.column[key]}' is not a column of {source} "
-                    f"(task '{self.name}'); columns: {', '.join(available)}"
-                )
+        missing = [f"data.{k}='{self.column[k]}'" for k in keys if self.column[k] not in available]
+        if not missing:
+            return
+        hint = ""
+        if available == ["text"] and source.startswith("data.path='text'"):
+            # the text builder reads any file as lines: a CSV/JSON file shows one column
+            hint = "; a CSV, JSON or Parquet file needs data.path=csv, json or parquet"
+        verb = "is not a column" if len(missing) == 1 else "are not columns"
+        raise LitFtError(
+            f"{' and '.join(missing)} {verb} of {source} (task '{self.name}'); "
+            f"columns: {', '.join(available)}{hint}"
+        )
 
     def fit_labels(self, splits: Mapping[str, Any], source: str) -> None:
         """Learn the label set from the raw splits (classification tasks)."""
@@ -79,7 +87,7 @@ class Task:
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluator(self):
-        """A `lit_ft.metrics.Evaluator` for validation and test."""
+        """A `lit_ft.tasks.metrics.Evaluator` for validation and test."""
         raise NotImplementedError
 
     def predict(self, model, batch: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
@@ -115,6 +123,35 @@ def pad_rows(rows: list[list[int]], value: int, length: int | None = None) -> to
     for i, row in enumerate(rows):
         out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
     return out
+
+
+class PadCollator:
+    """The one padding collator: right-pads each row's `input_ids` into a batch with its
+    attention mask, and the labels as the task keeps them:
+
+    - `labels="from_inputs"`: a copy of input_ids, -100 where the attention mask is 0 (LM
+      blocks). Masking from the attention mask rather than `pad_token_id` matters for GPT-2,
+      whose pad token is EOS: real end-of-text tokens keep their labels;
+    - `labels="per_token"`: each row's own label list, padded with -100 (SFT, token tags);
+    - `labels="per_row"`: one label per row (sequence classification).
+
+    `attention_mask_key` renames the mask (packed SFT counts tokens with it but must not
+    pass an attention mask to the model).
+    """
+
+    def __init__(self, pad_token_id: int, labels: str, attention_mask_key="attention_mask"):
+        self.pad_token_id, self.labels, self.mask_key = pad_token_id, labels, attention_mask_key
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = [e["input_ids"] for e in examples]
+        input_ids, mask = pad_rows(rows, self.pad_token_id), attention_mask(rows)
+        if self.labels == "from_inputs":
+            labels = input_ids.masked_fill(mask == 0, -100)
+        elif self.labels == "per_token":
+            labels = pad_rows([e["labels"] for e in examples], -100)
+        else:
+            labels = torch.tensor([e["labels"] for e in examples], dtype=torch.long)
+        return {"input_ids": input_ids, self.mask_key: mask, "labels": labels}
 
 
 def attention_mask(rows: list[list[int]]) -> torch.Tensor:

@@ -5,28 +5,8 @@ from __future__ import annotations
 from itertools import chain
 from typing import Any
 
-import torch
-
 from lit_ft.errors import LitFtError
-from lit_ft.tasks.base import Task, TaskContext, pad_rows
-
-
-class CausalLMCollator:
-    """Stack blocks into a batch; labels copy input_ids, masked (-100) where attention is 0.
-
-    Masking from the attention mask rather than `pad_token_id` matters for GPT-2, whose pad
-    token is EOS: real end-of-text tokens keep their labels.
-    """
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        rows = [e["input_ids"] for e in examples]
-        input_ids = pad_rows(rows, self.pad_token_id)
-        attention_mask = pad_rows([[1] * len(r) for r in rows], 0)
-        labels = input_ids.masked_fill(attention_mask == 0, -100)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+from lit_ft.tasks.base import PadCollator, Task, TaskContext
 
 
 class CausalLMTask(Task):
@@ -87,9 +67,9 @@ class CausalLMTask(Task):
         return grouped
 
     def collate(self):
-        return CausalLMCollator(self.tokenizer.pad_token_id)
+        return PadCollator(self.tokenizer.pad_token_id, labels="from_inputs")
 
     def evaluator(self):
-        from lit_ft.metrics import LanguageModelingEvaluator
+        from lit_ft.tasks.metrics import LanguageModelingEvaluator
 
         return LanguageModelingEvaluator(shifted=True)

@@ -36,6 +36,6 @@ class MaskedLMTask(CausalLMTask):
         )
 
     def evaluator(self):
-        from lit_ft.metrics import LanguageModelingEvaluator
+        from lit_ft.tasks.metrics import LanguageModelingEvaluator
 
         return LanguageModelingEvaluator(shifted=False)

@@ -12,7 +12,7 @@ class Seq2SeqTask(Task):
     auto_class = "AutoModelForSeq2SeqLM"
     description = "generate a target text from a source text (encoder-decoder)"
     predicts = True
-    headline = "val/rougeL"
+    headline, headline_label = "val/rougeL", "validation ROUGE-L"
     columns = ("source_column", "target_column")
 
     def __init__(
@@ -64,12 +64,12 @@ class Seq2SeqTask(Task):
         return DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=-100, return_tensors="pt")
 
     def evaluator(self):
-        from lit_ft.metrics import Seq2SeqEvaluator
+        from lit_ft.tasks.metrics import Seq2SeqEvaluator
 
         return Seq2SeqEvaluator(self.tokenizer, self.generate_max_new_tokens, self.num_beams)
 
     def predict(self, model, batch) -> list[dict[str, Any]]:
-        from lit_ft.metrics import decode_labels, generate_text
+        from lit_ft.tasks.metrics import decode_labels, generate_text
 
         predictions = generate_text(
             model,

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from lit_ft.errors import LitFtError
-from lit_ft.tasks.base import Task, TaskContext, attention_mask, pad_rows
+from lit_ft.tasks.base import PadCollator, Task, TaskContext, pad_rows
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class InstructionTask(Task):
 
     # -- packing -----------------------------------------------------------------------------
     def check_model(self, model) -> None:
-        from lit_ft.batching import keeps_packed_examples_apart
+        from lit_ft.tasks.packing import keeps_packed_examples_apart
 
         if self.packing and not keeps_packed_examples_apart(model):
             raise LitFtError(
@@ -172,29 +172,23 @@ class InstructionTask(Task):
 
     def collate(self):
         pad = self.tokenizer.pad_token_id
-        packing = self.packing
+        if not self.packing:
+            return PadCollator(pad, labels="per_token")
+        # No attention_mask: position ids that restart mark where examples begin, and
+        # transformers masks across them. Padding positions form one more "example". The mask
+        # travels as `_real_tokens`, for token counting only (lit_ft/observe/tokens.py).
+        padded = PadCollator(pad, labels="per_token", attention_mask_key="_real_tokens")
 
         def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-            ids = [r["input_ids"] for r in rows]
-            batch = {
-                "input_ids": pad_rows(ids, pad),
-                "labels": pad_rows([r["labels"] for r in rows], -100),
-            }
-            if packing:
-                # No attention_mask: position ids that restart mark where examples begin, and
-                # transformers masks across them. Padding positions form one more "example".
-                batch["position_ids"] = pad_rows([r["position_ids"] for r in rows], 0)
-                # ...but only without a KV cache, which eval-mode models create by default.
-                batch["use_cache"] = False
-                batch["_real_tokens"] = attention_mask(ids)  # for token counting only
-            else:
-                batch["attention_mask"] = attention_mask(ids)
+            batch = padded(rows)
+            batch["position_ids"] = pad_rows([r["position_ids"] for r in rows], 0)
+            batch["use_cache"] = False  # ...only without a KV cache (eval mode makes one)
             return batch
 
         return collate
 
     def evaluator(self):
-        from lit_ft.metrics import LanguageModelingEvaluator
+        from lit_ft.tasks.metrics import LanguageModelingEvaluator
 
         return LanguageModelingEvaluator(shifted=True)
 

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from lit_ft.errors import LitFtError
-from lit_ft.tasks.base import attention_mask, pad_rows
-from lit_ft.tasks.sequence_classification import LabelledTask
+from lit_ft.tasks.base import PadCollator
+from lit_ft.tasks.labelled import LabelledTask
 
 
 class TokenClassificationTask(LabelledTask):
@@ -20,7 +18,7 @@ class TokenClassificationTask(LabelledTask):
     auto_class = "AutoModelForTokenClassification"
     description = "one tag per word, e.g. named entities (IOB tags)"
     predicts = True
-    headline = "val/f1"
+    headline, headline_label = "val/f1", "validation entity F1"
     columns = ("tokens_column", "tags_column")
     label_key = "tags_column"
 
@@ -50,20 +48,10 @@ class TokenClassificationTask(LabelledTask):
         return {"input_ids": encoded["input_ids"], "labels": labels}
 
     def collate(self):
-        pad = self.tokenizer.pad_token_id
-
-        def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-            ids = [r["input_ids"] for r in rows]
-            return {
-                "input_ids": pad_rows(ids, pad),
-                "attention_mask": attention_mask(ids),
-                "labels": pad_rows([r["labels"] for r in rows], -100),
-            }
-
-        return collate
+        return PadCollator(self.tokenizer.pad_token_id, labels="per_token")
 
     def evaluator(self):
-        from lit_ft.metrics import EntityEvaluator
+        from lit_ft.tasks.metrics import EntityEvaluator
 
         return EntityEvaluator(dict(enumerate(self.labels)))
 

@@ -11,13 +11,13 @@ import sys
 
 import torch
 
-import lit_ft.precision
+import lit_ft.model.precision
 
 
 def main() -> None:
     flags, sep, overrides = sys.argv[1], sys.argv[2], sys.argv[3:]
     assert sep == "--", __doc__
-    lit_ft.precision.cpu_flags = lambda: set() if flags == "none" else set(flags.split(","))
+    lit_ft.model.precision.cpu_flags = lambda: set() if flags == "none" else set(flags.split(","))
     torch.cuda.is_available = lambda: False  # the CPU's answer, whatever the host has
     from lit_ft.run import main as run_main
 

@@ -15,6 +15,9 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 
+from lit_ft.config.problems import Problems
+from lit_ft.observe.tokens import real_tokens
+
 STYLES = ("auto", "rich", "lines", "tqdm")
 
 
@@ -35,10 +38,8 @@ class _Speed:
         self._tokens, self._since = 0, time.perf_counter()
 
     def add(self, batch: Any) -> None:
-        if isinstance(batch, dict) and "attention_mask" in batch:
-            self._tokens = self._tokens + batch["attention_mask"].sum()
-        elif isinstance(batch, dict) and "input_ids" in batch:
-            self._tokens = self._tokens + batch["input_ids"].numel()
+        if isinstance(batch, dict) and "input_ids" in batch:
+            self._tokens = self._tokens + real_tokens(batch)
 
     def read(self) -> float | None:
         elapsed = time.perf_counter() - self._since
@@ -61,6 +62,10 @@ def _extra_metrics(trainer, speed: _Speed) -> dict[str, str]:
     rate = speed.read()
     if rate is not None:
         extra["tok/s"] = f"{rate:,.0f}"
+    # MFU from the throughput logger's last window, as a percentage (one tokens/s shown: ours)
+    mfu = next((cb.last.get("mfu") for cb in trainer.callbacks if hasattr(cb, "last")), None)
+    if mfu is not None:
+        extra["mfu"] = f"{100 * mfu:.1f}%"
     return extra
 
 
@@ -137,12 +142,8 @@ class LineProgress(ProgressBar):
 
     # -- text ------------------------------------------------------------------------------
     def _total_steps(self, trainer) -> int | None:
-        if trainer.max_steps and trainer.max_steps > 0:
-            return trainer.max_steps
-        batches, epochs = trainer.num_training_batches, trainer.max_epochs
-        if isinstance(batches, int) and epochs and epochs > 0:
-            return batches * epochs // trainer.accumulate_grad_batches
-        return None
+        # The run's one step count (lit_ft.steps.count_optimizer_steps), as the module holds it.
+        return getattr(trainer.lightning_module, "num_training_steps", None)
 
     def _step_text(self, trainer) -> str:
         total = self._total_steps(trainer)
@@ -198,3 +199,13 @@ def progress_bar(
     raise LitFtError(
         f"callbacks.progress.style='{style}' is unknown; use one of {', '.join(STYLES)}"
     )
+
+
+def progress_problems(progress) -> Problems:
+    problems = Problems()
+    if progress and progress.get("style") not in STYLES:
+        problems.append(
+            f"callbacks.progress.style='{progress.style}' is unknown; "
+            f"use one of {', '.join(STYLES)}"
+        )
+    return problems

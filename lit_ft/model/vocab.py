@@ -19,12 +19,17 @@ import math
 UNPADDED_KEY = "lit_ft_unpadded_vocab_size"
 
 
+def padded_size(vocab_size: int, multiple: int | None) -> int:
+    """The vocabulary rounded up to a multiple: e.g. ceil(50257 / 64) * 64 = 50304."""
+    if not multiple or multiple <= 1:
+        return vocab_size
+    return math.ceil(vocab_size / multiple) * multiple
+
+
 def pad_vocab(model, multiple: int | None):
     """Resize the token embeddings (and a tied or untied output layer) up to a multiple."""
-    if not multiple or multiple <= 1:
-        return model
     current = model.get_input_embeddings().num_embeddings
-    target = math.ceil(current / multiple) * multiple  # e.g. ceil(50257 / 64) * 64 = 50304
+    target = padded_size(current, multiple)
     if target == current:
         return model
     # mean_resizing=False: the new rows start like any other row (the model's own init);

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from lightning.pytorch import Callback
 
+from lit_ft.observe.log import say
+
 EXIT_PREEMPTED = 3
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -52,10 +54,9 @@ class PreemptionCheckpoint(Callback):
         path = self.checkpoint_dir / "last.ckpt"
         trainer.save_checkpoint(path)
         name = signal.Signals(self.signal_received or signal.SIGTERM).name  # or another rank's
-        print(
-            f"[lit_ft] {name} received: saved {path} at step {trainer.global_step}; exiting with "
-            f"code {EXIT_PREEMPTED}. Resume with the same command plus ckpt_path=last.",
-            flush=True,
+        say(
+            f"{name} received: saved {path} at step {trainer.global_step}; exiting with "
+            f"code {EXIT_PREEMPTED}. Resume with the same command plus ckpt_path=last."
         )
         raise Preempted(path)
 

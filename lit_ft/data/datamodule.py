@@ -9,23 +9,17 @@ and options loads the processed Arrow files from the `datasets` cache.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from lit_ft import corpora
+from lit_ft.data.sampler import ResumableRandomSampler
+from lit_ft.data.sources import DataFiles, load_source, tokenizer_fingerprint
 from lit_ft.errors import LitFtError
-from lit_ft.sampler import ResumableRandomSampler
 from lit_ft.tasks import Task, TaskContext
-
-log = logging.getLogger(__name__)
-
-DataFiles = str | Sequence[str] | Mapping[str, str | Sequence[str]] | None
 
 
 class FineTuneDataModule(L.LightningDataModule):
@@ -173,22 +167,9 @@ class FineTuneDataModule(L.LightningDataModule):
         return f"data.path='{self.path}'" + (f" ({self.name})" if self.name else "")
 
     def _load_raw(self) -> dict[str, Any]:
-        import datasets
-
-        kwargs = dict(self.load_kwargs)
-        data_files = corpora.files_to_read(self.data_files, self.corpus, self.corpus_dir)
-        if data_files:
-            kwargs["data_files"] = _expand(data_files)
-        try:
-            loaded = datasets.load_dataset(self.path, self.name, **kwargs)
-        except FileNotFoundError as err:
-            message = f"data.path='{self.path}' data.data_files={self.data_files}: {err}"
-            raise LitFtError(message) from err
-        except ValueError as err:
-            message = f"could not load data.path='{self.path}' ({self.name}): {err}"
-            if "corresponds to no data" in str(err):  # datasets' words for zero rows
-                message = f"data.path='{self.path}' ({self.data_files}) has no rows: it is empty"
-            raise LitFtError(message) from err
+        loaded = load_source(
+            self.path, self.name, self.data_files, self.corpus, self.corpus_dir, self.load_kwargs
+        )
         splits = {name: loaded[name] for name in loaded}
         if "train" not in splits:
             raise LitFtError(f"{self._source} has no 'train' split; splits: {', '.join(splits)}")
@@ -239,18 +220,6 @@ class FineTuneDataModule(L.LightningDataModule):
         )
 
 
-def clamp_block_size(block_size: int, max_positions: int | None) -> int:
-    if max_positions is not None and block_size > max_positions:
-        log.warning(
-            "data.block_size=%d exceeds the model's %d positions; using %d",
-            block_size,
-            max_positions,
-            max_positions,
-        )
-        return max_positions
-    return block_size
-
-
 def example_lengths(dataset):
     """Tokens per row as an Arrow array, read from the column (no Python lists of ids)."""
     import pyarrow.compute as pc
@@ -264,29 +233,13 @@ def token_count(dataset) -> int:
     return int(pc.sum(example_lengths(dataset)).as_py() or 0)
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A stable hash of the tokenizer's vocabulary and rules (not of its Python object state)."""
-    from datasets.fingerprint import Hasher
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    return Hasher.hash(backend.to_str() if backend is not None else tokenizer)
-
-
-def _expand(data_files: DataFiles) -> DataFiles:
-    if isinstance(data_files, str):
-        return str(Path(data_files).expanduser())
-    if isinstance(data_files, Mapping):
-        return {k: _expand(v) for k, v in data_files.items()}
-    return [str(Path(f).expanduser()) for f in data_files]
-
-
 def build_datamodule(
     tokenizer, task: Task, streaming: bool = False, streaming_validation_rows: int = 1000, **kw
 ):
-    """The datamodule for `cfg.data`: in memory (above), or streamed (lit_ft.streaming, text
+    """The datamodule for `cfg.data`: in memory (above), or streamed (lit_ft.data.streaming, text
     blocks for causal-lm only)."""
     if streaming:
-        from lit_ft.streaming import StreamingDataModule
+        from lit_ft.data.streaming import StreamingDataModule
 
         return StreamingDataModule(
             tokenizer,

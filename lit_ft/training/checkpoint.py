@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from lightning.pytorch import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lit_ft.errors import LitFtError
+from lit_ft.observe.log import say, warn
+
+
+@dataclass
+class ResumePoint:
+    """The checkpoint a run resumes from, read once (memory-mapped: only its index is read
+    until a tensor is touched) and shared by every check before `trainer.fit` loads it."""
+
+    path: str
+    checkpoint: dict[str, Any]
 
 
 def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: str | Path) -> str | None:
+    """The path `resolve_resume` picks (None: start fresh)."""
+    resume = resolve_resume(ckpt_path, checkpoint_dir)
+    return resume.path if resume else None
+
+
+def resolve_resume(ckpt_path: str | None, checkpoint_dir: str | Path) -> ResumePoint | None:
     """Which checkpoint `trainer.fit` resumes from.
 
     - `None`: start fresh;
@@ -29,12 +42,12 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: str | Path) -> str 
     if ckpt_path is None:
         return None
     if ckpt_path in ("last", "auto"):
-        newest = newest_valid_checkpoint(Path(checkpoint_dir))
+        newest = _newest_valid(Path(checkpoint_dir))
         if newest is not None:
-            print(f"[lit_ft] resuming from {newest}", flush=True)
-            return str(newest)
+            say(f"resuming from {newest.path}")
+            return newest
         if ckpt_path == "auto":
-            print(f"[lit_ft] ckpt_path=auto: no checkpoint in {checkpoint_dir}, starting fresh")
+            say(f"ckpt_path=auto: no checkpoint in {checkpoint_dir}, starting fresh")
             return None
         raise LitFtError(
             f"ckpt_path=last but {checkpoint_dir} holds no checkpoint. To resume a run, point "
@@ -44,46 +57,56 @@ def resolve_ckpt_path(ckpt_path: str | None, checkpoint_dir: str | Path) -> str 
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise LitFtError(f"ckpt_path='{ckpt_path}' is not a file")
-    problem = checkpoint_problem(path)
+    checkpoint, problem = _open(path)
     if problem:
         raise LitFtError(f"ckpt_path='{ckpt_path}' cannot be resumed from: {problem}")
-    return str(path)
+    return ResumePoint(str(path), checkpoint)
 
 
 def newest_valid_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The most recently written checkpoint that loads; broken ones are skipped with a warning."""
+    newest = _newest_valid(checkpoint_dir)
+    return Path(newest.path) if newest else None
+
+
+def _newest_valid(checkpoint_dir: Path) -> ResumePoint | None:
     candidates = sorted(
         checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True
     )
     for path in candidates:
-        problem = checkpoint_problem(path)
+        checkpoint, problem = _open(path)
         if problem is None:
-            return path
-        print(f"[lit_ft] warning: skipping {path}: {problem}", file=sys.stderr, flush=True)
+            return ResumePoint(str(path), checkpoint)
+        warn(f"skipping {path}: {problem}")
     return None
 
 
 def checkpoint_problem(path: Path) -> str | None:
     """None if `path` loads as a lit_ft checkpoint with weights_only=True, else what is wrong."""
+    return _open(path)[1]
+
+
+def _open(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(checkpoint, None) when `path` loads with weights_only=True, else (None, the problem)."""
     try:
         # mmap: only the index is read, so checking a multi-GB file is cheap.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # truncated zip, wrong format, disallowed pickle...
-        return f"it is truncated or not a checkpoint ({type(err).__name__}: {err})"
+        return None, f"it is truncated or not a checkpoint ({type(err).__name__}: {err})"
     if "state_dict" not in checkpoint or "loops" not in checkpoint:
-        return "it holds no training state (state_dict/loops missing)"
-    return None
+        return None, "it holds no training state (state_dict/loops missing)"
+    return checkpoint, None
 
 
-def check_same_data(ckpt_path: str | None, current: dict[str, Any], force: bool) -> None:
+def check_same_data(resume: ResumePoint | None, current: dict[str, Any], force: bool) -> None:
     """Refuse to resume onto different data, tokenizer or sampler seed (unless forced).
 
     The checkpoint's data position counts examples of *its* data; on other data it would skip
     or repeat examples silently.
     """
-    if ckpt_path is None:
+    if resume is None:
         return
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    checkpoint, ckpt_path = resume.checkpoint, resume.path
     saved = next(
         (
             v["fingerprint"]
@@ -99,11 +122,7 @@ def check_same_data(ckpt_path: str | None, current: dict[str, Any], force: bool)
         return
     what = ", ".join(f"{key} ({saved.get(key)} -> {current[key]})" for key in changed)
     if force:
-        print(
-            f"[lit_ft] warning: force_resume=true: resuming although {what} changed",
-            file=sys.stderr,
-            flush=True,
-        )
+        warn(f"force_resume=true: resuming although {what} changed")
         return
     raise LitFtError(
         f"refusing to resume from {ckpt_path}: {what} changed since it was saved, so its data "
@@ -112,27 +131,27 @@ def check_same_data(ckpt_path: str | None, current: dict[str, Any], force: bool)
     )
 
 
-def check_same_model(ckpt_path: str | None, hf_config, spec) -> None:
+def check_same_model(resume: ResumePoint | None, hf_config, spec) -> None:
     """Refuse a checkpoint whose weights do not fit this run's model, naming both models.
 
     Lightning would fail deep inside `load_state_dict` with a size-mismatch traceback, after
     the data and the model were loaded. The shapes here come from the model built on the meta
     device (no memory, no weights read).
     """
-    if ckpt_path is None:
+    if resume is None:
         return
     import copy
 
-    from lit_ft.peft_adapter import CHECKPOINT_KEY
+    from lit_ft.model.peft import CHECKPOINT_KEY
+    from lit_ft.model.vocab import padded_size
     from lit_ft.tasks import get_task
 
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    checkpoint, ckpt_path = resume.checkpoint, resume.path
     if CHECKPOINT_KEY in checkpoint:  # adapter-only: AdapterCheckpoint checks it on load
         return
     hf_config = copy.deepcopy(hf_config)
-    if spec.pad_vocab_to_multiple_of:  # run.py pads the embeddings after building the model
-        multiple = spec.pad_vocab_to_multiple_of
-        hf_config.vocab_size = -(-hf_config.vocab_size // multiple) * multiple
+    # the run pads the embeddings after building the model
+    hf_config.vocab_size = padded_size(hf_config.vocab_size, spec.pad_vocab_to_multiple_of)
     with torch.device("meta"):
         model = get_task(spec.task).model_class().from_config(hf_config)
     name = spec.name_or_path
@@ -215,68 +234,3 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-class RngState(Callback):
-    """Saves the global RNG states (python, numpy, torch, CUDA) and restores them on resume.
-
-    Lightning checkpoints no global RNG state, so a resumed run would draw different dropout
-    masks than the uninterrupted one. States are kept as lists and tensors, so checkpoints still
-    load with `torch.load(weights_only=True)`. They are restored at `on_train_start`, the last
-    moment before the first resumed step.
-    """
-
-    def __init__(self) -> None:
-        self._to_restore: dict[str, Any] | None = None
-        self._own_rank_state: dict[str, Any] | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return capture_rng()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._to_restore = state_dict
-
-    # Under DDP only rank 0 writes the file, so state_dict() alone would give every rank rank
-    # 0's generators (and rank 1 other dropout masks than it had). Each rank's state is
-    # gathered into the checkpoint (all ranks save together), and each takes back its own.
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        if trainer.world_size > 1:
-            import torch.distributed as dist
-
-            states: list[Any] = [None] * trainer.world_size
-            dist.all_gather_object(states, capture_rng())
-            checkpoint["lit_ft_rng_per_rank"] = states
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        states = checkpoint.get("lit_ft_rng_per_rank")
-        if states and len(states) == trainer.world_size:
-            self._own_rank_state = states[trainer.global_rank]  # preferred at on_train_start
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        state = self._own_rank_state or self._to_restore
-        if state is not None:
-            restore_rng(state)
-        self._to_restore = self._own_rank_state = None
-
-
-def capture_rng() -> dict[str, Any]:
-    version, keys, gauss = random.getstate()
-    kind, np_keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": [version, list(keys), gauss],
-        "numpy": [kind, torch.from_numpy(np_keys.astype(np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    version, keys, gauss = state["python"]
-    random.setstate((version, tuple(keys), gauss))
-    kind, np_keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np_keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

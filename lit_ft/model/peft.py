@@ -19,7 +19,9 @@ from typing import Any
 
 import lightning as L
 
+from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
+from lit_ft.observe.log import say
 
 # Which Linear layers get adapters, by `config.model_type`: the attention projections, as in
 # the LoRA paper. Architectures not listed fall back to peft's own table
@@ -106,7 +108,7 @@ def prepare_model(model, gradient_checkpointing: bool = False, lora: LoraSetting
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.config.use_cache = False  # the cache is recomputed anyway; HF warns otherwise
-        print("[lit_ft] gradient checkpointing on", flush=True)
+        say("gradient checkpointing on")
     return apply_lora(model, lora) if lora is not None else model
 
 
@@ -140,10 +142,9 @@ def apply_lora(model, settings: LoraSettings):
     peft_model.lit_ft_settings = settings
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
-    print(
-        f"[lit_ft] LoRA r={settings.r} alpha={settings.alpha} on {targets}: {trainable:,} "
-        f"trainable of {total:,} parameters ({100 * trainable / total:.2f}%)",
-        flush=True,
+    say(
+        f"LoRA r={settings.r} alpha={settings.alpha} on {targets}: {trainable:,} "
+        f"trainable of {total:,} parameters ({100 * trainable / total:.2f}%)"
     )
     return peft_model
 
@@ -225,7 +226,7 @@ class AdapterCheckpoint(L.Callback):
 
 def load_adapter_checkpoint(checkpoint: dict[str, Any], spec, config):
     """The adapted model stored in an adapter-only lit_ft checkpoint (for `lit_ft.export`)."""
-    from lit_ft.model import build_model
+    from lit_ft.model.build import build_model
 
     settings = LoraSettings(**checkpoint[CHECKPOINT_KEY])
     base = build_model(spec, config=config, pretrained=True, **quantization_kwargs(settings))
@@ -236,3 +237,36 @@ def load_adapter_checkpoint(checkpoint: dict[str, Any], spec, config):
     if result.unexpected_keys:
         raise LitFtError(f"adapter weights do not fit the model: {result.unexpected_keys[:3]}")
     return model
+
+
+def peft_problems(peft, from_scratch: bool) -> Problems:
+    """The rules of `peft.*` (peft=lora / qlora)."""
+    import importlib.util
+
+    problems = Problems()
+    if not peft:
+        return problems
+    if importlib.util.find_spec("peft") is None:
+        problems.append("peft=lora needs the peft library: pip install 'lit-ft[peft]'")
+    problems.positive_int("peft.r", peft.r)
+    problems.need(
+        isinstance(peft.dropout, int | float) and 0 <= peft.dropout < 1,
+        f"peft.dropout must be in [0, 1), got {peft.dropout!r}",
+    )
+    problems.need(
+        peft.export in EXPORTS,
+        f"peft.export='{peft.export}' is unknown; use one of {', '.join(EXPORTS)}",
+    )
+    problems.need(
+        not from_scratch,
+        "peft adapts pretrained weights, but model.from_scratch=true starts from random ones: "
+        "train from scratch without peft",
+    )
+    if peft.load_in_4bit:
+        problems.add(qlora_problem())
+    problems.need(
+        not (peft.load_in_4bit and peft.export == "merged"),
+        "peft.export=merged with peft.load_in_4bit=true would merge into 4-bit weights "
+        "and lose the update; use peft.export=adapter",
+    )
+    return problems

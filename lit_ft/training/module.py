@@ -1,5 +1,5 @@
 """The LightningModule: an Auto-resolved Hugging Face model, AdamW with a warmup schedule, and
-the task's evaluation metrics (`lit_ft.metrics`) for validation and test."""
+the task's evaluation metrics (`lit_ft.tasks.metrics`) for validation and test."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 import lightning as L
 import torch
 
-from lit_ft.model import ModelSpec, build_model
-from lit_ft.optim import weight_decay_groups
+from lit_ft.model.build import ModelSpec, build_model
 from lit_ft.tasks import Task
 from lit_ft.tasks.base import model_inputs
+from lit_ft.training.optim import weight_decay_groups
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]

@@ -23,16 +23,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import DistributedSampler
 
-from lit_ft.batching import length_grouped_order
-
-
-def _world() -> tuple[int, int]:
-    """(rank, world size) of the initialized process group, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from lit_ft.data.grouping import length_grouped_order
+from lit_ft.distributed import rank_and_world
 
 
 class ResumableRandomSampler(DistributedSampler):
@@ -58,11 +50,11 @@ class ResumableRandomSampler(DistributedSampler):
 
     @property
     def rank(self) -> int:
-        return _world()[0]
+        return rank_and_world()[0]
 
     @property
     def num_replicas(self) -> int:
-        return _world()[1]
+        return rank_and_world()[1]
 
     @property
     def num_samples(self) -> int:
@@ -93,7 +85,7 @@ class ResumableRandomSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         # Built eagerly (not a generator function): the order is fixed when the iterator is
         # created, whatever set_epoch calls come between that and the first batch.
-        rank, world = _world()
+        rank, world = rank_and_world()
         order = self.order(self.epoch, world)
         order += order[: self.num_samples * world - len(order)]  # pad to a multiple of world
         if self._resume_at is not None and self._resume_at[0] == self.epoch:

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from lit_ft.config.problems import Problems
+from lit_ft.observe.log import say
+
 WANDB_MODES = ("auto", "online", "offline")
 
 
@@ -39,10 +42,9 @@ def wandb_logger(
         why = f"logger.wandb.mode={mode}"
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     if mode in ("offline", "dryrun"):
-        print(
-            f"[lit_ft] W&B offline ({why}): logging to {save_dir}/wandb; upload afterwards with "
-            f"`wandb sync {save_dir}/wandb/offline-run-*`",
-            flush=True,
+        say(
+            f"W&B offline ({why}): logging to {save_dir}/wandb; upload afterwards with "
+            f"`wandb sync {save_dir}/wandb/offline-run-*`"
         )
     # init_timeout: an unreachable server fails the start after 60 s instead of waiting forever.
     settings = wandb.Settings(init_timeout=60, silent=True)
@@ -128,3 +130,12 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def wandb_problems(wandb) -> Problems:
+    problems = Problems()
+    if wandb and wandb.get("mode") not in WANDB_MODES:
+        problems.append(
+            f"logger.wandb.mode='{wandb.mode}' is unknown; use one of {', '.join(WANDB_MODES)}"
+        )
+    return problems

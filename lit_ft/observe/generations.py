@@ -15,6 +15,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from lit_ft.observe.log import say
+
 
 class SampleGenerations(L.Callback):
     def __init__(
@@ -69,9 +71,8 @@ class SampleGenerations(L.Callback):
         with self.path.open("a", encoding="utf-8") as f:
             for sample in samples:
                 f.write(json.dumps({"step": step, **sample}, ensure_ascii=False) + "\n")
-        print(f"[lit_ft] samples at step {step}:", flush=True)
-        for sample in samples:
-            print(f"  {sample['prompt']!r} -> {sample['completion']!r}", flush=True)
+        lines = [f"  {sample['prompt']!r} -> {sample['completion']!r}" for sample in samples]
+        say("\n".join([f"samples at step {step}:", *lines]))
         _to_loggers(trainer, samples, step)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
 from lit_ft.tasks import check_architecture, get_task
 
@@ -31,7 +32,7 @@ class ModelSpec:
     revision: str | None = None
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
-    pad_vocab_to_multiple_of: int | None = None  # lit_ft/vocab.py (run.py pads, export crops)
+    pad_vocab_to_multiple_of: int | None = None  # lit_ft/model/vocab.py (run.py pads, export crops)
 
     @property
     def tokenizer_name(self) -> str:
@@ -101,17 +102,47 @@ def build_model(spec: ModelSpec, config=None, pretrained: bool | None = None, **
     use_weights = not spec.from_scratch if pretrained is None else pretrained
     try:
         if not use_weights:
-            return auto_class.from_config(
+            model = auto_class.from_config(
                 config, trust_remote_code=spec.trust_remote_code, **kwargs
             )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            return auto_class.from_pretrained(
-                spec.name_or_path,
-                config=config,
-                revision=spec.revision,
-                trust_remote_code=spec.trust_remote_code,
-                **kwargs,
-            )
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                model = auto_class.from_pretrained(
+                    spec.name_or_path,
+                    config=config,
+                    revision=spec.revision,
+                    trust_remote_code=spec.trust_remote_code,
+                    **kwargs,
+                )
     except (OSError, ValueError) as err:
         raise LitFtError(f"could not load model '{spec.name_or_path}': {err}") from err
+    # transformers picks the loss from the class name and warns, for class names such as
+    # GPT2LMHeadModel that carry no task suffix, that it falls back to the causal-LM loss:
+    # for a causal-LM head that fallback is the right loss, so say so and skip the warning.
+    if getattr(model, "loss_type", "") is None and auto_class.__name__ == "AutoModelForCausalLM":
+        model.loss_type = "ForCausalLM"
+    return model
+
+
+def model_problems(model) -> Problems:
+    """The rules of `model.*` (conf/model)."""
+    from lit_ft.preflight import model_path_problem
+
+    problems = Problems()
+    problems.need(
+        bool(model.name_or_path), "model.name_or_path is empty: give a Hub id or a local directory"
+    )
+    problems.need(
+        model.dtype in DTYPES,
+        f"model.dtype='{model.dtype}' is unknown; use one of {', '.join(DTYPES)}",
+    )
+    if model.name_or_path:
+        problems.add(model_path_problem(model.name_or_path, not model.model_type))
+    pad = model.get("pad_vocab_to_multiple_of")
+    problems.need(
+        pad is None or (isinstance(pad, int) and not isinstance(pad, bool) and pad > 0),
+        f"model.pad_vocab_to_multiple_of must be a positive integer or null, got {pad!r}",
+    )
+    problems.boolean("model.gradient_checkpointing", model.get("gradient_checkpointing", False))
+    return problems

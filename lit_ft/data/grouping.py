@@ -1,22 +1,15 @@
-"""Variable-length examples (instruction tuning, classification): less padding, safe packing.
+"""Length grouping for variable-length examples (instruction tuning, classification).
 
-1. `length_grouped_order` (`data.group_by_length=true`, the HF Trainer's `group_by_length`):
+`length_grouped_order` (`data.group_by_length=true`, the HF Trainer's `group_by_length`):
    an epoch order in which each batch's examples have similar lengths, so a batch pads to
    a length close to its own examples' (with gradient accumulation each micro-batch is one
-   group: padding is per micro-batch). lit_ft's sampler (lit_ft/sampler.py) applies
+   group: padding is per micro-batch). lit_ft's sampler (lit_ft/data/sampler.py) applies
    it to its shuffled order, so the order stays a pure function of (seed, epoch) and resumes
    exactly; under DDP the group is the global batch (batch x world size), so every rank's
    share of a step is grouped too.
 
        e.g. lengths 20..500 at random, batch 8: a random batch pads to ~the max of 8 draws
        (~43% of its tokens are padding); grouped within windows of 8 x 50 it pads ~2%.
-
-2. `keeps_packed_examples_apart` (checked before training with `task.packing=true`): packing
-   puts several examples in one row with `position_ids` restarting at 0 and no attention
-   mask. Transformers then keeps the examples apart (`sdpa`/`eager` build a block-diagonal
-   causal mask from the position ids, `flash_attention_2` reads the boundaries from them),
-   but only for architectures that implement it; for the others the examples would silently
-   attend to each other, so lit_ft checks with one tiny forward instead of trusting a list.
 """
 
 from __future__ import annotations
@@ -60,31 +53,3 @@ def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
     real = sum(lengths[i] for b in batches for i in b)
     return 1 - real / padded if padded else 0.0
-
-
-def keeps_packed_examples_apart(model) -> bool:
-    """Whether `model` keeps packed examples apart given only restarting position_ids: one
-    packed forward of two short examples must give the second one's logits as if alone."""
-    was_training = model.training
-    model.eval()
-    try:
-        parameter = next(model.parameters())
-        vocab = model.get_input_embeddings().num_embeddings
-        first = torch.arange(1, 6, device=parameter.device) % vocab
-        second = torch.arange(7, 11, device=parameter.device) % vocab
-        positions = torch.cat([torch.arange(len(first)), torch.arange(len(second))])
-        with torch.no_grad():
-            packed = model(
-                input_ids=torch.cat([first, second])[None],
-                position_ids=positions[None].to(parameter.device),
-                use_cache=False,
-            ).logits[0, len(first) :]
-            alone = model(input_ids=second[None], use_cache=False).logits[0]
-        # fp32 agrees to ~1e-6; bf16/fp16 weights round differently along the two paths, but
-        # attending to the other example moves logits by far more than this.
-        tolerance = 1e-4 if parameter.dtype == torch.float32 else 5e-2
-        return torch.allclose(packed.float(), alone.float(), atol=tolerance, rtol=tolerance)
-    except Exception:  # an architecture that rejects position_ids or use_cache
-        return False
-    finally:
-        model.train(was_training)

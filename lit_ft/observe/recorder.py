@@ -15,6 +15,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from lit_ft.observe.tokens import real_tokens
+
 
 class TrainingRecorder(L.Callback):
     def __init__(self) -> None:
@@ -61,12 +63,7 @@ class TrainingRecorder(L.Callback):
 
     # -- counting --------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # Packed batches (lit_ft/tasks/sft.py) carry a count mask instead of an attention mask;
-        # batches with neither (fixed-length LM blocks) are all real tokens.
-        mask = batch.get("attention_mask", batch.get("_real_tokens"))
-        self._tokens = self._tokens + (
-            mask.sum() if mask is not None else batch["input_ids"].numel()
-        )
+        self._tokens = self._tokens + real_tokens(batch)
         # The module keeps the unscaled micro-batch loss; Lightning's `outputs` hold it divided
         # by the accumulation factor.
         self._pending_losses.append(pl_module.last_train_loss)

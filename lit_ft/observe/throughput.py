@@ -29,6 +29,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from lit_ft.observe.tokens import real_tokens
+
 log = logging.getLogger(__name__)
 
 
@@ -57,10 +59,14 @@ def count_flops_per_token(model: torch.nn.Module, seq_len: int) -> tuple[float, 
             meta_model = type(model)(copy.deepcopy(model.config))
             ids = torch.zeros((1, seq_len), dtype=torch.long)
 
-        def forward():
-            return meta_model(input_ids=ids, labels=ids).loss
+        # Every head gives logits (a classification head would refuse token labels), and
+        # encoder-decoders need decoder inputs; the backward is taken from their sum.
+        decoder = {"decoder_input_ids": ids} if model.config.is_encoder_decoder else {}
 
-        flops = measure_flops(meta_model, forward, loss_fn=lambda loss: loss)
+        def forward():
+            return meta_model(input_ids=ids, **decoder).logits.float().sum()
+
+        flops = measure_flops(meta_model, forward, loss_fn=lambda total: total)
         if flops > 0:
             return flops / seq_len, "measured"
     except Exception as err:  # any model, any architecture: fall back rather than fail a run
@@ -175,11 +181,8 @@ class ThroughputLogger(L.Callback):
 
     # -- counting --------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        mask = batch.get("attention_mask")
-        ids = batch["input_ids"]
-        tokens = mask.sum() if mask is not None else ids.numel()  # stays on the device
-        self._window_tokens = self._window_tokens + tokens
-        self._window_samples += int(ids.shape[0])
+        self._window_tokens = self._window_tokens + real_tokens(batch)  # stays on the device
+        self._window_samples += int(batch["input_ids"].shape[0])
         step = trainer.global_step
         if step == self._last_step:  # inside a gradient-accumulation window
             return
@@ -198,9 +201,9 @@ class ThroughputLogger(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._measuring and trainer.global_step > self._window_first_step:
-            self._close_window(trainer, pl_module, trainer.global_step, show=False)
+            self._close_window(trainer, pl_module, trainer.global_step)
 
-    def _close_window(self, trainer, pl_module, step: int, show: bool = True) -> None:
+    def _close_window(self, trainer, pl_module, step: int) -> None:
         _synchronize(trainer)
         seconds = time.perf_counter() - self._window_start - self._paused
         tokens = int(self._window_tokens)  # the one host read per window
@@ -208,10 +211,6 @@ class ThroughputLogger(L.Callback):
         self.last = metrics
         for logger in trainer.loggers:
             logger.log_metrics({f"throughput/{k}": v for k, v in metrics.items()}, step=step)
-        if show:  # the progress bar (Lightning forbids self.log in on_train_end)
-            pl_module.log("tokens/s", metrics["tokens_per_s"], prog_bar=True, logger=False)
-            if "mfu" in metrics:
-                pl_module.log("mfu", metrics["mfu"], prog_bar=True, logger=False)
         if self._measuring:
             self._measured["tokens"] += tokens
             self._measured["samples"] += self._window_samples

@@ -31,16 +31,11 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, IterableDataset
 
-from lit_ft import corpora
-from lit_ft.data import (
-    DataFiles,
-    _expand,
-    clamp_block_size,
-    tokenizer_fingerprint,
-)
+from lit_ft.config.problems import Problems
+from lit_ft.data.sources import DataFiles, clamp_block_size, load_source, tokenizer_fingerprint
+from lit_ft.distributed import rank_and_world
 from lit_ft.errors import LitFtError
-from lit_ft.sampler import _world
-from lit_ft.tasks.causal_lm import CausalLMCollator
+from lit_ft.tasks.base import PadCollator
 
 
 class StreamingBlocks(IterableDataset):
@@ -158,7 +153,7 @@ class StreamingDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
-        rank, world = _world()
+        rank, world = rank_and_world()
         if self._train is None:
             source = self._train_source
             if world > 1:  # each rank streams its own shard (or every world-th row)
@@ -209,7 +204,7 @@ class StreamingDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         positions = state["positions"]
-        rank, world = _world()
+        rank, world = rank_and_world()
         if len(positions) != world:
             raise LitFtError(
                 f"this streaming checkpoint was saved by {len(positions)} processes; resume it "
@@ -222,25 +217,24 @@ class StreamingDataModule(L.LightningDataModule):
 
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed run must share with its checkpoint for the position to mean the same
-        rows (compare lit_ft.data): the source, the text column, blocks, and the tokenizer."""
+        rows (compare lit_ft.data.datamodule): the source, the text column, blocks, and the
+        tokenizer."""
         self.setup("fit")
         source = [self.path, self.name, str(self.data_files), self.text_column, self.block_size]
         return {"train_data": "stream:" + "|".join(map(str, source)), "tokenizer": self._hash}
 
     # -- building ----------------------------------------------------------------------------
     def _build(self) -> None:
-        import datasets
 
-        kwargs = dict(self.load_kwargs)
-        data_files = corpora.files_to_read(self.data_files, self.corpus, self.corpus_dir)
-        if data_files:
-            kwargs["data_files"] = _expand(data_files)
-        try:
-            streams = datasets.load_dataset(self.path, self.name, streaming=True, **kwargs)
-        except (FileNotFoundError, ValueError) as err:
-            raise LitFtError(
-                f"could not stream data.path='{self.path}' ({self.name}): {err}"
-            ) from err
+        streams = load_source(
+            self.path,
+            self.name,
+            self.data_files,
+            self.corpus,
+            self.corpus_dir,
+            self.load_kwargs,
+            streaming=True,
+        )
         if "train" not in streams:
             raise LitFtError(
                 f"data.path='{self.path}' has no 'train' split; splits: {', '.join(streams)}"
@@ -270,7 +264,7 @@ class StreamingDataModule(L.LightningDataModule):
                 "raise data.streaming_validation_rows or lower data.block_size"
             )
         self._train_source = train
-        self._collate = CausalLMCollator(self.tokenizer.pad_token_id)
+        self._collate = PadCollator(self.tokenizer.pad_token_id, labels="from_inputs")
         self.datasets = {"train": None, "validation": validation}
 
     def _tokenize(self, row: dict[str, Any]) -> list[int]:
@@ -278,3 +272,25 @@ class StreamingDataModule(L.LightningDataModule):
         ids = ids["input_ids"]
         eos = self.tokenizer.eos_token_id
         return ids + [eos] if self.add_eos and eos is not None else ids
+
+
+def streaming_problems(data, max_steps, task_name: str) -> Problems:
+    """`data.streaming=true` needs a step budget, the causal-LM task and no length grouping."""
+    problems = Problems()
+    if not data.get("streaming"):
+        return problems
+    problems.need(
+        isinstance(max_steps, int) and max_steps > 0,
+        "data.streaming=true reads data of unknown length: set trainer.max_steps",
+    )
+    problems.need(
+        task_name == "causal-lm",
+        f"data.streaming=true streams text blocks for task=causal_lm; task "
+        f"'{task_name}' reads its data into memory (set data.streaming=false)",
+    )
+    problems.need(
+        not data.get("group_by_length"),
+        "data.group_by_length=true sorts examples by length, which a stream cannot do "
+        "(set data.group_by_length=false)",
+    )
+    return problems

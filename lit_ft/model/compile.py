@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 
+from lit_ft.config.problems import Problems
+
 log = logging.getLogger(__name__)
 
 
@@ -26,3 +28,9 @@ def compile_model(
         log.info("torch.compile: backend=%s mode=%s dynamic=%s", backend, mode, dynamic)
         model.compile(backend=backend, mode=mode, dynamic=dynamic)
     return model
+
+
+def compile_problems(compile_cfg) -> Problems:
+    problems = Problems()
+    problems.boolean("compile.enabled", (compile_cfg or {}).get("enabled", False))
+    return problems

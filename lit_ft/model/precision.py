@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lit_ft.config.problems import Problems
+
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
@@ -73,3 +75,33 @@ def _gpu_computes_bf16() -> bool:
     import torch
 
     return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+# What Lightning's `Trainer(precision=...)` takes, plus lit_ft's `auto`.
+PRECISIONS = {
+    "32",
+    "32-true",
+    "16",
+    "16-mixed",
+    "bf16",
+    "bf16-mixed",
+    "16-true",
+    "bf16-true",
+    "64",
+    "64-true",
+    "auto",
+    "transformer-engine",
+}
+
+
+def precision_problems(trainer) -> Problems:
+    problems = Problems()
+    known = str(trainer.precision) in PRECISIONS
+    problems.need(
+        known,
+        f"trainer.precision='{trainer.precision}' is unknown; "
+        f"use one of {', '.join(sorted(PRECISIONS))}",
+    )
+    if known:
+        problems.add(precision_problem(trainer.precision, trainer.accelerator))
+    return problems

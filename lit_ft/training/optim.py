@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from lit_ft.config.problems import Problems
+
 
 def weight_decay_groups(model: torch.nn.Module) -> list[dict]:
     """Two AdamW groups: matrices decay; biases, norm weights and 1-d params do not.
@@ -115,3 +117,68 @@ def optimizer_steps(
     if not candidates:
         raise ValueError("set trainer.max_steps or trainer.max_epochs to a positive number")
     return max(1, min(candidates))
+
+
+def optimizer_problems(optimizer) -> Problems:
+    """The rules of `optimizer.*` (conf/optimizer), checked before any work."""
+    problems = Problems()
+    lr, wd = optimizer.lr, optimizer.weight_decay
+    problems.need(
+        isinstance(lr, int | float) and lr > 0 and math.isfinite(lr),
+        f"optimizer.lr must be a positive number, got {lr!r}",
+    )
+    problems.need(
+        isinstance(wd, int | float) and wd >= 0, f"optimizer.weight_decay must be >= 0, got {wd!r}"
+    )
+    fused = optimizer.get("fused", "auto")
+    problems.need(
+        fused in ("auto", True, False), f"optimizer.fused must be auto, true or false: {fused!r}"
+    )
+    return problems
+
+
+def scheduler_problems(scheduler) -> Problems:
+    """The rules of `scheduler.*` (conf/scheduler); `warmup_steps` wins over `warmup_ratio`
+    (see warmup_steps_for), so setting both is allowed."""
+    from transformers import SchedulerType
+
+    problems = Problems()
+    if scheduler is None:
+        return problems
+    names = [s.value for s in SchedulerType]
+    problems.need(
+        scheduler.name in names,
+        f"scheduler.name='{scheduler.name}' is unknown; available: {', '.join(names)}",
+    )
+    steps, ratio = scheduler.warmup_steps, scheduler.warmup_ratio
+    problems.need(
+        isinstance(steps, int) and steps >= 0, f"scheduler.warmup_steps must be >= 0, got {steps!r}"
+    )
+    problems.need(
+        isinstance(ratio, int | float) and 0 <= ratio < 1,
+        f"scheduler.warmup_ratio must be in [0, 1), got {ratio!r}",
+    )
+    return problems
+
+
+def step_problems(trainer) -> Problems:
+    """What makes an optimizer step and how many there are (`trainer.*`)."""
+    problems = Problems()
+    max_steps, max_epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
+    for key, value in (("max_steps", max_steps), ("max_epochs", max_epochs)):
+        problems.need(
+            value is None or (isinstance(value, int) and not isinstance(value, bool)),
+            f"trainer.{key} must be an integer (-1: no limit), got {value!r}",
+        )
+    problems.need(
+        (isinstance(max_steps, int) and max_steps > 0)
+        or (isinstance(max_epochs, int) and max_epochs > 0),
+        "set trainer.max_steps or trainer.max_epochs to a positive integer",
+    )
+    problems.positive_int("trainer.accumulate_grad_batches", trainer.accumulate_grad_batches)
+    clip = trainer.gradient_clip_val
+    problems.need(
+        clip is None or (isinstance(clip, int | float) and clip >= 0),
+        f"trainer.gradient_clip_val must be >= 0 or null, got {clip!r}",
+    )
+    return problems

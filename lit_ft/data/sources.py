@@ -1,0 +1,133 @@
+"""Where rows come from: `datasets.load_dataset` on a Hub name or a local builder with files
+(or a built-in corpus), its errors turned into messages that name the keys to change, and the
+small facts both datamodules (in memory and streamed) need: block length, tokenizer hash."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lit_ft.config.problems import Problems
+from lit_ft.data import corpora
+from lit_ft.errors import LitFtError
+
+log = logging.getLogger(__name__)
+
+DataFiles = str | Sequence[str] | Mapping[str, str | Sequence[str]] | None
+
+
+def load_source(
+    path: str,
+    name: str | None,
+    data_files: DataFiles,
+    corpus: str | None,
+    corpus_dir: str | None,
+    load_kwargs: Mapping[str, Any],
+    streaming: bool = False,
+):
+    """`datasets.load_dataset` for `data.*`; a missing or empty source becomes a LitFtError."""
+    import datasets
+
+    kwargs = dict(load_kwargs)
+    files = corpora.files_to_read(data_files, corpus, corpus_dir)
+    if files:
+        kwargs["data_files"] = expand_files(files)
+    how = "stream" if streaming else "load"
+    try:
+        return datasets.load_dataset(path, name, streaming=streaming, **kwargs)
+    except FileNotFoundError as err:
+        raise LitFtError(f"data.path='{path}' data.data_files={data_files}: {err}") from err
+    except ValueError as err:
+        message = f"could not {how} data.path='{path}' ({name}): {err}"
+        if "corresponds to no data" in str(err):  # datasets' words for zero rows
+            message = f"data.path='{path}' ({data_files}) has no rows: it is empty"
+        raise LitFtError(message) from err
+
+
+def expand_files(data_files: DataFiles) -> DataFiles:
+    if isinstance(data_files, str):
+        return str(Path(data_files).expanduser())
+    if isinstance(data_files, Mapping):
+        return {k: expand_files(v) for k, v in data_files.items()}
+    return [str(Path(f).expanduser()) for f in data_files]
+
+
+def clamp_block_size(block_size: int, max_positions: int | None) -> int:
+    if max_positions is not None and block_size > max_positions:
+        log.warning(
+            "data.block_size=%d exceeds the model's %d positions; using %d",
+            block_size,
+            max_positions,
+            max_positions,
+        )
+        return max_positions
+    return block_size
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A stable hash of the tokenizer's vocabulary and rules (not of its Python object state)."""
+    from datasets.fingerprint import Hasher
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return Hasher.hash(backend.to_str() if backend is not None else tokenizer)
+
+
+def data_problems(data) -> Problems:
+    """The rules of `data.*` (conf/data): the source, its files, sizes and split."""
+    from lit_ft.hub import LOCAL_DATA_BUILDERS
+    from lit_ft.preflight import data_path_problem
+
+    problems = Problems()
+    problems.need(
+        bool(data.path), "data.path is empty: give a Hub dataset name or text/csv/json/parquet"
+    )
+    if data.path:
+        problems.add(data_path_problem(data.path))
+    problems.positive_int("data.block_size", data.block_size)
+    problems.positive_int("data.batch_size", data.batch_size)
+    pct = data.validation_split_percentage
+    problems.need(
+        isinstance(pct, int | float) and 0 <= pct < 100,
+        f"data.validation_split_percentage must be in [0, 100), got {pct!r}",
+    )
+    problems.need(
+        data.corpus is None or data.corpus in corpora.CORPORA,
+        f"data.corpus='{data.corpus}' is unknown; available: {', '.join(corpora.CORPORA)}",
+    )
+    problems.need(
+        not (data.path in LOCAL_DATA_BUILDERS and data.name),
+        f"data.name='{data.name}' names a Hub dataset's config; data.path={data.path} has none",
+    )
+    if data.path in LOCAL_DATA_BUILDERS:
+        problems.need(
+            bool(data.data_files or data.corpus),
+            f"data.path='{data.path}' needs data.data_files (local files)",
+        )
+        if data.data_files:  # the user's own files, even where a built-in corpus is configured
+            for missing in _missing_files(data.data_files):
+                problems.append(f"data.data_files: '{missing}' does not exist")
+            for empty in _empty_files(data.data_files):
+                problems.append(f"data.data_files: '{empty}' is empty (0 bytes)")
+    return problems
+
+
+def _literal_files(data_files) -> list[str]:
+    if isinstance(data_files, str):
+        files = [data_files]
+    elif isinstance(data_files, Mapping):
+        files = [f for v in data_files.values() for f in ([v] if isinstance(v, str) else v)]
+    else:
+        files = list(data_files)
+    # Globs (train-*.parquet) are resolved by datasets; only literal paths are checked here.
+    return [f for f in files if not any(c in f for c in "*?[")]
+
+
+def _missing_files(data_files) -> list[str]:
+    return [f for f in _literal_files(data_files) if not Path(f).expanduser().exists()]
+
+
+def _empty_files(data_files) -> list[str]:
+    paths = [Path(f).expanduser() for f in _literal_files(data_files)]
+    return [str(p) for p in paths if p.is_file() and p.stat().st_size == 0]

@@ -1,0 +1,74 @@
+"""The one way lit_ft talks to the user: `[lit_ft] ...` lines, printed by rank zero only.
+
+Every process of a DDP run executes the same code; without the rank check each line would
+print once per process. Warnings go to stderr, so a redirected stdout keeps only progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def _rank_zero() -> bool:
+    from lit_ft.distributed import is_global_zero
+
+    return is_global_zero()
+
+
+def say(message: str) -> None:
+    """A `[lit_ft]` line on stdout, from rank zero (and in run.log)."""
+    if _rank_zero():
+        print(f"[lit_ft] {message}", flush=True)
+        _to_log_files(f"[lit_ft] {message}", logging.INFO)
+
+
+def warn(message: str) -> None:
+    """A `[lit_ft] warning:` line on stderr, from rank zero (and in run.log)."""
+    if _rank_zero():
+        print(f"[lit_ft] warning: {message}", file=sys.stderr, flush=True)
+        _to_log_files(f"[lit_ft] warning: {message}", logging.WARNING)
+
+
+def error(message: str) -> None:
+    """The one line a user error ends a run with (`lit_ft: error: ...`), also in run.log."""
+    print(f"lit_ft: error: {message}", file=sys.stderr, flush=True)
+    _to_log_files(f"lit_ft: error: {message}", logging.ERROR)
+
+
+def _to_log_files(line: str, level: int) -> None:
+    # Hydra's run.log is a FileHandler on the root logger; the console already has the line,
+    # so it goes to the files only (its console handler would print it a second time).
+    record = logging.LogRecord("lit_ft", level, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+class _DropMessages:
+    """A logging filter that drops records containing any of `needles`."""
+
+    def __init__(self, *needles: str) -> None:
+        self.needles = needles
+
+    def filter(self, record) -> bool:
+        return not any(needle in record.getMessage() for needle in self.needles)
+
+
+def quiet_known_noise() -> None:
+    """Silence library messages that are wrong or useless for a lit_ft run (idempotent).
+
+    - Lightning's mid-epoch-resume warning: it assumes the loader is not resumable; ours
+      resumes through the datamodule's state (lit_ft/data/sampler.py).
+    - `ModelCheckpoint(monitor='val/loss') could not find the monitored key`: runs that
+      validate only at the end save step checkpoints before any val/loss exists; lit_ft
+      decides the best weights against a final evaluation anyway (lit_ft.steps).
+    - Lightning's advertisement for its cloud logger, printed at every fit.
+    """
+    import warnings
+
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+    warnings.filterwarnings("ignore", message=r".*could not find the monitored key")
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropMessages) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropMessages("litlogger"))

@@ -1,0 +1,333 @@
+"""The steps of one run, in the order `lit_ft.run.train` takes them.
+
+`run.py` tells the story and stays light to import, so the command line answers `--help`,
+`--cfg job` and config errors before torch is loaded; this module holds each step and is
+the one place a run imports the heavy stack (torch, Lightning, transformers, datasets).
+Steps take plain values and objects the entry point instantiated, never a config group
+to instantiate themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from lit_ft.config import to_plain
+from lit_ft.data.datamodule import build_datamodule
+from lit_ft.data.sources import clamp_block_size
+from lit_ft.export import export_checkpoint, export_pretrained
+from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
+from lit_ft.model.build import ModelSpec, build_model, load_config, load_tokenizer, max_positions
+from lit_ft.model.compile import compile_model
+from lit_ft.model.peft import AdapterCheckpoint, prepare_model, quantization_kwargs
+from lit_ft.model.precision import resolve_precision
+from lit_ft.model.strategy import shards_weights
+from lit_ft.model.vocab import pad_vocab
+from lit_ft.observe.log import quiet_known_noise, say
+from lit_ft.observe.loggers import finish
+from lit_ft.observe.recorder import TrainingRecorder
+from lit_ft.observe.throughput import ThroughputLogger
+from lit_ft.plots import plot_run
+from lit_ft.tasks import COLUMN_KEYS, build_task
+from lit_ft.training.amp import precision_plugins
+from lit_ft.training.checkpoint import (
+    AtomicCheckpointIO,
+    ResumePoint,
+    check_same_data,
+    check_same_model,
+    resolve_resume,
+)
+from lit_ft.training.nonfinite import StopOnNonFiniteLoss
+from lit_ft.training.optim import optimizer_steps, warmup_steps_for
+from lit_ft.training.preemption import PreemptionCheckpoint
+from lit_ft.training.rng import RngState
+
+
+# -- before any long work ----------------------------------------------------------------------
+def write_config(cfg: DictConfig, output_dir: Path, leader: bool) -> None:
+    """The resolved config, beside everything the run writes (by rank 0)."""
+    if leader:
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def check_sources(cfg: DictConfig, spec: ModelSpec) -> None:
+    """The Hub, when model or data come from it, and a push_to_hub's token: now, not after."""
+    check_hub_sources(spec.name_or_path, spec.tokenizer_name, cfg.data.path, cfg.data.name)
+    check_push_to_hub(cfg.push_to_hub.enabled, cfg.push_to_hub.repo_id)
+
+
+def resume_point(cfg: DictConfig) -> ResumePoint | None:
+    return resolve_resume(cfg.ckpt_path, cfg.paths.checkpoint_dir)
+
+
+# -- callbacks, precision ----------------------------------------------------------------------
+def run_callbacks(configured: list, checkpoint_dir: str, lora) -> tuple[list, TrainingRecorder]:
+    """The configured callbacks plus what exact resumption, preemption and the NaN stop rely
+    on (always on, whatever `callbacks/` says), and the recorder behind results.json."""
+    quiet_known_noise()  # e.g. Lightning's mid-epoch-resume warning, wrong for our loader
+    recorder = TrainingRecorder()
+    always = [RngState(), PreemptionCheckpoint(checkpoint_dir), StopOnNonFiniteLoss(checkpoint_dir)]
+    adapters = [AdapterCheckpoint(lora)] if lora else []  # adapter-only checkpoints
+    return [*configured, recorder, *always, *adapters], recorder
+
+
+@dataclass
+class PrecisionChoice:
+    flag: str | None  # for Trainer(precision=...); None when a plugin carries it
+    plugins: list  # checkpoint IO, and lit_ft's mixed precision where it applies
+    text: str  # "bf16-mixed (the CPU has avx512_bf16)"
+
+
+def choose_precision(trainer_cfg: DictConfig) -> PrecisionChoice:
+    """`auto` resolved for this machine (printed, so it is never a surprise). bf16-/16-mixed
+    come as lit_ft's plugin (clipping with the fused AdamW); Lightning refuses a precision
+    plugin and a `precision` flag together, so it is one or the other."""
+    precision, why = resolve_precision(trainer_cfg.precision, trainer_cfg.accelerator)
+    say(f"precision {precision} ({why})")
+    amp = precision_plugins(precision, trainer_cfg.accelerator, to_plain(trainer_cfg)["strategy"])
+    flag = None if amp else precision
+    return PrecisionChoice(flag, [AtomicCheckpointIO(), *amp], f"{precision} ({why})")
+
+
+# -- data and model ----------------------------------------------------------------------------
+@dataclass
+class PreparedData:
+    tokenizer: Any
+    hf_config: Any  # the model's config, with what the data decided (labels) written in
+    task: Any
+    datamodule: Any
+    seconds: float  # loading + tokenizing (a cached second run: well under 1 s)
+
+
+def build_task_and_data(cfg: DictConfig, tokenizer, hf_config):
+    """The task (conf/task) and its datamodule (conf/data): the data's column keys and block
+    size go to the task, the rest to the datamodule. The benchmarks build their data here too."""
+    data_options, task_options = to_plain(cfg.data), to_plain(cfg.task)
+    task = build_task(
+        task_options.pop("name"),
+        tokenizer,
+        columns={key: data_options.pop(key) for key in COLUMN_KEYS},
+        max_length=clamp_block_size(data_options.pop("block_size"), max_positions(hf_config)),
+        add_eos=data_options.pop("add_eos"),
+        **task_options,
+    )
+    return task, build_datamodule(tokenizer, task, seed=cfg.seed, **data_options)
+
+
+def prepare_data(cfg: DictConfig, spec: ModelSpec, resume: ResumePoint | None) -> PreparedData:
+    """Tokenizer and model config, then the data, loaded and tokenized; a checkpoint to resume
+    from must fit both the model and the data (refused here, before any training)."""
+    L.seed_everything(cfg.seed, workers=True)
+    tokenizer, hf_config = load_tokenizer(spec), load_config(spec)
+    task, datamodule = build_task_and_data(cfg, tokenizer, hf_config)
+    import datasets  # noqa: F401  (imported here so the timing below is the data's own)
+
+    started = time.perf_counter()
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    seconds = time.perf_counter() - started
+    task.configure_model(hf_config)  # labels found in the data: num_labels, id2label
+    check_same_model(resume, hf_config, spec)
+    check_same_data(resume, datamodule.fingerprint(), force=cfg.force_resume)
+    return PreparedData(tokenizer, hf_config, task, datamodule, seconds)
+
+
+def count_optimizer_steps(cfg: DictConfig, datamodule, world_size: int) -> int:
+    """How many optimizer steps the run takes: sizes the schedule and the progress line.
+
+    Each of w processes takes ceil(N/w) of the N blocks (lit_ft/data/sampler.py pads), so
+    ceil(ceil(N/w)/b) batches of b: equal to ceil(ceil(N/b)/w), which this computes
+    (both are ceil(N/(b*w)); e.g. N=101, b=8, w=2: ceil(51/8) = ceil(13/2) = 7).
+    """
+    streamed = cfg.data.get("streaming")  # a stream's length is unknown: max_steps decides
+    batches = None if streamed else math.ceil(len(datamodule.train_dataloader()) / world_size)
+    return optimizer_steps(
+        batches_per_epoch=batches,
+        accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+        max_epochs=cfg.trainer.get("max_epochs"),
+        max_steps=cfg.trainer.get("max_steps", -1),
+        limit_train_batches=cfg.trainer.get("limit_train_batches"),
+    )
+
+
+def build_network(spec: ModelSpec, data: PreparedData, lora, compile_options: dict):
+    """The Auto-class model, its vocabulary padded, LoRA and gradient checkpointing applied,
+    checked against the task (e.g. packing), compiled when asked."""
+    model = build_model(spec, data.hf_config, **quantization_kwargs(lora))
+    model = pad_vocab(model, spec.pad_vocab_to_multiple_of)
+    model = prepare_model(model, gradient_checkpointing=spec.gradient_checkpointing, lora=lora)
+    data.task.check_model(model)  # e.g. packing needs attention that reads position ids
+    compile_model(model, **compile_options)
+    return model
+
+
+def print_plan(
+    cfg: DictConfig, data: PreparedData, model, num_steps: int, world_size: int, precision: str
+) -> None:
+    """The pre-flight summary: what one step is, how many there are, what a checkpoint costs."""
+    from lit_ft.data.datamodule import token_count
+
+    length, batch = data.task.max_length, cfg.data.batch_size
+    accumulate = cfg.trainer.accumulate_grad_batches
+    sequences = batch * accumulate * world_size  # e.g. 16 x 4 accumulation x 2 devices = 128
+    train, validation = data.datamodule.datasets["train"], data.datamodule.datasets["validation"]
+    # data.streaming: the length is unknown until the stream has been read
+    train_data = "streamed" if train is None else f"{len(train):,}"
+    per_epoch = "" if train is None else f" ({token_count(train):,} tokens per epoch)"
+    scheduler = cfg.scheduler
+    warmup = (
+        warmup_steps_for(num_steps, scheduler.warmup_steps, scheduler.warmup_ratio)
+        if (scheduler)
+        else 0
+    )
+    params = sum(p.numel() for p in model.parameters())
+    # fp32 weights + AdamW's two moments: 12 bytes per parameter (plus small loop state)
+    checkpoint_mb = params * 12 / 2**20
+    say(
+        f"task {data.task.name}: {train_data} train / {len(validation):,} "
+        f"validation sequences of up to {length} tokens{per_epoch}"
+    )
+    say(
+        f"step: {batch} sequences x {accumulate} accumulation x {world_size} devices = "
+        f"{sequences} sequences = up to {sequences * length:,} tokens per optimizer step"
+    )
+    say(
+        f"schedule: {num_steps:,} optimizer steps, {warmup:,} warmup; "
+        f"{params / 1e6:.2f}M parameters; checkpoint ~{checkpoint_mb:,.0f} MB"
+    )
+    say(f"precision: {precision}; output: {cfg.paths.output_dir}")
+    say(f"data prepared in {data.seconds:.2f}s")
+
+
+# -- evaluation --------------------------------------------------------------------------------
+def evaluate(trainer, module, datamodule, ckpt_path: str | None = None) -> dict[str, float]:
+    (metrics,) = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    return {key: float(value) for key, value in metrics.items()}
+
+
+def evaluate_final(trainer, module, datamodule) -> tuple[dict[str, float], str | None]:
+    """The metrics of the weights the run hands on, and the checkpoint they come from when an
+    earlier one beats the end (None: the final weights)."""
+    after = evaluate(trainer, module, datamodule)  # the weights training ended with
+    best = better_checkpoint(trainer, after)
+    if best is not None:  # an earlier checkpoint beats the end: load and report that one
+        after = evaluate(trainer, module, datamodule, ckpt_path=best)
+    return after, best
+
+
+def test(trainer, module, datamodule) -> dict[str, float] | None:
+    """The labelled test split's metrics (`data.test_split`), when the data has one."""
+    if "test" not in datamodule.datasets:
+        return None
+    (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    return {key: float(value) for key, value in metrics.items()}
+
+
+def write_predictions(trainer, module, datamodule, output_dir: Path) -> Path | None:
+    """predictions.jsonl: input, prediction and label for each row of the test split (or of
+    validation when there is no labelled test split). Tasks with nothing to predict skip it."""
+    if not module.task.predicts:
+        return None
+    batches = trainer.predict(module, datamodule=datamodule)
+    path = output_dir / "predictions.jsonl"
+    with open(path, "w", encoding="utf-8") as out:
+        for row in (row for batch in batches for row in batch):
+            out.write(json.dumps({"split": datamodule.predict_split, **row}) + "\n")
+    return path
+
+
+def better_checkpoint(trainer, final: dict[str, float]) -> str | None:
+    """The best checkpoint if it beats the final weights on the monitored metric, else None.
+
+    Training that stops at max_steps between validations ends with weights no checkpoint
+    has scored, so "best" is decided against a fresh evaluation of the final weights.
+    """
+    # The checkpoint stream that tracks a validation metric (not the step-retention one).
+    monitored = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None) in final]
+    callback = monitored[0] if monitored else None
+    if callback is None or not callback.best_model_path or callback.best_model_score is None:
+        return None
+    best, end = float(callback.best_model_score), final.get(callback.monitor)
+    if end is None:
+        return callback.best_model_path
+    beats = best < end if callback.mode == "min" else best > end
+    return callback.best_model_path if beats else None
+
+
+def last_checkpoint(trainer) -> str | None:
+    paths = [getattr(cb, "last_model_path", "") for cb in trainer.checkpoint_callbacks]
+    return next((p for p in paths if p), None)
+
+
+# -- after training ----------------------------------------------------------------------------
+def export(
+    cfg: DictConfig, trainer, model, tokenizer, output_dir: Path, best: str | None
+) -> dict[str, str | None]:
+    """hf_model/ (the weights the run hands on), hf_model_last/ on request, the Hub upload."""
+    done: dict[str, str | None] = {"export_dir": None, "export_last_dir": None, "hub_url": None}
+    last = last_checkpoint(trainer)
+    if cfg.export and shards_weights(trainer):  # the module holds only this rank's shard
+        done["export_dir"] = str(export_checkpoint(best or last, output_dir / "hf_model"))
+    elif cfg.export:
+        done["export_dir"] = str(export_pretrained(model, tokenizer, output_dir / "hf_model"))
+    if cfg.export_last and last:
+        done["export_last_dir"] = str(export_checkpoint(last, output_dir / "hf_model_last"))
+    upload = to_plain(cfg.push_to_hub)
+    if upload.pop("enabled") and done["export_dir"]:
+        done["hub_url"] = push_to_hub(done["export_dir"], **upload)
+    return done
+
+
+def results(
+    task,
+    metrics: dict[str, Any],
+    trainer,
+    recorder: TrainingRecorder,
+    data_seconds: float,
+    started: float,
+    paths: dict[str, Any],
+) -> dict[str, Any]:
+    """What results.json holds, built in one place; loggers are closed and plots drawn first
+    (the plots read the run's own logs/*/metrics.csv)."""
+    finish(trainer.loggers)
+    plots = plot_run(paths["output_dir"])
+    training = recorder.summary()
+    last = last_checkpoint(trainer)
+    found = [cb for cb in trainer.callbacks if isinstance(cb, ThroughputLogger)]
+    return {
+        "task": task.name,
+        "headline_metric": task.headline,
+        "metrics": {**metrics, "train": training},
+        "tokens_per_s": training["tokens_per_s"],
+        "throughput": found[0].summary() if found else None,  # tokens/s, MFU after warm-up
+        "data_prep_s": round(data_seconds, 3),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "best_checkpoint": paths.pop("best") or last,
+        "last_checkpoint": last,
+        **{key: str(value) if value else None for key, value in paths.items()},
+        "plots": [str(path) for path in plots],
+    }
+
+
+def write_results(results: dict[str, Any], task) -> None:
+    """results.json in the run directory, and the end-of-run line."""
+    output_dir = Path(results["output_dir"])
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    before, after = results["metrics"]["before"], results["metrics"]["after"]
+    name, label = task.headline, task.headline_label
+    digits = 2 if name.endswith("ppl") else 4
+    headline = f"{label} {after[name]:.{digits}f}"
+    if before and name in before:
+        headline = f"{label} {before[name]:.{digits}f} -> {after[name]:.{digits}f}"
+    say(
+        f"done in {results['wall_time_s']:.1f}s: {headline}; "
+        f"{results['tokens_per_s']} tokens/s; model: {results['export_dir']}; "
+        f"results: {output_dir}/results.json"
+    )
