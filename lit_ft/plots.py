@@ -112,16 +112,34 @@ def plot_learning_rate(series: Series, out: Path) -> Path | None:
     return out
 
 
+# y-axis labels of the metrics lit_ft logs (by the name's last part)
+_UNITS = {
+    "ppl": "perplexity",
+    "accuracy": "accuracy (share correct)",
+    "f1": "F1",
+    "precision": "precision",
+    "recall": "recall",
+    "tokens_per_s": "tokens / s",
+    "samples_per_s": "samples / s",
+    "flops_per_s": "FLOP / s",
+    "mfu": "MFU (share of peak)",
+}
+
+
 def plot_task_metrics(series: Series, out: Path) -> Path | None:
-    """One panel per remaining metric (val/ppl, and whatever a task logs: accuracy, F1, ...)."""
+    """One panel per remaining metric: what the task measures (val/ppl, accuracy, F1, ROUGE)
+    first, then throughput; points marked, so a short run's few values are visible."""
     skip = {"train/loss", "val/loss", *_lr_names(series)}
-    names = sorted(n for n in series if n not in skip)
+    names = sorted(
+        (n for n in series if n not in skip), key=lambda n: (not n.startswith("val/"), n)
+    )
     if not names:
         return None
     figure, axes = new_figure(rows=len(names))
     for ax, name in zip(axes, names, strict=True):
         draw_series(ax, series[name], name, marker="o" if len(series[name]) < 50 else None)
-        ax.set(xlabel="optimizer step", title=name)
+        unit = _UNITS.get(name.rsplit("/", 1)[-1], name.rsplit("/", 1)[-1])
+        ax.set(xlabel="optimizer step", ylabel=unit, title=name)
         ax.grid(alpha=0.3)
     figure.savefig(out, dpi=110)
     return out

@@ -30,6 +30,17 @@ class Job:
     def failed(self) -> bool:
         return self.results is None
 
+    def failure(self) -> str:
+        """Why a job failed, from its run.log: the `lit_ft: error:` line, else the last
+        exception line of a traceback, else that it wrote no results."""
+        log = self.path / "run.log"
+        lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+        for line in reversed(lines):
+            if "lit_ft: error:" in line:
+                return line[line.index("lit_ft: error:") + len("lit_ft: error:") :].strip()
+        errors = [ln for ln in lines if ln and not ln[0].isspace() and "Error" in ln.split(":")[0]]
+        return errors[-1] if errors else "no results.json (killed, or still running?)"
+
 
 def load_jobs(sweep_dir: Path) -> list[Job]:
     """Every job directory of the sweep (those holding .hydra/overrides.yaml), in job order."""
@@ -100,6 +111,7 @@ def table(jobs: list[Job], metric: str, maximize: bool) -> str:
         lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     if best:
         lines.append(f"* best {metric} ({'max' if maximize else 'min'}): job {best.name}")
+    lines += [f"job {job.name} failed: {job.failure()}" for job in jobs if job.failed]
     return "\n".join(lines)
 
 

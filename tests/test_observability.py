@@ -114,3 +114,11 @@ def test_debug_fast_dev_run_goes_through_every_step(tiny_overrides):
     results = lit_ft.train_from_overrides([*tiny_overrides, "debug=fast_dev_run"])
     assert results["metrics"]["train"]["steps"] == 1
     assert results["export_dir"] is None and results["metrics"]["before"] is None
+
+
+def test_instruction_samples_prompt_with_the_whole_prompt_and_generate_the_answer():
+    from lit_ft.observe.generations import prompt_of
+
+    row = {"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, -100, -100, 8, 9, 10]}
+    assert prompt_of(row, prompt_tokens=2) == [5, 6, 7]  # the prompt, not its first 2 tokens
+    assert prompt_of({"input_ids": list(range(40))}, prompt_tokens=16) == list(range(16))

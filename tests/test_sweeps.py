@@ -74,3 +74,21 @@ def test_optuna_sweep_of_two_trials_completes(run_cli, tiny_tokenizer_dir, text_
 def test_sweep_report_refuses_a_directory_without_jobs(run_cli, tmp_path):
     result = run_cli([str(tmp_path)], module="lit_ft.sweep_report")
     assert result.returncode == 2 and "holds no sweep jobs" in result.stderr
+
+
+def test_report_says_why_each_failed_job_failed(tmp_path):
+    from lit_ft.sweep_report import load_jobs, table
+
+    for job, lr in (("0", "0.001"), ("1", "0.003"), ("2", "0.01")):
+        hydra_dir = tmp_path / job / ".hydra"
+        hydra_dir.mkdir(parents=True)
+        (hydra_dir / "overrides.yaml").write_text(f"- optimizer.lr={lr}\n")
+    results = {"metrics": {"after": {"val/loss": 2.5}, "train": {}}, "tokens_per_s": 10.0}
+    (tmp_path / "0" / "results.json").write_text(json.dumps(results))
+    (tmp_path / "1" / "run.log").write_text(
+        "[2026-12-01][lightning][INFO] - Seed set to 42\n"
+        "lit_ft: error: the training loss is nan at optimizer step 5\n"
+    )
+    text = table(load_jobs(tmp_path), "val/loss", maximize=False)
+    assert "job 1 failed: the training loss is nan at optimizer step 5" in text
+    assert "job 2 failed: no results.json" in text

@@ -1,8 +1,9 @@
 """Sample generations of a causal LM at every validation, so the logs show what it writes.
 
-The prompts are the first `prompt_tokens` tokens of the first `num_prompts` validation
-blocks: real text from the run's own data, the same at every validation, so the samples show
-the model changing. Decoding is greedy: it draws no random numbers, so training (and an
+The prompts come from the first `num_prompts` validation rows: for instruction data the
+row's prompt, up to the first token the loss trains on (so the model writes the answer);
+for text blocks their first `prompt_tokens` tokens. Real data of the run's own, the same at
+every validation, so the samples show the model changing. Decoding is greedy: it draws no random numbers, so training (and an
 exact resume) is untouched. Samples go to <run dir>/generations.jsonl, the console, and the
 TensorBoard / W&B logger when one is active.
 """
@@ -16,6 +17,17 @@ import lightning as L
 import torch
 
 from lit_ft.observe.log import say
+
+
+def prompt_of(row: dict, prompt_tokens: int) -> list[int]:
+    """The prompt part of a validation row: everything before the first trained token when
+    the row carries labels (instruction tuning), else the first `prompt_tokens` tokens."""
+    labels = row.get("labels")
+    if isinstance(labels, list) and labels:
+        start = next((i for i, label in enumerate(labels) if label != -100), len(labels))
+        if 0 < start < len(labels):
+            return row["input_ids"][:start]
+    return row["input_ids"][:prompt_tokens]
 
 
 class SampleGenerations(L.Callback):
@@ -42,10 +54,8 @@ class SampleGenerations(L.Callback):
         validation = (getattr(datamodule, "datasets", None) or {}).get("validation")
         if tokenizer is None or validation is None or not _is_causal_lm(model):
             return
-        prompts = [
-            validation[i]["input_ids"][: self.prompt_tokens]
-            for i in range(min(self.num_prompts, len(validation)))
-        ]
+        rows = [validation[i] for i in range(min(self.num_prompts, len(validation)))]
+        prompts = [prompt_of(row, self.prompt_tokens) for row in rows]
         samples = [self._generate(model, tokenizer, ids) for ids in prompts]
         if trainer.is_global_zero:
             self._write(trainer, samples)
