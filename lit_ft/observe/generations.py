@@ -3,9 +3,9 @@
 The prompts come from the first `num_prompts` validation rows: for instruction data the
 row's prompt, up to the first token the loss trains on (so the model writes the answer);
 for text blocks their first `prompt_tokens` tokens. Real data of the run's own, the same at
-every validation, so the samples show the model changing. Decoding is greedy: it draws no random numbers, so training (and an
-exact resume) is untouched. Samples go to <run dir>/generations.jsonl, the console, and the
-TensorBoard / W&B logger when one is active.
+every validation, so the samples show the model changing. Decoding is greedy: it draws no
+random numbers, so training (and an exact resume) is untouched. Samples go to
+<run dir>/generations.jsonl, the console, and the TensorBoard / W&B logger when one is active.
 """
 
 from __future__ import annotations
