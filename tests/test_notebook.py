@@ -25,7 +25,9 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     # The code cells in order, as one kernel would run them (no Jupyter needed for that).
     # The run states its precision instead of taking the host's `auto` (whose outcome depends
     # on the CPU): as if this CPU had no bf16 units, the choice a notebook user on one sees.
-    as_fp32_cpu = "import lit_ft.model.precision\nlit_ft.precision.cpu_flags = lambda: set()\n"
+    as_fp32_cpu = (
+        "import lit_ft.model.precision\nlit_ft.model.precision.cpu_flags = lambda: set()\n"
+    )
     script = as_fp32_cpu + "\n\n".join("".join(c["source"]) for c in _code_cells())
     result = subprocess.run(
         [sys.executable, "-c", script],
