@@ -6,7 +6,9 @@ cache points into a temporary directory.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -17,6 +19,7 @@ from helpers.config import tiny_run_overrides
 os.environ["HF_HUB_OFFLINE"] = "1"
 # An empty HF home: a model or dataset in the user's own cache must not change any outcome.
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="lit_ft_hf_home_")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)  # leave no folder
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

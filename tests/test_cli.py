@@ -148,3 +148,45 @@ def test_user_errors_exit_2_with_one_message(run_cli, tiny_overrides):
     result = run_cli([*tiny_overrides, "ckpt_path=last"])
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "holds no checkpoint" in result.stderr and "paths.output_dir" in result.stderr
+
+
+# words of the --help page's group lines that are prose, not options
+HELP_PROSE = {"default", "or", "with", "a", "whole", "recipe", "e", "g", "model", "name_or_path"}
+HELP_PROSE |= {"hub", "id", "local", "directory", "m"}
+
+
+def test_help_is_our_own_page_and_names_only_what_exists(run_cli):
+    import re
+
+    from lit_ft.config import compose, config_dir
+
+    result = run_cli(["--help"])
+    assert result.returncode == 0, result.stderr
+    page = result.stdout
+    assert page.startswith("lit_ft: fine-tune") and "Examples:" in page and "--hydra-help" in page
+    choose = page.split("Choose (GROUP=OPTION):")[1].split("Common keys")[0]
+    group, named = None, {}
+    for line in choose.splitlines():
+        for match in re.finditer(r"(\w+)=\s+([^=]+?)(?=\s{2,}\w+=|$)", line):
+            group = match.group(1)
+            named.setdefault(group, []).append(match.group(2))
+        if "=" not in line and line.strip() and group:
+            named[group].append(line)
+    assert {"model", "data", "task", "trainer", "peft", "experiment", "hparams_search"} <= set(
+        named
+    )
+    assert "tiny_bart" in " ".join(named["model"])  # continuation lines are read too
+    for group, texts in named.items():
+        options = re.findall(r"\b([a-z][a-z0-9_]+)\b", " ".join(texts))
+        options = [o for o in options if o not in HELP_PROSE]
+        for option in options:
+            if (config_dir() / group / f"{option}.yaml").is_file():
+                continue
+            raise AssertionError(f"--help names {group}={option}, which has no conf file")
+    keys = re.findall(r"\b([a-z_]+(?:\.[a-z_]+)+)=", page.split("Common keys")[1].split("Ex")[0])
+    cfg = compose([])
+    for key in keys:
+        node = cfg
+        for part in key.split("."):
+            assert part in node, f"--help names {key}, which is not a config key"
+            node = node[part]
