@@ -130,7 +130,10 @@ def plot_comparison(jobs: list[Job], out: Path, varying: list[str]) -> Path | No
         if "val/loss" in series:
             draw_series(val_ax, series["val/loss"], label, marker="o")
         if "train/loss" in series:
-            draw_series(train_ax, series["train/loss"], label, alpha=0.8)
+            few = len(series["train/loss"]) < 20  # a short job's few points: mark them
+            draw_series(
+                train_ax, series["train/loss"], label, alpha=0.8, marker="o" if few else None
+            )
     for ax, title in ((val_ax, "validation loss"), (train_ax, "training loss")):
         ax.set(xlabel="optimizer step", ylabel="loss", title=title)
         ax.grid(alpha=0.3)

@@ -41,3 +41,9 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     assert (tmp_path / "outputs" / "runs").is_dir()
     assert list((tmp_path / "outputs" / "runs").glob("*/plots/loss.png"))  # shown inline
     assert "step 40: " in result.stdout  # the samples of the last validation
+
+
+def test_notebook_cell_ids_are_unique():
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    ids = [c.get("id") for c in cells]
+    assert None not in ids and len(set(ids)) == len(ids)  # nbformat warns on duplicates
