@@ -64,7 +64,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             task=data.task,
             model=steps.build_network(spec, data, lora, to_plain(cfg.compile)),
         )
-        steps.print_plan(cfg, data, module.model, num_steps, trainer.world_size, precision.text)
+        steps.print_plan(cfg, data, module, num_steps, trainer.world_size, precision.text)
 
         dm = data.datamodule
         before = steps.evaluate(trainer, module, dm) if cfg.evaluate_before else None

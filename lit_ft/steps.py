@@ -45,7 +45,7 @@ from lit_ft.training.checkpoint import (
     resolve_resume,
 )
 from lit_ft.training.nonfinite import StopOnNonFiniteLoss
-from lit_ft.training.optim import optimizer_steps, warmup_steps_for
+from lit_ft.training.optim import optimizer_steps
 from lit_ft.training.preemption import PreemptionCheckpoint
 from lit_ft.training.rng import RngState
 
@@ -169,7 +169,7 @@ def build_network(spec: ModelSpec, data: PreparedData, lora, compile_options: di
 
 
 def print_plan(
-    cfg: DictConfig, data: PreparedData, model, num_steps: int, world_size: int, precision: str
+    cfg: DictConfig, data: PreparedData, module, num_steps: int, world_size: int, precision: str
 ) -> None:
     """The pre-flight summary: what one step is, how many there are, what a checkpoint costs."""
     from lit_ft.data.datamodule import token_count
@@ -181,13 +181,7 @@ def print_plan(
     # data.streaming: the length is unknown until the stream has been read
     train_data = "streamed" if train is None else f"{len(train):,}"
     per_epoch = "" if train is None else f" ({token_count(train):,} tokens per epoch)"
-    scheduler = cfg.scheduler
-    warmup = (
-        warmup_steps_for(num_steps, scheduler.warmup_steps, scheduler.warmup_ratio)
-        if (scheduler)
-        else 0
-    )
-    params = sum(p.numel() for p in model.parameters())
+    params = sum(p.numel() for p in module.model.parameters())
     # fp32 weights + AdamW's two moments: 12 bytes per parameter (plus small loop state)
     checkpoint_mb = params * 12 / 2**20
     say(
@@ -199,7 +193,7 @@ def print_plan(
         f"{sequences} sequences = up to {sequences * length:,} tokens per optimizer step"
     )
     say(
-        f"schedule: {num_steps:,} optimizer steps, {warmup:,} warmup; "
+        f"schedule: {num_steps:,} optimizer steps, {module.warmup_steps:,} warmup; "
         f"{params / 1e6:.2f}M parameters; checkpoint ~{checkpoint_mb:,.0f} MB"
     )
     say(f"precision: {precision}; output: {cfg.paths.output_dir}")

@@ -122,3 +122,24 @@ def test_instruction_samples_prompt_with_the_whole_prompt_and_generate_the_answe
     row = {"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, -100, -100, 8, 9, 10]}
     assert prompt_of(row, prompt_tokens=2) == [5, 6, 7]  # the prompt, not its first 2 tokens
     assert prompt_of({"input_ids": list(range(40))}, prompt_tokens=16) == list(range(16))
+
+
+def test_learning_rate_is_logged_through_the_warmup(tiny_overrides, tmp_path):
+    from lit_ft.plots import read_metrics
+
+    overrides = [o for o in tiny_overrides if not o.startswith("trainer.max_steps")]
+    lit_ft.train_from_overrides(
+        [
+            *overrides,
+            "trainer.max_steps=8",
+            "trainer.log_every_n_steps=5",
+            "scheduler.warmup_steps=4",
+            "evaluate_before=false",
+            "callbacks.generations.num_prompts=0",
+        ]
+    )
+    series = read_metrics(tmp_path / "run")
+    (name, *_) = sorted(n for n in series if n.startswith("lr-"))
+    steps = sorted(series[name])
+    assert steps[:5] == [0, 1, 2, 3, 4], steps  # every warmup step, then the cadence
+    assert series[name][0] < series[name][2] < series[name][4]  # rising: the warmup shows

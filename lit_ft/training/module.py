@@ -12,7 +12,7 @@ import torch
 from lit_ft.model.build import ModelSpec, build_model
 from lit_ft.tasks import Task
 from lit_ft.tasks.base import model_inputs
-from lit_ft.training.optim import weight_decay_groups
+from lit_ft.training.optim import warmup_steps_for, weight_decay_groups
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -44,6 +44,12 @@ class FineTuneModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.num_training_steps = num_training_steps
+        # The warmup in optimizer steps, computed once (the schedule, the pre-flight summary
+        # and the learning-rate log read it): e.g. 180 steps x warmup_ratio 0.05 = 9.
+        warmup = getattr(scheduler, "keywords", {}) if scheduler is not None else {}
+        self.warmup_steps = warmup_steps_for(
+            num_training_steps, warmup.get("warmup_steps", 0), warmup.get("warmup_ratio", 0.0)
+        )
         self.evaluator = task.evaluator()  # a Module: its metric states follow the device
         self.last_train_loss: torch.Tensor | None = None
 
