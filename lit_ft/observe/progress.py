@@ -91,9 +91,12 @@ class RichBar(RichProgressBar):
 
 
 class LineProgress(ProgressBar):
-    """One line per `every_n_steps` optimizer steps and one per validation, e.g.
+    """One line per `every_n_steps` optimizer steps and one per validation, within 80 columns:
 
-    [lit_ft] step 20/180 (epoch 0) train/loss 3.214 lr 1.90e-03 tok/s 5,120 | 0:12, ~1:36 left
+    [lit_ft] step 20/180 loss 3.214 lr 1.90e-03 5,120 tok/s mfu 38% 0:12 ~1:36 left
+
+    The step is the optimizer step out of the run's total (the count the schedule uses), and
+    the time left is for the whole run, not the epoch.
     """
 
     def __init__(self, every_n_steps: int = 10) -> None:
@@ -122,11 +125,13 @@ class LineProgress(ProgressBar):
             return
         self._printed_step = step
         shown = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
-        shown = {k: v for k, v in shown.items() if not k.startswith("val/")}
-        self.print(
-            f"[lit_ft] step {self._step_text(trainer)} {_format(shown)} "
-            f"{_format(_extra_metrics(trainer, self._speed))} | {self._time_text(trainer)}"
-        )
+        shown = {k.removeprefix("train/"): v for k, v in shown.items() if not k.startswith("val/")}
+        extra = _extra_metrics(trainer, self._speed)
+        parts = [f"step {self._step_text(trainer)}", _format(shown)]
+        parts += [f"lr {extra['lr']}"] if "lr" in extra else []
+        parts += [f"{extra['tok/s']} tok/s"] if "tok/s" in extra else []
+        parts += [f"mfu {extra['mfu'].split('.')[0]}%"] if "mfu" in extra else []
+        self.print(" ".join(["[lit_ft]", *filter(None, parts), self._time_text(trainer)]))
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not self._enabled or trainer.sanity_checking:
@@ -148,7 +153,7 @@ class LineProgress(ProgressBar):
     def _step_text(self, trainer) -> str:
         total = self._total_steps(trainer)
         of = f"/{total}" if total else ""
-        return f"{trainer.global_step}{of} (epoch {trainer.current_epoch})"
+        return f"{trainer.global_step}{of}"
 
     def _time_text(self, trainer) -> str:
         elapsed = time.perf_counter() - self._started
@@ -156,7 +161,7 @@ class LineProgress(ProgressBar):
         text = _clock(elapsed)
         if total and done > 0:
             # remaining steps x seconds per step so far, e.g. 160 x 0.6 s = 1:36
-            text += f", ~{_clock((total - trainer.global_step) * elapsed / done)} left"
+            text += f" ~{_clock((total - trainer.global_step) * elapsed / done)} left"
         return text
 
 
