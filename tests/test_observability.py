@@ -146,3 +146,14 @@ def test_learning_rate_is_logged_through_the_warmup(tiny_overrides, tmp_path):
     steps = sorted(series[name])
     assert steps[:5] == [0, 1, 2, 3, 4], steps  # every warmup step, then the cadence
     assert series[name][0] < series[name][2] < series[name][4]  # rising: the warmup shows
+
+
+def test_sample_prompts_and_answers_fit_the_model_positions():
+    from types import SimpleNamespace
+
+    from lit_ft.observe.generations import fit_positions
+
+    config = SimpleNamespace(n_positions=64, model_type="gpt2")
+    prompt, new = fit_positions(list(range(60)), 32, config)
+    assert new == 32 and prompt == list(range(28, 60)) and len(prompt) + new <= 64
+    assert fit_positions([1, 2, 3], 32, config) == ([1, 2, 3], 32)

@@ -30,6 +30,19 @@ def prompt_of(row: dict, prompt_tokens: int) -> list[int]:
     return row["input_ids"][:prompt_tokens]
 
 
+def fit_positions(prompt_ids: list[int], new_tokens: int, config) -> tuple[list[int], int]:
+    """Prompt and answer length within the model's positions: a whole instruction prompt can
+    fill them (e.g. 64 positions, a 60-token prompt, 32 new tokens), so the answer gets at most
+    half of them and the prompt keeps its end, the part nearest the answer."""
+    from lit_ft.model.build import max_positions
+
+    limit = max_positions(config)
+    if not limit:
+        return prompt_ids, new_tokens
+    new_tokens = max(1, min(new_tokens, limit // 2))
+    return prompt_ids[-(limit - new_tokens) :], new_tokens
+
+
 class SampleGenerations(L.Callback):
     def __init__(
         self,
@@ -62,11 +75,12 @@ class SampleGenerations(L.Callback):
 
     @torch.no_grad()
     def _generate(self, model, tokenizer, prompt_ids: list[int]) -> dict[str, str]:
+        prompt_ids, new_tokens = fit_positions(prompt_ids, self.max_new_tokens, model.config)
         input_ids = torch.tensor([prompt_ids], device=model.device)
         output = model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=self.max_new_tokens,
+            max_new_tokens=new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
         )
