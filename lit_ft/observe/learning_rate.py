@@ -21,7 +21,7 @@ class WarmupAwareLearningRateMonitor(LearningRateMonitor):
     def on_train_batch_start(self, trainer, *args: Any, **kwargs: Any) -> None:
         step = trainer.global_step
         warmup = getattr(trainer.lightning_module, "warmup_steps", 0)
-        if step > warmup:
+        if not warmup or step > warmup:  # no warmup to show: Lightning's cadence alone
             return super().on_train_batch_start(trainer, *args, **kwargs)
         if step == self._logged_step:  # the other micro-batches of an accumulation window
             return
