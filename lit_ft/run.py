@@ -63,6 +63,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             num_training_steps=num_steps,
             task=data.task,
             model=steps.build_network(spec, data, lora, to_plain(cfg.compile)),
+            targets_per_batch=cfg.data.batch_size * data.task.max_length,  # a loss scale
         )
         steps.print_plan(cfg, data, module, num_steps, trainer.world_size, precision.text)
 

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from lit_ft.config import to_plain
 from lit_ft.data.datamodule import build_datamodule
 from lit_ft.data.sources import clamp_block_size
+from lit_ft.distributed import is_global_zero
 from lit_ft.export import export_checkpoint, export_pretrained
 from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
 from lit_ft.model.build import ModelSpec, build_model, load_config, load_tokenizer, max_positions
@@ -198,6 +199,21 @@ def print_plan(
     )
     say(f"precision: {precision}; output: {cfg.paths.output_dir}")
     say(f"data prepared in {data.seconds:.2f}s")
+    if data.task.describe():
+        say(f"{data.task.name}: {data.task.describe()}")
+    show_training_example(data.task, train, Path(cfg.paths.output_dir))
+
+
+def show_training_example(task, train, output_dir: Path) -> None:
+    """One training example as the model sees it, the trained tokens between « and »: in the
+    console (its start) and whole in <run dir>/train_example.txt."""
+    example = task.preview(train)
+    if example is None:
+        return
+    if is_global_zero():
+        (output_dir / "train_example.txt").write_text(example + "\n", encoding="utf-8")
+    shown = example if len(example) <= 600 else example[:600] + " [...]"
+    say(f"a training example, trained tokens in «»:\n{shown}")
 
 
 # -- evaluation --------------------------------------------------------------------------------
@@ -297,6 +313,7 @@ def results(
     found = [cb for cb in trainer.callbacks if isinstance(cb, ThroughputLogger)]
     return {
         "task": task.name,
+        **task.report(),
         "headline_metric": task.headline,
         "metrics": {**metrics, "train": training},
         "tokens_per_s": training["tokens_per_s"],

@@ -74,7 +74,7 @@ def test_instruction_labels_cover_the_response_only(gpt2_tokenizer):
         ]
         prompt_length = row["labels"].index(next(t for t in row["labels"] if t != -100))
         assert all(label == -100 for label in row["labels"][:prompt_length])
-        assert gpt2_tokenizer.decode(learned) == response + gpt2_tokenizer.eos_token
+        assert gpt2_tokenizer.decode(learned) == " " + response + gpt2_tokenizer.eos_token
         assert gpt2_tokenizer.decode(row["input_ids"]).startswith("user: ")
 
 
@@ -102,13 +102,17 @@ def test_packed_examples_do_not_see_each_other(gpt2_tokenizer):
     with torch.no_grad():
         inputs = {k: v for k, v in batch.items() if not k.startswith("_") and k != "labels"}
         packed_logits = model(**inputs).logits
-        start = 0
-        for row in alone:
-            ids = torch.tensor([row["input_ids"]])
-            expected = model(input_ids=ids).logits[0]
-            got = packed_logits[0, start : start + len(row["input_ids"])]
-            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
-            start += len(row["input_ids"])
+        # best fit decreasing puts the longer example first: find each one by its ids
+        starts = [i for i, p in enumerate(packed[0]["position_ids"]) if p == 0]
+        ends = [*starts[1:], len(packed[0]["input_ids"])]
+        matched = 0
+        for start, end in zip(starts, ends, strict=True):
+            ids = packed[0]["input_ids"][start:end]
+            (row,) = [r for r in alone if r["input_ids"] == ids]
+            expected = model(input_ids=torch.tensor([row["input_ids"]])).logits[0]
+            torch.testing.assert_close(packed_logits[0, start:end], expected, atol=1e-5, rtol=1e-4)
+            matched += 1
+        assert matched == len(alone) == 2
 
 
 # -- CLI runs --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from lit_ft.data.sampler import ResumableRandomSampler
 from lit_ft.data.sources import DataFiles, load_source, tokenizer_fingerprint
 from lit_ft.errors import LitFtError
 from lit_ft.tasks import Task, TaskContext
+from lit_ft.tasks.base import example_lengths
 
 
 class FineTuneDataModule(L.LightningDataModule):
@@ -218,13 +219,6 @@ class FineTuneDataModule(L.LightningDataModule):
             collate_fn=self.task.collate(),
             persistent_workers=self.num_workers > 0,
         )
-
-
-def example_lengths(dataset):
-    """Tokens per row as an Arrow array, read from the column (no Python lists of ids)."""
-    import pyarrow.compute as pc
-
-    return pc.list_value_length(dataset.with_format("arrow")["input_ids"])
 
 
 def token_count(dataset) -> int:

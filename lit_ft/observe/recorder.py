@@ -26,7 +26,6 @@ class TrainingRecorder(L.Callback):
         self._first_loss: torch.Tensor | None = None
         self._last_losses: deque[torch.Tensor] = deque(maxlen=10)
         self._tokens: torch.Tensor | int = 0
-        self._pending_losses: list[torch.Tensor] = []
         self._started = self._val_started = None
         self.train_seconds = 0.0
         self._val_seconds = 0.0
@@ -50,28 +49,21 @@ class TrainingRecorder(L.Callback):
             self._combine_ranks(trainer.strategy)
 
     def _combine_ranks(self, strategy) -> None:
-        """Under DDP each rank saw its share of every batch: tokens add up, and a step's loss
-        is the mean of the ranks' losses (equal-sized blocks, so the global-batch loss)."""
+        """Under DDP each rank saw its share of every batch: tokens add up. The step losses
+        are already the whole step's (the module adds the ranks' token sums)."""
         device = strategy.root_device
         self._tokens = strategy.reduce(
             torch.as_tensor(self._tokens, device=device), reduce_op="sum"
         )
-        if self._first_loss is not None:
-            self._first_loss = strategy.reduce(self._first_loss, reduce_op="mean")
-            losses = strategy.reduce(torch.stack(list(self._last_losses)), reduce_op="mean")
-            self._last_losses = deque(losses, maxlen=10)
 
     # -- counting --------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._tokens = self._tokens + real_tokens(batch)
-        # The module keeps the unscaled micro-batch loss; Lightning's `outputs` hold it divided
-        # by the accumulation factor.
-        self._pending_losses.append(pl_module.last_train_loss)
         if trainer.fit_loop._should_accumulate():
             return
-        # One optimizer step: its loss is the mean over the accumulated micro-batches.
-        loss = torch.stack(self._pending_losses).mean()
-        self._pending_losses = []
+        # One optimizer step: the module's token-weighted loss over all its micro-batches
+        # (lit_ft/training/step_loss.py), the number the logs show too.
+        loss = pl_module.step_loss.value
         self.steps += 1
         self._first_loss = loss if self._first_loss is None else self._first_loss
         self._last_losses.append(loss)

@@ -86,11 +86,14 @@ def check_architecture(task: type[Task], model_type: str) -> None:
         )
 
 
-def task_problems(name: str, data) -> Problems:
-    """An unknown task, or a column the task reads that the data config leaves empty."""
+def task_problems(name: str, data, options=None) -> Problems:
+    """An unknown task, a column the task reads that the data config leaves empty, or a bad
+    value of the task's own options (conf/task/<name>.yaml, checked by the task class)."""
     problems = Problems()
     task = TASKS.get(name)
     problems.need(task is not None, f"task.name='{name}' is unknown; available: {', '.join(TASKS)}")
     for key in task.columns if task else ():
         problems.need(bool(data.get(key)), f"task '{task.name}' reads data.{key}, which is empty")
+    if task is not None and options is not None:
+        problems += task.option_problems(options)
     return problems

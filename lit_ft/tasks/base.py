@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
 
 
@@ -31,12 +32,18 @@ class Task:
     headline: ClassVar[str] = "val/ppl"  # the number the end-of-run line leads with
     headline_label: ClassVar[str] = "validation perplexity"  # ...and how it names it
     predicts: ClassVar[bool] = False  # writes predictions.jsonl (classification, seq2seq)
+    shifted_labels: ClassVar[bool] = False  # causal LMs: token t's label is predicted at t-1
 
     def __init__(self, tokenizer, columns: Mapping[str, str | None], max_length: int):
         self.tokenizer = tokenizer
         self.column = {key: columns.get(key) for key in (*self.columns, *self.optional_columns)}
         self.max_length = max_length
         self.add_eos = False  # end each text with EOS (text-block tasks); set by build_task
+
+    @classmethod
+    def option_problems(cls, options) -> Problems:
+        """Bad values among the task's options (conf/task/<name>.yaml), all at once."""
+        return Problems()
 
     @classmethod
     def model_class(cls):
@@ -85,6 +92,23 @@ class Task:
         """The function that pads a list of processed rows into a batch."""
         raise NotImplementedError
 
+    # -- what the pre-flight summary and results.json say about the task --------------------
+    def describe(self) -> str | None:
+        """One pre-flight line on how the task reads the data (e.g. the chat template)."""
+        return None
+
+    def preview(self, dataset) -> str | None:
+        """One processed training example, readable, with what is trained marked."""
+        return None
+
+    def report(self) -> dict[str, Any]:
+        """Facts of the processed data for results.json (e.g. packing efficiency)."""
+        return {}
+
+    def count_targets(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """How many targets the model's loss for `batch` is a mean over (the token weight)."""
+        return target_count(batch["labels"], self.shifted_labels)
+
     # -- evaluation ------------------------------------------------------------------------
     def evaluator(self):
         """A `lit_ft.tasks.metrics.Evaluator` for validation and test."""
@@ -114,6 +138,21 @@ class Task:
             desc=f"{step} {split}",
             **kw,
         )
+
+
+def target_count(labels: torch.Tensor, shifted: bool) -> torch.Tensor:
+    """Targets in a batch's labels: one per row for a label per row (classification), else the
+    labelled tokens; a causal LM's first label is no target (nothing comes before it)."""
+    if labels.dim() == 1:
+        return torch.tensor(labels.shape[0], device=labels.device)
+    return ((labels[:, 1:] if shifted else labels) != -100).sum()
+
+
+def example_lengths(dataset):
+    """Tokens per row as an Arrow array, read from the column (no Python lists of ids)."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(dataset.with_format("arrow")["input_ids"])
 
 
 def pad_rows(rows: list[list[int]], value: int, length: int | None = None) -> torch.Tensor:

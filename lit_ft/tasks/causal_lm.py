@@ -12,6 +12,7 @@ from lit_ft.tasks.base import PadCollator, Task, TaskContext
 class CausalLMTask(Task):
     name = "causal-lm"
     auto_class = "AutoModelForCausalLM"
+    shifted_labels = True
     description = "next-token prediction on text split into blocks"
     columns = ("text_column",)
     special_tokens = False  # GPT-style tokenizers add none; BOS/EOS come from add_eos

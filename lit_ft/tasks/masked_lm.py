@@ -11,6 +11,7 @@ from lit_ft.tasks.causal_lm import CausalLMTask
 class MaskedLMTask(CausalLMTask):
     name = "masked-lm"
     auto_class = "AutoModelForMaskedLM"
+    shifted_labels = False
     description = "predict masked tokens in text split into blocks (dynamic masking)"
     special_tokens = True  # [CLS] ... [SEP] around each document, as the model was pretrained
 

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torchmetrics import MeanMetric, SumMetric
 
+from lit_ft.tasks.base import target_count
+
 
 class Evaluator(torch.nn.Module):
     def __init__(self) -> None:
@@ -39,8 +41,7 @@ class LanguageModelingEvaluator(Evaluator):
         self.shifted = shifted  # causal LMs predict token t+1: the first label is no target
 
     def update(self, batch, outputs, model) -> None:
-        labels = batch["labels"][:, 1:] if self.shifted else batch["labels"]
-        self.loss.update(outputs.loss, weight=(labels != -100).sum())
+        self.loss.update(outputs.loss, weight=target_count(batch["labels"], self.shifted))
 
     def compute(self) -> dict[str, torch.Tensor]:
         loss = self.loss.compute()

@@ -13,6 +13,7 @@ from lit_ft.model.build import ModelSpec, build_model
 from lit_ft.tasks import Task
 from lit_ft.tasks.base import model_inputs
 from lit_ft.training.optim import warmup_steps_for, weight_decay_groups
+from lit_ft.training.step_loss import StepLoss
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
@@ -33,6 +34,7 @@ class FineTuneModule(L.LightningModule):
         num_training_steps: int,
         task: Task,
         model=None,
+        targets_per_batch: int = 1,
     ):
         super().__init__()
         self.spec = spec
@@ -51,16 +53,37 @@ class FineTuneModule(L.LightningModule):
             num_training_steps, warmup.get("warmup_steps", 0), warmup.get("warmup_ratio", 0.0)
         )
         self.evaluator = task.evaluator()  # a Module: its metric states follow the device
-        self.last_train_loss: torch.Tensor | None = None
+        self.last_train_loss: torch.Tensor | None = None  # the micro-batch's mean (NaN check)
+        # The step's loss weighted by tokens (lit_ft/training/step_loss.py); off under
+        # DeepSpeed, whose engine owns backward and the gradient buffers.
+        self.step_loss = StepLoss(scale=targets_per_batch)
+        self.token_weighted = True
 
     def forward(self, **batch: torch.Tensor):
         return self.model(**model_inputs(batch))
 
+    def on_fit_start(self) -> None:
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        self.token_weighted = not isinstance(self.trainer.strategy, DeepSpeedStrategy)
+        self.step_loss.reset()  # a resumed run starts on a step boundary
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self(**batch).loss
         self.last_train_loss = loss.detach()
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        return loss
+        if not self.token_weighted:
+            self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+            self.step_loss.value = self.last_train_loss
+            return loss
+        return self.step_loss.backward_loss(loss, self.task.count_targets(batch))
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if not self.token_weighted:
+            return
+        loss = self.step_loss.finish_step(
+            self.model.parameters(), self.trainer.strategy, self.trainer.accumulate_grad_batches
+        )
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
 
     # -- evaluation: the same evaluator for validation and test, logged with the stage -----
     # Reset at the start of each loop, inside the loop's own grad context: trainer.validate()
