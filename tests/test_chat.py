@@ -196,7 +196,7 @@ def test_best_fit_decreasing_fills_blocks_better_than_packing_in_order():
 def test_packing_reports_its_efficiency(tokenizer):
     columns = {"prompt_column": "q", "response_column": "a", "messages_column": None}
     task = build_task("instruction", tokenizer, columns, max_length=64, packing=True)
-    words = "alpha beta gamma delta epsilon zeta eta theta".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
     rows = datasets.Dataset.from_dict(
         {"q": [" ".join(words[: 1 + i % 8]) for i in range(40)], "a": ["yes"] * 40}
     )
