@@ -139,11 +139,29 @@ def _python_docstring_topics() -> Iterator[str]:
             yield json.dumps(row) + "\n"
 
 
+def _python_docstring_chats() -> Iterator[str]:
+    """Two-turn chats about a function: what it does (its summary line), then how it is
+    called (its signature), e.g. "What does shutil.copyfile do?" -> "Copy data from src to
+    dst in the most efficient way possible." -> "What parameters does it take?" ->
+    "copyfile(src, dst, *, follow_symlinks=True)". Functions with parameters only."""
+    for row in docstring_rows(min_paragraphs=1):
+        if not row["signature"] or row["signature"] in ("()", "(self)"):
+            continue
+        messages = [
+            {"role": "user", "content": f"What does {row['module']}.{row['name']} do?"},
+            {"role": "assistant", "content": row["summary"]},
+            {"role": "user", "content": "What parameters does it take?"},
+            {"role": "assistant", "content": f"{row['name']}{row['signature']}"},
+        ]
+        yield json.dumps({"package": row["package"], "messages": messages}) + "\n"
+
+
 CORPORA: dict[str, Callable[[], Iterator[str]]] = {
     "python_reference": _python_reference,  # text, for data.path=text
     "python_source": _python_source,  # JSON lines, for data.path=json
     "python_docstrings": _python_docstrings,  # JSON lines, for data.path=json
     "python_docstring_topics": _python_docstring_topics,  # JSON lines, for data.path=json
+    "python_docstring_chats": _python_docstring_chats,  # JSON lines of {"messages": [...]}
 }
 
 
@@ -153,6 +171,7 @@ CORPUS_FILES = {
     "python_source": "python_source.jsonl",
     "python_docstrings": "python_docstrings.jsonl",
     "python_docstring_topics": "python_docstring_topics.jsonl",
+    "python_docstring_chats": "python_docstring_chats.jsonl",
 }
 
 
