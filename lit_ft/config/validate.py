@@ -39,7 +39,7 @@ def validate_config(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     problems = Problems()
     problems += model_problems(cfg.model)
-    problems += task_problems(cfg.task.name, cfg.data)
+    problems += task_problems(cfg.task.name, cfg.data, cfg.task)
     problems += data_problems(cfg.data)
     problems += step_problems(trainer)
     problems += precision_problems(trainer)

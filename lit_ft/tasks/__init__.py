@@ -86,9 +86,14 @@ def check_architecture(task: type[Task], model_type: str) -> None:
         )
 
 
-def task_problems(name: str, data) -> Problems:
-    """An unknown task, or a column the task reads that the data config leaves empty."""
+def task_problems(name: str, data, options=None) -> Problems:
+    """An unknown task, a column the task reads that the data config leaves empty, or an
+    option of the task (`options`: the task config) out of range."""
+    from lit_ft.tasks.answers import generation_problems
+
     problems = Problems()
+    if name == InstructionTask.name and options is not None:
+        problems += generation_problems(options)
     task = TASKS.get(name)
     problems.need(task is not None, f"task.name='{name}' is unknown; available: {', '.join(TASKS)}")
     for key in task.columns if task else ():

@@ -30,7 +30,7 @@ class Task:
     optional_columns: ClassVar[tuple[str, ...]] = ()  # ...that may be null
     headline: ClassVar[str] = "val/ppl"  # the number the end-of-run line leads with
     headline_label: ClassVar[str] = "validation perplexity"  # ...and how it names it
-    predicts: ClassVar[bool] = False  # writes predictions.jsonl (classification, seq2seq)
+    predicts: ClassVar[bool] = False  # writes predictions.jsonl (classification, seq2seq, SFT)
 
     def __init__(self, tokenizer, columns: Mapping[str, str | None], max_length: int):
         self.tokenizer = tokenizer

@@ -39,11 +39,18 @@ class InstructionTask(Task):
         prompt_template: str | None = None,
         chat_template: bool = True,
         packing: bool = False,
+        eval_generations: int = 32,
+        eval_max_new_tokens: int = 64,
     ):
         super().__init__(tokenizer, columns, max_length)
         self.prompt_template = prompt_template  # e.g. "{instruction}\n\n{input}"
         self.use_chat_template = chat_template and bool(getattr(tokenizer, "chat_template", None))
         self.packing = packing
+        # Not in options(): they change what is measured, not the processed rows.
+        self.eval_generations, self.eval_max_new_tokens = eval_generations, eval_max_new_tokens
+        if eval_generations:  # answers are generated: scored, written, and the headline
+            self.predicts = True
+            self.headline, self.headline_label = "val/rougeL", "validation ROUGE-L"
 
     def options(self) -> dict[str, Any]:
         return {
@@ -188,9 +195,25 @@ class InstructionTask(Task):
         return collate
 
     def evaluator(self):
-        from lit_ft.tasks.metrics import LanguageModelingEvaluator
+        from lit_ft.tasks.metrics import AnswerEvaluator, LanguageModelingEvaluator
 
-        return LanguageModelingEvaluator(shifted=True)
+        if not self.eval_generations:
+            return LanguageModelingEvaluator(shifted=True)
+        return AnswerEvaluator(self.tokenizer, self.eval_generations, self.eval_max_new_tokens)
+
+    def predict(self, model, batch) -> list[dict[str, Any]]:
+        """prompt, generated answer and reference of each example (packed rows split apart)."""
+        from lit_ft.tasks.answers import decode, examples_of, generate_answers
+
+        examples = examples_of(batch)
+        prompts = [e.prompt for e in examples]
+        answers = generate_answers(model, self.tokenizer, prompts, self.eval_max_new_tokens)
+        references = decode(self.tokenizer, [e.reference for e in examples])
+        inputs = self.tokenizer.batch_decode(prompts)  # special tokens kept: the chat layout
+        return [
+            {"input": p, "prediction": a, "label": r}
+            for p, a, r in zip(inputs, answers, references, strict=True)
+        ]
 
 
 def _template_fields(template: str) -> set[str]:
