@@ -281,6 +281,8 @@ def test_instruction_tuning_on_chats(run_cli, tmp_path, tiny_tokenizer_dir, refe
             "messages": [
                 {"role": "user", "content": f"Repeat the first word: {s}"},
                 {"role": "assistant", "content": s.split()[0]},
+                {"role": "user", "content": "And the last?"},
+                {"role": "assistant", "content": s.split()[-1]},
             ]
         }
         for s in _sentences(reference_text, 300)
@@ -301,7 +303,17 @@ def test_instruction_tuning_on_chats(run_cli, tmp_path, tiny_tokenizer_dir, refe
     ]
     results = _run(run_cli, args, tmp_path)
     _learned(results)
-    assert {"val/loss", "val/ppl"} <= set(results["metrics"]["after"])
+    # packed validation rows: answers generated from the examples split apart (test_answers.py)
+    assert {"val/loss", "val/ppl", "val/rougeL", "val/chrf"} <= set(results["metrics"]["after"])
+    # the template (plain: the tokenizer has none) is saved with the model, both answers of
+    # each chat were trained, and the pre-flight's example shows them marked
+    assert results["chat_template"] == "plain" and results["train_on"] == "all_assistant"
+    assert 0.5 < results["packing_efficiency"]["train"] <= 1.0
+    example = (tmp_path / "run" / "train_example.txt").read_text()
+    assert example.count("«") == example.count("»") >= 2 and "«" + " And the last" not in example
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(results["export_dir"]).chat_template
 
 
 def test_missing_task_column_lists_the_columns(run_cli, tmp_path):

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 
 from lit_ft.observe.log import say
+from lit_ft.tasks.answers import fit_positions
 
 
 def prompt_of(row: dict, prompt_tokens: int) -> list[int]:
@@ -28,19 +29,6 @@ def prompt_of(row: dict, prompt_tokens: int) -> list[int]:
         if 0 < start < len(labels):
             return row["input_ids"][:start]
     return row["input_ids"][:prompt_tokens]
-
-
-def fit_positions(prompt_ids: list[int], new_tokens: int, config) -> tuple[list[int], int]:
-    """Prompt and answer length within the model's positions: a whole instruction prompt can
-    fill them (e.g. 64 positions, a 60-token prompt, 32 new tokens), so the answer gets at most
-    half of them and the prompt keeps its end, the part nearest the answer."""
-    from lit_ft.model.build import max_positions
-
-    limit = max_positions(config)
-    if not limit:
-        return prompt_ids, new_tokens
-    new_tokens = max(1, min(new_tokens, limit // 2))
-    return prompt_ids[-(limit - new_tokens) :], new_tokens
 
 
 class SampleGenerations(L.Callback):

@@ -31,7 +31,7 @@ class Task:
     optional_columns: ClassVar[tuple[str, ...]] = ()  # ...that may be null
     headline: ClassVar[str] = "val/ppl"  # the number the end-of-run line leads with
     headline_label: ClassVar[str] = "validation perplexity"  # ...and how it names it
-    predicts: ClassVar[bool] = False  # writes predictions.jsonl (classification, seq2seq)
+    predicts: ClassVar[bool] = False  # writes predictions.jsonl (classification, seq2seq, SFT)
     shifted_labels: ClassVar[bool] = False  # causal LMs: token t's label is predicted at t-1
 
     def __init__(self, tokenizer, columns: Mapping[str, str | None], max_length: int):
@@ -104,6 +104,14 @@ class Task:
     def report(self) -> dict[str, Any]:
         """Facts of the processed data for results.json (e.g. packing efficiency)."""
         return {}
+
+    def training_loss(self, model, batch: Mapping[str, torch.Tensor]):
+        """(mean loss over the batch's targets, their count, extra metrics to log) for one
+        training micro-batch. The module weighs micro-batches by the count
+        (lit_ft/training/step_loss.py); a task with its own objective (e.g. preference pairs)
+        or its own way to the loss (chunked cross-entropy) overrides this."""
+        outputs = model(**model_inputs(batch))
+        return outputs.loss, self.count_targets(batch), {}
 
     def count_targets(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """How many targets the model's loss for `batch` is a mean over (the token weight)."""

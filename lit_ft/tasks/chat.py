@@ -81,6 +81,16 @@ def resolve_template(tokenizer, setting: str | None) -> str:
     return setting if setting in NAMED_TEMPLATES else "a Jinja string"
 
 
+def end_of_turn(tokenizer) -> str | None:
+    """The text the template closes an assistant turn with ("<|im_end|>", "<|eot_id|>"), where
+    generated answers stop; None when it adds nothing, or only the EOS token."""
+    marker = "\x00answer\x00"
+    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}]
+    text = render(tokenizer, chat, generation_prompt=False)
+    after = text[text.rfind(marker) + len(marker) :].strip() if marker in text else ""
+    return after if after and after != tokenizer.eos_token else None
+
+
 def render(tokenizer, messages: Sequence[dict[str, Any]], generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(
         list(messages), add_generation_prompt=generation_prompt, tokenize=False

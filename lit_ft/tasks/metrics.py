@@ -7,6 +7,8 @@ An evaluator is updated with every validation/test batch and the model's outputs
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -30,6 +32,11 @@ class Evaluator(torch.nn.Module):
     def reset(self) -> None:
         for metric in self.children():
             metric.reset()
+
+    def generation_cost(self) -> tuple[int, float] | None:
+        """(answers generated, seconds) on this process since the last reset; None when the
+        evaluator generates nothing besides its forward passes."""
+        return None
 
 
 class LanguageModelingEvaluator(Evaluator):
@@ -167,6 +174,82 @@ class Seq2SeqEvaluator(Evaluator):
             **{key: rouge[f"{key}_fmeasure"] for key in ("rouge1", "rouge2", "rougeL")},
             "bleu": self.bleu.compute(),
         }
+
+
+class AnswerEvaluator(LanguageModelingEvaluator):
+    """Loss and perplexity on the responses, plus the answers a causal LM generates for the
+    first `num_prompts` validation prompts, scored against the references: ROUGE-L (F1 of the
+    longest common word subsequence), chrF (character n-gram F-score, n = 1..6, beta = 2) and
+    exact match (the same text after trimming and collapsing whitespace).
+
+    The validation loader is not shuffled, so the first prompts are the same ones at every
+    validation and the scores compare across validations. Under DDP each of w processes
+    generates for its first ceil(num_prompts / w) examples (e.g. 32 over 2: 16 each, rows
+    0, 2, 4, ... and 1, 3, 5, ... of the validation split) and torchmetrics sums the states.
+    """
+
+    def __init__(
+        self, tokenizer, num_prompts: int, max_new_tokens: int, stop: str | None = None
+    ) -> None:
+        super().__init__(shifted=True)
+        from torchmetrics.text import CHRFScore, ROUGEScore
+
+        self.tokenizer = tokenizer
+        self.num_prompts, self.max_new_tokens, self.stop = num_prompts, max_new_tokens, stop
+        self.rouge = ROUGEScore(rouge_keys="rougeL")
+        self.chrf = CHRFScore(n_word_order=0)  # chrF, not chrF++ (which adds word n-grams)
+        self.exact = MeanMetric()
+        self.generated, self.seconds = 0, 0.0
+
+    def update(self, batch, outputs, model) -> None:
+        super().update(batch, outputs, model)
+        wanted = self._share() - self.generated
+        if wanted <= 0:
+            return
+        from lit_ft.tasks.answers import decode, examples_of, generate_answers
+
+        started = time.perf_counter()
+        examples = examples_of(batch)[:wanted]
+        prompts = [e.prompt for e in examples]
+        # Twice the longest reference (+4) is plenty: a longer answer scores badly anyway,
+        # and a tiny model that never says EOS would otherwise decode the full bound.
+        longest = max((len(e.reference) for e in examples), default=0)
+        bound = min(self.max_new_tokens, 2 * longest + 4)
+        answers = generate_answers(model, self.tokenizer, prompts, bound, self.stop)
+        self.score(answers, decode(self.tokenizer, [e.reference for e in examples], self.stop))
+        self.generated += len(examples)
+        self.seconds += time.perf_counter() - started  # decode() read the ids: work is done
+
+    def score(self, answers: list[str], references: list[str]) -> None:
+        if not answers:
+            return
+        self.rouge.update(answers, references)
+        self.chrf.update(answers, [[r] for r in references])
+        same = [_normalized(a) == _normalized(r) for a, r in zip(answers, references, strict=True)]
+        self.exact.update(torch.tensor(same, dtype=torch.float))
+
+    def _share(self) -> int:
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        return math.ceil(self.num_prompts / world)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {
+            **super().compute(),
+            "rougeL": self.rouge.compute()["rougeL_fmeasure"],
+            "chrf": self.chrf.compute(),
+            "exact_match": self.exact.compute(),
+        }
+
+    def reset(self) -> None:
+        super().reset()
+        self.generated, self.seconds = 0, 0.0
+
+    def generation_cost(self) -> tuple[int, float] | None:
+        return self.generated, self.seconds
+
+
+def _normalized(text: str) -> str:
+    return " ".join(text.split())
 
 
 def generate_text(model, tokenizer, batch, **generate_kwargs) -> list[str]:

@@ -22,10 +22,12 @@ import torch
 
 from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
+from lit_ft.tasks.answers import generation_problems
 from lit_ft.tasks.base import PadCollator, Task, TaskContext, example_lengths, pad_rows
 from lit_ft.tasks.chat import (
     TRAIN_ON,
     answer_spans,
+    end_of_turn,
     marked,
     resolve_template,
     template_problem,
@@ -56,6 +58,8 @@ class InstructionTask(Task):
         chat_template: str | None = None,
         train_on: str = "all_assistant",
         packing: bool = False,
+        eval_generations: int = 32,
+        eval_max_new_tokens: int = 64,
     ):
         super().__init__(tokenizer, columns, max_length)
         self.prompt_template = prompt_template  # e.g. "{instruction}\n\n{input}"
@@ -64,6 +68,11 @@ class InstructionTask(Task):
         self.train_on = train_on
         self.packing = packing
         self.packing_efficiency: dict[str, float] = {}  # per split, once packed
+        # Not in options(): they change what is measured, not the processed rows.
+        self.eval_generations, self.eval_max_new_tokens = eval_generations, eval_max_new_tokens
+        if eval_generations:  # answers are generated: scored, written, and the headline
+            self.predicts = True
+            self.headline, self.headline_label = "val/rougeL", "validation ROUGE-L"
 
     @classmethod
     def option_problems(cls, options) -> Problems:
@@ -74,6 +83,7 @@ class InstructionTask(Task):
             train_on in TRAIN_ON,
             f"task.train_on='{train_on}' is unknown; use one of {', '.join(TRAIN_ON)}",
         )
+        problems += generation_problems(options)
         return problems
 
     def options(self) -> dict[str, Any]:
@@ -220,9 +230,31 @@ class InstructionTask(Task):
         return collate
 
     def evaluator(self):
-        from lit_ft.tasks.metrics import LanguageModelingEvaluator
+        from lit_ft.tasks.metrics import AnswerEvaluator, LanguageModelingEvaluator
 
-        return LanguageModelingEvaluator(shifted=True)
+        if not self.eval_generations:
+            return LanguageModelingEvaluator(shifted=True)
+        return AnswerEvaluator(
+            self.tokenizer,
+            self.eval_generations,
+            self.eval_max_new_tokens,
+            stop=end_of_turn(self.tokenizer),
+        )
+
+    def predict(self, model, batch) -> list[dict[str, Any]]:
+        """prompt, generated answer and reference of each example (packed rows split apart)."""
+        from lit_ft.tasks.answers import decode, examples_of, generate_answers
+
+        examples = examples_of(batch)
+        prompts = [e.prompt for e in examples]
+        stop = end_of_turn(self.tokenizer)
+        answers = generate_answers(model, self.tokenizer, prompts, self.eval_max_new_tokens, stop)
+        references = decode(self.tokenizer, [e.reference for e in examples], stop)
+        inputs = self.tokenizer.batch_decode(prompts)  # special tokens kept: the chat layout
+        return [
+            {"input": p, "prediction": a, "label": r}
+            for p, a, r in zip(inputs, answers, references, strict=True)
+        ]
 
 
 def _template_fields(template: str) -> set[str]:

@@ -3,6 +3,7 @@ the task's evaluation metrics (`lit_ft.tasks.metrics`) for validation and test."
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,7 @@ import lightning as L
 import torch
 
 from lit_ft.model.build import ModelSpec, build_model
+from lit_ft.observe.log import say
 from lit_ft.tasks import Task
 from lit_ft.tasks.base import model_inputs
 from lit_ft.training.optim import warmup_steps_for, weight_decay_groups
@@ -58,6 +60,8 @@ class FineTuneModule(L.LightningModule):
         # DeepSpeed, whose engine owns backward and the gradient buffers.
         self.step_loss = StepLoss(scale=targets_per_batch)
         self.token_weighted = True
+        self._validation_started = time.perf_counter()
+        self._generation_cost_said = False
 
     def forward(self, **batch: torch.Tensor):
         return self.model(**model_inputs(batch))
@@ -69,13 +73,16 @@ class FineTuneModule(L.LightningModule):
         self.step_loss.reset()  # a resumed run starts on a step boundary
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self(**batch).loss
+        loss, targets, metrics = self.task.training_loss(self.model, batch)
         self.last_train_loss = loss.detach()
+        rows = batch["input_ids"].shape[0]
+        if metrics:  # e.g. preference tuning's reward accuracy and margins
+            self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=rows)
         if not self.token_weighted:
-            self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+            self.log("train/loss", loss, prog_bar=True, batch_size=rows)
             self.step_loss.value = self.last_train_loss
             return loss
-        return self.step_loss.backward_loss(loss, self.task.count_targets(batch))
+        return self.step_loss.backward_loss(loss, targets)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if not self.token_weighted:
@@ -91,12 +98,28 @@ class FineTuneModule(L.LightningModule):
     # in one cannot be updated in place in the other.
     def on_validation_epoch_start(self) -> None:
         self.evaluator.reset()
+        self._validation_started = time.perf_counter()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self.evaluator.update(batch, self(**batch), self.model)
 
     def on_validation_epoch_end(self) -> None:
         self._log_evaluation("val")
+        if not self.trainer.sanity_checking:
+            self._say_generation_cost(time.perf_counter() - self._validation_started)
+
+    def _say_generation_cost(self, validation_seconds: float) -> None:
+        """Once per run: what generating answers adds to a validation pass (this process's
+        share; the pass's seconds include them, e.g. 1.2 s of a 3.4 s pass)."""
+        cost = self.evaluator.generation_cost()
+        if cost is None or not cost[0] or self._generation_cost_said:
+            return
+        self._generation_cost_said = True
+        answers, seconds = cost
+        say(
+            f"scored {answers} generated answers in {seconds:.2f} s of a "
+            f"{validation_seconds:.2f} s validation pass ({seconds / validation_seconds:.0%})"
+        )
 
     def on_test_epoch_start(self) -> None:
         self.evaluator.reset()
