@@ -165,6 +165,7 @@ def build_network(spec: ModelSpec, data: PreparedData, lora, compile_options: di
     model = pad_vocab(model, spec.pad_vocab_to_multiple_of)
     model = prepare_model(model, gradient_checkpointing=spec.gradient_checkpointing, lora=lora)
     data.task.check_model(model)  # e.g. packing needs attention that reads position ids
+    data.task.prepare_with_model(model, data.datamodule)  # e.g. DPO's reference log-probs
     compile_model(model, **compile_options)
     return model
 

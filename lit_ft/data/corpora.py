@@ -156,12 +156,30 @@ def _python_docstring_chats() -> Iterator[str]:
         yield json.dumps({"package": row["package"], "messages": messages}) + "\n"
 
 
+def _python_docstring_preferences() -> Iterator[str]:
+    """Preference pairs: for "One-line docstring for <module>.<name><signature>:", the
+    function's real summary line is chosen over the summary of the next documented function
+    of the same package (plausible, on topic, and wrong)."""
+    by_package: dict[str, list[dict]] = {}
+    for row in docstring_rows(min_paragraphs=1):
+        by_package.setdefault(row["package"], []).append(row)
+    for rows in by_package.values():
+        for i, row in enumerate(rows if len(rows) > 1 else []):
+            other = rows[(i + 1) % len(rows)]
+            if other["summary"] == row["summary"]:
+                continue
+            prompt = f"One-line docstring for {row['module']}.{row['name']}{row['signature']}:"
+            pair = {"prompt": prompt, "chosen": row["summary"], "rejected": other["summary"]}
+            yield json.dumps(pair) + "\n"
+
+
 CORPORA: dict[str, Callable[[], Iterator[str]]] = {
     "python_reference": _python_reference,  # text, for data.path=text
     "python_source": _python_source,  # JSON lines, for data.path=json
     "python_docstrings": _python_docstrings,  # JSON lines, for data.path=json
     "python_docstring_topics": _python_docstring_topics,  # JSON lines, for data.path=json
     "python_docstring_chats": _python_docstring_chats,  # JSON lines of {"messages": [...]}
+    "python_docstring_preferences": _python_docstring_preferences,  # prompt, chosen, rejected
 }
 
 
@@ -172,6 +190,7 @@ CORPUS_FILES = {
     "python_docstrings": "python_docstrings.jsonl",
     "python_docstring_topics": "python_docstring_topics.jsonl",
     "python_docstring_chats": "python_docstring_chats.jsonl",
+    "python_docstring_preferences": "python_docstring_preferences.jsonl",
 }
 
 

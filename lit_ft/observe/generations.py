@@ -23,6 +23,8 @@ from lit_ft.tasks.answers import fit_positions
 def prompt_of(row: dict, prompt_tokens: int) -> list[int]:
     """The prompt part of a validation row: everything before the first trained token when
     the row carries labels (instruction tuning), else the first `prompt_tokens` tokens."""
+    if "input_ids" not in row and "chosen_input_ids" in row:  # a preference pair: its prompt
+        row = {"input_ids": row["chosen_input_ids"], "labels": row["chosen_labels"]}
     labels = row.get("labels")
     if isinstance(labels, list) and labels:
         start = next((i for i, label in enumerate(labels) if label != -100), len(labels))

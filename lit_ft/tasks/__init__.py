@@ -16,6 +16,7 @@ from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
 from lit_ft.tasks.base import Task, TaskContext
 from lit_ft.tasks.causal_lm import CausalLMTask
+from lit_ft.tasks.dpo import PreferenceTask
 from lit_ft.tasks.masked_lm import MaskedLMTask
 from lit_ft.tasks.seq2seq import Seq2SeqTask
 from lit_ft.tasks.sequence_classification import SequenceClassificationTask
@@ -31,6 +32,7 @@ TASKS: dict[str, type[Task]] = {
         TokenClassificationTask,
         Seq2SeqTask,
         MaskedLMTask,
+        PreferenceTask,
     )
 }
 

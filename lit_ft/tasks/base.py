@@ -84,6 +84,10 @@ class Task:
     def check_model(self, model) -> None:
         """Refuse, before training, a built model that cannot do what the task asks of it."""
 
+    def prepare_with_model(self, model, datamodule) -> None:
+        """Processing that needs the built model (e.g. preference tuning's precomputed
+        reference log-probabilities), run once before training."""
+
     def preprocess(self, dataset, split: str, context: TaskContext):
         """Raw rows -> model-ready rows (lists of token ids). Implemented by each task."""
         raise NotImplementedError
@@ -157,10 +161,16 @@ def target_count(labels: torch.Tensor, shifted: bool) -> torch.Tensor:
 
 
 def example_lengths(dataset):
-    """Tokens per row as an Arrow array, read from the column (no Python lists of ids)."""
+    """Tokens per row as an Arrow array, read from the columns (no Python lists of ids): of
+    `input_ids`, or of all `*_input_ids` together (a preference pair's two answers)."""
     import pyarrow.compute as pc
 
-    return pc.list_value_length(dataset.with_format("arrow")["input_ids"])
+    arrow = dataset.with_format("arrow")
+    names = [c for c in dataset.column_names if c == "input_ids" or c.endswith("_input_ids")]
+    lengths = pc.list_value_length(arrow[names[0]])
+    for name in names[1:]:
+        lengths = pc.add(lengths, pc.list_value_length(arrow[name]))
+    return lengths
 
 
 def pad_rows(rows: list[list[int]], value: int, length: int | None = None) -> torch.Tensor:

@@ -262,3 +262,40 @@ def generate_text(model, tokenizer, batch, **generate_kwargs) -> list[str]:
 def decode_labels(tokenizer, labels: torch.Tensor) -> list[str]:
     ids = labels.masked_fill(labels == -100, tokenizer.pad_token_id)
     return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+class PreferenceEvaluator(Evaluator):
+    """Preference tuning on held-out pairs: the loss, reward accuracy and margin, the chosen
+    and rejected rewards and log-probabilities, each a mean over pairs (lit_ft/tasks/dpo.py
+    computes them; this keeps the sums across batches and processes)."""
+
+    NAMES = (
+        "reward_accuracy",
+        "reward_margin",
+        "chosen_reward",
+        "rejected_reward",
+        "chosen_logps",
+        "rejected_logps",
+    )
+
+    def __init__(self, task) -> None:
+        super().__init__()
+        self.task = task
+        self.means = torch.nn.ModuleDict({name: MeanMetric() for name in self.NAMES})
+
+    def update(self, batch, outputs, model) -> None:
+        from lit_ft.tasks.preference import pair_metrics
+
+        loss, chosen, rejected, policy = self.task.scores(model, batch, outputs.logits)
+        pairs = loss.shape[0]
+        self.loss.update(loss.mean(), weight=pairs)
+        for name, value in pair_metrics(loss, chosen, rejected, policy).items():
+            self.means[name].update(value, weight=pairs)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {"loss": self.loss.compute(), **{k: m.compute() for k, m in self.means.items()}}
+
+    def reset(self) -> None:
+        self.loss.reset()
+        for metric in self.means.values():
+            metric.reset()

@@ -1,0 +1,260 @@
+"""Preference tuning (task=dpo): each loss on a hand-computed example, the ln 2 start, the
+reference without a second copy (LoRA adapters off, precomputed), and TRL's DPOTrainer
+step for step on the same model, pairs and optimizer."""
+
+from __future__ import annotations
+
+import copy
+import math
+from functools import partial
+
+import datasets
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lit_ft.model.build import ModelSpec
+from lit_ft.tasks import TaskContext
+from lit_ft.tasks.dpo import PreferenceTask
+from lit_ft.tasks.preference import PairScores, answer_logps, preference_loss
+from lit_ft.training.module import FineTuneModule
+
+COLUMNS = {"prompt_column": "prompt", "chosen_column": "chosen", "rejected_column": "rejected"}
+PAIRS = {
+    "prompt": ["Name a colour.", "Say yes.", "Count to three.", "Greet me."],
+    "chosen": ["red", "yes", "1 2 3", "hello there"],
+    "rejected": ["blue sky", "no", "four", "go away"],
+}
+
+
+# -- the losses, by hand ------------------------------------------------------------------
+def _scores(c, r, nc=1, nr=1) -> PairScores:
+    t = partial(torch.tensor, dtype=torch.float64)
+    return PairScores(t([c]), t([r]), t([nc]), t([nr]))
+
+
+def test_each_loss_on_a_hand_computed_pair():
+    # policy: chosen -4, rejected -9 (5 and 3 tokens); reference: chosen -5, rejected -7
+    policy, reference, beta = _scores(-4.0, -9.0, 5, 3), _scores(-5.0, -7.0), 0.1
+    # delta = (-4 - -5) - (-9 - -7) = 1 + 2 = 3
+    sigmoid, chosen, rejected = preference_loss("sigmoid", beta, policy, reference)
+    assert sigmoid.item() == pytest.approx(math.log(1 + math.exp(-0.3)))  # -log sigmoid(0.3)
+    assert (chosen.item(), rejected.item()) == pytest.approx((0.1, -0.2))  # beta x ratios
+    hinge, _, _ = preference_loss("hinge", beta, policy, reference)
+    assert hinge.item() == pytest.approx(0.7)  # max(0, 1 - 0.3)
+    # IPO on per-token ratios: 1/5 - (-2)/3 = 0.8667; (0.8667 - 1/(2 x 0.1))^2 = 4.1333^2
+    ipo, _, _ = preference_loss("ipo", beta, policy, reference)
+    assert ipo.item() == pytest.approx((1 / 5 + 2 / 3 - 5) ** 2)
+    # SimPO, no reference: mean log-probs -0.8 and -3; -log sigmoid(0.1 x 2.2 - 0.5)
+    simpo, chosen, rejected = preference_loss("simpo", beta, policy, None, gamma=0.5)
+    assert simpo.item() == pytest.approx(math.log(1 + math.exp(-(0.22 - 0.5))))
+    assert (chosen.item(), rejected.item()) == pytest.approx((-0.08, -0.3))
+
+
+def test_answer_log_probabilities_sum_the_labelled_tokens_only():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 1, 2, 3, 6]])
+    sums, counts = answer_logps(logits, labels)
+    logp = logits.log_softmax(-1)
+    # logits at t predict token t+1
+    assert sums[0].item() == pytest.approx((logp[0, 1, 3] + logp[0, 2, 4]).item(), abs=1e-5)
+    assert counts.tolist() == [2, 4]
+
+
+# -- the task on a tiny GPT-2 ----------------------------------------------------------------
+def _model(seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=512, resid_pdrop=0.0,
+        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    return GPT2LMHeadModel(config)
+
+
+@pytest.fixture
+def tokenizer(gpt2_tokenizer):
+    copied = copy.deepcopy(gpt2_tokenizer)
+    copied.chat_template = None
+    return copied
+
+
+def _task_and_rows(tokenizer, **options):
+    task = PreferenceTask(tokenizer, COLUMNS, max_length=64, chat_template="chatml", **options)
+    rows = task.preprocess(
+        datasets.Dataset.from_dict(PAIRS), "train", TaskContext("t", load_from_cache=False)
+    )
+    return task, rows
+
+
+def test_the_answers_alone_are_scored_chosen_first(tokenizer):
+    task, rows = _task_and_rows(tokenizer)
+    batch = task.collate()([rows[i] for i in range(4)])
+    assert batch["input_ids"].shape[0] == 8  # 4 pairs: chosen rows, then rejected rows
+    trained = [tokenizer.decode([t for t in row if t != -100]) for row in batch["labels"].tolist()]
+    assert trained[:4] == [f"{a}<|im_end|>\n" for a in PAIRS["chosen"]]
+    assert trained[4:] == [f"{a}<|im_end|>\n" for a in PAIRS["rejected"]]
+    assert "chosen: <|im_start|>user" in task.preview(rows)
+
+
+def test_the_first_step_loss_is_ln_2_with_a_frozen_copy_as_reference(tokenizer):
+    task, rows = _task_and_rows(tokenizer)
+    model = _model()
+    task.check_model(model)
+    assert task.reference_kind == "a frozen copy of the starting model"
+    batch = task.collate()([rows[i] for i in range(4)])
+    loss, pairs, metrics = task.training_loss(model, batch)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6) and int(pairs) == 4
+    assert metrics["reward_margin"].item() == 0.0
+    loss.backward()  # the policy gets gradients, the reference none
+    assert next(model.parameters()).grad is not None
+    assert all(p.grad is None for p in task._reference.parameters())
+
+
+def test_lora_reference_is_the_base_with_adapters_off(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    task, rows = _task_and_rows(tokenizer)
+    base = _model()
+    batch = task.collate()([rows[i] for i in range(4)])
+    with torch.no_grad():
+        expected = answer_logps(base(input_ids=batch["input_ids"]).logits, batch["labels"])
+    peft = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["c_attn"]))
+    with torch.no_grad():  # trained adapters: B is no longer zero
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    task.check_model(peft)
+    assert task.reference_kind == "the same network with its LoRA adapters off"
+    sums, counts = task.reference_logps(peft, batch)
+    torch.testing.assert_close(sums, expected[0])
+    with torch.no_grad():
+        adapted = answer_logps(peft(input_ids=batch["input_ids"]).logits, batch["labels"])[0]
+    assert not torch.allclose(adapted, expected[0])  # the adapters do change the policy
+
+
+def test_precomputed_reference_equals_the_frozen_copy(tokenizer):
+    task, rows = _task_and_rows(tokenizer, precompute_reference=True)
+    model = _model()
+    task.check_model(model)
+
+    class Data:  # what prepare_with_model reads of the datamodule
+        datasets = {"train": rows, "validation": None}
+
+    data = Data()
+    task.prepare_with_model(model, data)
+    assert {"reference_chosen", "reference_rejected"} <= set(data.datasets["train"].column_names)
+    batch = task.collate()([data.datasets["train"][i] for i in range(4)])
+    with torch.no_grad():
+        expected = answer_logps(model(input_ids=batch["input_ids"]).logits, batch["labels"])[0]
+    torch.testing.assert_close(batch["_reference_logps"], expected, atol=1e-5, rtol=1e-5)
+    loss, _, _ = task.training_loss(model, batch)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_bad_dpo_options_are_reported_together():
+    from lit_ft.config import compose
+    from lit_ft.config.validate import validate_config
+    from lit_ft.errors import LitFtError
+
+    cfg = compose(["task=dpo", "task.loss=kto", "task.beta=0"])
+    with pytest.raises(LitFtError) as err:
+        validate_config(cfg)
+    assert "task.loss='kto'" in str(err.value) and "task.beta must be a positive" in str(err.value)
+
+
+# -- against TRL's DPOTrainer ---------------------------------------------------------------
+STEPS, LR, BETA = 4, 1e-2, 0.1
+
+
+def _lit_ft_steps(tokenizer) -> list[dict]:
+    task, rows = _task_and_rows(tokenizer, beta=BETA)
+    model = _model()
+    task.check_model(model)
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            metrics = trainer.callback_metrics
+            seen.append(
+                {
+                    "loss": float(pl_module.step_loss.value),
+                    "accuracy": float(metrics["train/reward_accuracy"]),
+                    "margin": float(metrics["train/reward_margin"]),
+                }
+            )
+
+    module = FineTuneModule(
+        ModelSpec(task="dpo", name_or_path="unused"),
+        optimizer=partial(torch.optim.AdamW, lr=LR, weight_decay=0.0),
+        scheduler=None,
+        num_training_steps=STEPS,
+        task=task,
+        model=model,
+    )
+    loader = DataLoader(list(rows), batch_size=4, shuffle=False, collate_fn=task.collate())
+    trainer = L.Trainer(
+        max_steps=STEPS, precision="32-true", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        callbacks=[Record()],
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=loader)
+    return seen
+
+
+def _trl_steps(tokenizer, tmp_path) -> list[dict]:
+    from trl import DPOConfig, DPOTrainer
+
+    conversational = datasets.Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": p}] for p in PAIRS["prompt"]],
+            "chosen": [[{"role": "assistant", "content": c}] for c in PAIRS["chosen"]],
+            "rejected": [[{"role": "assistant", "content": r}] for r in PAIRS["rejected"]],
+        }
+    )
+    args = DPOConfig(
+        output_dir=str(tmp_path / "trl"), per_device_train_batch_size=4, max_steps=STEPS,
+        learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
+        max_grad_norm=0.0, beta=BETA, loss_type=["sigmoid"], logging_steps=1, report_to=[],
+        use_cpu=True, save_strategy="no", seed=0, max_length=64, dataloader_drop_last=False,
+        bf16=False,  # TRL defaults to bf16 autocast; lit_ft runs this at 32-true
+    )  # fmt: skip
+    trainer = DPOTrainer(  # the reference: the same starting weights (TRL reloads by path)
+        model=_model(),
+        ref_model=_model(),
+        args=args,
+        train_dataset=conversational,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    logged = [e for e in trainer.state.log_history if "loss" in e and "rewards/accuracies" in e]
+    return [
+        {"loss": e["loss"], "accuracy": e["rewards/accuracies"], "margin": e["rewards/margins"]}
+        for e in logged
+    ]
+
+
+@pytest.mark.slow
+def test_per_step_loss_and_reward_accuracy_match_trl(tokenizer, tmp_path):
+    """Same tiny GPT-2, the same 4 pairs as one batch, AdamW at a constant learning rate, no
+    clipping: lit_ft's step losses, reward accuracies and margins equal TRL's."""
+    from lit_ft.tasks.chat import NAMED_TEMPLATES
+
+    ours = _lit_ft_steps(tokenizer)
+    trl_tokenizer = copy.deepcopy(tokenizer)
+    trl_tokenizer.chat_template = NAMED_TEMPLATES["chatml"]
+    theirs = _trl_steps(trl_tokenizer, tmp_path)
+    print("step  lit_ft loss  TRL loss  lit_ft acc  TRL acc")
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        row = f"{a['loss']:.6f}  {b['loss']:.6f}  {a['accuracy']:.2f}  {b['accuracy']:.2f}"
+        print(f"{i + 1:>4}  {row}")
+    assert len(ours) == len(theirs) == STEPS
+    assert ours[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+        assert a["accuracy"] == pytest.approx(b["accuracy"])
+        assert a["margin"] == pytest.approx(b["margin"], abs=1e-4)
+    assert ours[-1]["loss"] < ours[0]["loss"]  # and it learns
