@@ -186,13 +186,14 @@ def print_plan(
     params = sum(p.numel() for p in module.model.parameters())
     # fp32 weights + AdamW's two moments: 12 bytes per parameter (plus small loop state)
     checkpoint_mb = params * 12 / 2**20
+    rows, per_row = data.task.row_name, data.task.sequences_per_row  # dpo: pairs, 2
     say(
         f"task {data.task.name}: {train_data} train / {len(validation):,} "
-        f"validation sequences of up to {length} tokens{per_epoch}"
+        f"validation {rows} of up to {length} tokens{per_epoch}"
     )
     say(
-        f"step: {batch} sequences x {accumulate} accumulation x {world_size} devices = "
-        f"{sequences} sequences = up to {sequences * length:,} tokens per optimizer step"
+        f"step: {batch} {rows} x {accumulate} accumulation x {world_size} devices = "
+        f"{sequences} {rows} = up to {sequences * per_row * length:,} tokens per optimizer step"
     )
     say(
         f"schedule: {num_steps:,} optimizer steps, {module.warmup_steps:,} warmup; "

@@ -108,6 +108,30 @@ def test_length_grouped_instruction_run_resumes_exactly(
     _check_kill_and_resume(run_cli, tmp_path, common, tiny_tokenizer_dir, text_file, 30, 0)
 
 
+def test_dpo_run_resumes_exactly(run_cli, tiny_tokenizer_dir, text_file, tmp_path):
+    """Preference tuning with a frozen reference copy: the resumed run's reference is again
+    the starting model (copied before the checkpoint loads), so losses match bit for bit."""
+    words = text_file.read_text().split()
+    rows = [
+        {"prompt": " ".join(words[i : i + 3]), "chosen": words[i + 3], "rejected": words[i + 7]}
+        for i in range(0, 1700, 10)
+    ]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = [
+        "task=dpo",
+        "data.path=json",
+        f"data.data_files={data}",
+        "data.batch_size=8",  # 161 training pairs: 21 batches, one epoch
+        "trainer.max_epochs=1",
+        "trainer.max_steps=-1",
+        "callbacks.resumable_checkpoint.every_n_train_steps=4",
+        "callbacks.generations.num_prompts=0",
+        "evaluate_before=false",
+    ]
+    _check_kill_and_resume(run_cli, tmp_path, common, tiny_tokenizer_dir, text_file, 10, 0)
+
+
 def _check_kill_and_resume(
     run_cli, tmp_path, common, tokenizer_dir, text_file, kill_step, micro, sig="SIGKILL"
 ):

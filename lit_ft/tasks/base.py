@@ -33,6 +33,8 @@ class Task:
     headline_label: ClassVar[str] = "validation perplexity"  # ...and how it names it
     predicts: ClassVar[bool] = False  # writes predictions.jsonl (classification, seq2seq, SFT)
     shifted_labels: ClassVar[bool] = False  # causal LMs: token t's label is predicted at t-1
+    row_name: ClassVar[str] = "sequences"  # what one training row is, in the pre-flight
+    sequences_per_row: ClassVar[int] = 1  # ...and how many sequences it puts through the model
 
     def __init__(self, tokenizer, columns: Mapping[str, str | None], max_length: int):
         self.tokenizer = tokenizer
