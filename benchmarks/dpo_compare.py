@@ -44,7 +44,7 @@ def lit_ft_overrides(steps: int, output_dir: str) -> list[str]:
         f"optimizer.lr={LR}",
         "scheduler=constant",
         "scheduler.warmup_ratio=0",
-        "trainer.limit_val_batches=0",
+        "trainer.limit_val_batches=2",  # the final evaluation only: 2 batches
         "evaluate_before=false",
         "export=false",
         "predict=false",

@@ -220,8 +220,9 @@ def show_training_example(task, train, output_dir: Path) -> None:
 
 # -- evaluation --------------------------------------------------------------------------------
 def evaluate(trainer, module, datamodule, ckpt_path: str | None = None) -> dict[str, float]:
-    (metrics,) = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
-    return {key: float(value) for key, value in metrics.items()}
+    found = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    # trainer.limit_val_batches=0: Lightning validates nothing and returns no metrics
+    return {key: float(value) for key, value in (found[0] if found else {}).items()}
 
 
 def evaluate_final(trainer, module, datamodule) -> tuple[dict[str, float], str | None]:
@@ -336,8 +337,8 @@ def write_results(results: dict[str, Any], task) -> None:
     before, after = results["metrics"]["before"], results["metrics"]["after"]
     name, label = task.headline, task.headline_label
     digits = 2 if name.endswith("ppl") else 4
-    headline = f"{label} {after[name]:.{digits}f}"
-    if before and name in before:
+    headline = f"{label} {after[name]:.{digits}f}" if name in after else "not validated"
+    if before and name in before and name in after:
         headline = f"{label} {before[name]:.{digits}f} -> {after[name]:.{digits}f}"
     say(
         f"done in {results['wall_time_s']:.1f}s: {headline}; "
