@@ -143,7 +143,7 @@ def test_user_errors_exit_2_with_one_message(run_cli, tiny_overrides):
     result = run_cli([*tiny_overrides, "ckpt_path=last", "task.name=translation"])
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert "task.name='translation' is unknown; available: causal-lm, instruction" in result.stderr
+    assert "task.name='translation' is unknown; available: causal_lm, instruction" in result.stderr
 
     result = run_cli([*tiny_overrides, "ckpt_path=last"])
     assert result.returncode == 2 and "Traceback" not in result.stderr

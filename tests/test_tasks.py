@@ -343,9 +343,25 @@ def test_every_task_config_builds_its_task(name):
     tokenizer = AutoTokenizer.from_pretrained(MINILM)
     columns = {key: cfg.data.get(key) for key in COLUMN_KEYS}
     task = build_task(options.pop("name"), tokenizer, columns, 64, **options)
-    assert task.name == cfg.task.name and task.collate() is not None
+    assert task.name == cfg.task.name == name and task.collate() is not None  # task=<name>
     if not hasattr(task, "labels"):  # label tasks size their metrics after reading the data
         assert task.evaluator() is not None
+
+
+def test_checkpoints_with_the_old_task_spelling_still_read():
+    """Checkpoints (model_spec.task) and configs made before the rename say `causal-lm`."""
+    from lit_ft.data.streaming import streaming_problems
+    from lit_ft.model.build import ModelSpec
+    from lit_ft.tasks import PREVIOUS_NAMES, get_task, task_problems
+
+    assert PREVIOUS_NAMES["causal-lm"] == "causal_lm"
+    assert get_task("seq2seq-lm") is get_task("seq2seq")
+    assert get_task("sequence-classification").name == "sequence_classification"
+    assert ModelSpec(name_or_path="x").task == "causal_lm"
+    assert not task_problems("causal-lm", {"text_column": "text"})
+    data = {"streaming": True, "group_by_length": False}
+    assert not streaming_problems(data, 10, "causal-lm")
+    assert not streaming_problems(data, 10, "causal_lm")
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

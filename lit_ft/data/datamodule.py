@@ -237,7 +237,7 @@ def build_datamodule(
     tokenizer, task: Task, streaming: bool = False, streaming_validation_rows: int = 1000, **kw
 ):
     """The datamodule for `cfg.data`: in memory (above), or streamed (lit_ft.data.streaming, text
-    blocks for causal-lm only)."""
+    blocks for causal_lm only)."""
     if streaming:
         from lit_ft.data.streaming import StreamingDataModule
 

@@ -1,4 +1,4 @@
-"""seq2seq-lm: text in, text out (summarization, translation) with an encoder-decoder model."""
+"""seq2seq: text in, text out (summarization, translation) with an encoder-decoder model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from lit_ft.tasks.base import Task, TaskContext
 
 
 class Seq2SeqTask(Task):
-    name = "seq2seq-lm"
+    name = "seq2seq"
+    previous_name = "seq2seq-lm"  # before names matched conf/task/<name>.yaml
     auto_class = "AutoModelForSeq2SeqLM"
     description = "generate a target text from a source text (encoder-decoder)"
     predicts = True

@@ -1,4 +1,4 @@
-"""sequence-classification: one label per text (or text pair), e.g. sentiment or topic."""
+"""sequence_classification: one label per text (or text pair), e.g. sentiment or topic."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from lit_ft.tasks.labelled import LabelledTask
 
 
 class SequenceClassificationTask(LabelledTask):
-    name = "sequence-classification"
+    name = "sequence_classification"
+    previous_name = "sequence-classification"  # before names matched conf/task/<name>.yaml
     auto_class = "AutoModelForSequenceClassification"
     description = "one label per text or text pair"
     predicts = True
