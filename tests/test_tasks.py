@@ -186,6 +186,11 @@ def test_sequence_classification_with_string_labels_and_text_pairs(
     ]
     assert len(predictions) == 80 and {"input", "prediction", "label"} <= set(predictions[0])
     assert predictions[0]["label"] in ("long", "short")
+    # The rows' own text (case and all; the uncased WordPiece would lowercase decoded ids).
+    by_text = {row["text"]: row for row in rows}
+    for prediction in predictions:
+        row = by_text[prediction["input"]]
+        assert prediction["input_pair"] == row["pair"] and prediction["label"] == row["label"]
 
 
 @pytest.mark.slow
@@ -213,6 +218,8 @@ def test_token_classification_aligns_tags_to_first_pieces(run_cli, tmp_path, ref
         json.loads(line) for line in Path(results["predictions"]).read_text().splitlines()
     ]
     assert predictions[0]["split"] == "test"
+    assert [p["input"] for p in predictions] == [row["tokens"] for row in rows[240:]]  # in order
+    assert [p["label"] for p in predictions[:5]] == [row["tags"] for row in rows[240:245]]
     assert (
         len(predictions[0]["prediction"])
         == len(predictions[0]["label"])
@@ -250,6 +257,9 @@ def test_seq2seq_generates_and_scores_rouge(run_cli, tmp_path, reference_text):
 
     model = AutoModelForSeq2SeqLM.from_pretrained(results["export_dir"])
     assert model.config.model_type == "bart"
+    predictions = [json.loads(x) for x in Path(results["predictions"]).read_text().splitlines()]
+    sources = {row["source"]: row["target"] for row in rows}
+    assert all(sources[p["input"]] == p["label"] for p in predictions)  # the rows' own source
 
 
 @pytest.mark.slow

@@ -92,8 +92,12 @@ class Task:
         raise NotImplementedError
 
     def predict(self, model, batch: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
-        """Rows for predictions.jsonl: input, prediction and label, readable."""
+        """Rows for predictions.jsonl: prediction and label, readable, in the batch's order."""
         return []
+
+    def prediction_inputs(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A raw row's input fields for predictions.jsonl, e.g. {"input": its text}."""
+        return {}
 
     # -- plumbing --------------------------------------------------------------------------
     def options(self) -> dict[str, Any]:

@@ -79,9 +79,8 @@ class Seq2SeqTask(Task):
             max_new_tokens=self.generate_max_new_tokens,
             num_beams=self.num_beams,
         )
-        sources = self.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
         references = decode_labels(self.tokenizer, batch["labels"])
-        return [
-            {"input": s, "prediction": p, "label": r}
-            for s, p, r in zip(sources, predictions, references, strict=True)
-        ]
+        return [{"prediction": p, "label": r} for p, r in zip(predictions, references, strict=True)]
+
+    def prediction_inputs(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"input": row[self.column["source_column"]]}

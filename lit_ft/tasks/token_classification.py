@@ -59,18 +59,16 @@ class TokenClassificationTask(LabelledTask):
     def predict(self, model, batch) -> list[dict[str, Any]]:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         rows = []
-        for ids, pred, gold in zip(
-            batch["input_ids"].tolist(),
-            logits.argmax(-1).tolist(),
-            batch["labels"].tolist(),
-            strict=True,
-        ):
+        for pred, gold in zip(logits.argmax(-1).tolist(), batch["labels"].tolist(), strict=True):
             first = [i for i, g in enumerate(gold) if g != -100]  # one position per word
             rows.append(
                 {
-                    "input": self.tokenizer.decode(ids, skip_special_tokens=True),
                     "prediction": [self.labels[pred[i]] for i in first],
                     "label": [self.labels[gold[i]] for i in first],
                 }
             )
         return rows
+
+    def prediction_inputs(self, row: dict[str, Any]) -> dict[str, Any]:
+        # The words as a list, one per predicted tag (words past max_length get no tag).
+        return {"input": list(row[self.column["tokens_column"]])}
