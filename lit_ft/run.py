@@ -124,11 +124,13 @@ def _make_trainer(cfg: DictConfig, callbacks: list, precision):
 
 # -- command line ----------------------------------------------------------------------------
 @contextmanager
-def _user_errors_exit(keep_going: bool = False):
+def _user_errors_exit(keep_going: bool = False, run_dir: str | None = None):
     """A LitFtError is the user's to fix: print its message, no traceback, exit non-zero.
 
     In a multirun the error is re-raised instead, so Hydra marks this job failed and the
-    sweep's other jobs still run.
+    sweep's other jobs still run (and its run.log keeps the reason for sweep_report). In a
+    single run, `run_dir` is removed when the run stopped before writing anything into it
+    (lit_ft/run_dir.py).
     """
     try:
         yield
@@ -138,6 +140,12 @@ def _user_errors_exit(keep_going: bool = False):
         error(str(err))
         if keep_going:
             raise
+        if run_dir is not None:
+            from lit_ft.distributed import is_global_zero
+            from lit_ft.run_dir import remove_unused_run_dir
+
+            if is_global_zero():
+                remove_unused_run_dir(run_dir)
         sys.exit(EXIT_USER_ERROR)
 
 
@@ -157,7 +165,7 @@ def main(cfg: DictConfig) -> float | None:
     # for every rank that Lightning launches from here too.
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    cfg.paths.output_dir = hydra_cfg.runtime.output_dir
+    cfg.paths.output_dir = output_dir = hydra_cfg.runtime.output_dir
     share_run_with_child_ranks(hydra_cfg, multirun)
     launched_here = not launched_externally()
     # Lightning attaches its own console handlers when imported; without this every Lightning
@@ -169,7 +177,7 @@ def main(cfg: DictConfig) -> float | None:
         logger.handlers.clear()
         logger.propagate = True  # to Hydra's handlers: console and run.log
     try:
-        with _user_errors_exit(keep_going=multirun):
+        with _user_errors_exit(keep_going=multirun, run_dir=None if multirun else output_dir):
             require_one_output_dir(hydra_cfg)
             results = train(cfg)
             return _sweep_metric(results["metrics"]["after"], cfg.optimized_metric, multirun)

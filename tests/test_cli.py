@@ -139,11 +139,12 @@ def test_push_to_hub_is_refused_before_training(run_cli, tiny_overrides, tmp_pat
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
 
 
-def test_user_errors_exit_2_with_one_message(run_cli, tiny_overrides):
+def test_user_errors_exit_2_with_one_message(run_cli, tiny_overrides, tmp_path):
     result = run_cli([*tiny_overrides, "ckpt_path=last", "task.name=translation"])
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "task.name='translation' is unknown; available: causal_lm, instruction" in result.stderr
+    assert not (tmp_path / "run").exists()  # Hydra made it; the refused run removed it again
 
     result = run_cli([*tiny_overrides, "ckpt_path=last"])
     assert result.returncode == 2 and "Traceback" not in result.stderr
