@@ -84,3 +84,20 @@ def test_rng_state_round_trips_through_a_weights_only_load(tmp_path):
     assert (random.random(), np.random.rand()) == expected[:2]
     assert torch.equal(torch.rand(1), expected[2])
     assert not any(name.startswith(".") for name in os.listdir(tmp_path))
+
+
+def test_best_checkpoint_waits_quietly_for_a_validation(tmp_path, recwarn):
+    """No "could not find the monitored key" before any val/ metric; Lightning's check after."""
+    from types import SimpleNamespace
+
+    from lit_ft.training.best_checkpoint import BestCheckpoint
+
+    best = BestCheckpoint(dirpath=tmp_path, monitor="val/loss", mode="min")
+    trainer = SimpleNamespace(callback_metrics={"train/loss": torch.tensor(3.0)})
+    assert best._nothing_to_monitor_yet(trainer)
+    best.on_train_epoch_end(trainer, None)  # would reach Lightning's save (and warning)
+    assert not list(tmp_path.iterdir()) and not recwarn.list
+    trainer.callback_metrics = {"val/ppl": torch.tensor(3.0)}  # validated, val/loss missing
+    assert not best._nothing_to_monitor_yet(trainer)
+    trainer.callback_metrics = {"val/loss": torch.tensor(3.0)}
+    assert not best._nothing_to_monitor_yet(trainer)
