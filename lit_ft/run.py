@@ -155,6 +155,7 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from lit_ft.distributed import (
+        end_child_ranks,
         end_processes,
         launched_externally,
         require_one_output_dir,
@@ -181,6 +182,10 @@ def main(cfg: DictConfig) -> float | None:
             require_one_output_dir(hydra_cfg)
             results = train(cfg)
             return _sweep_metric(results["metrics"]["after"], cfg.optimized_metric, multirun)
+    except BaseException:  # a user error (SystemExit), a crash, Ctrl-C: the job has failed
+        if launched_here:
+            end_child_ranks()  # none may outlive the job (lit_ft.distributed)
+        raise
     finally:
         if multirun:  # the next job launches its own ranks
             end_processes(launched_here)

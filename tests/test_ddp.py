@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -190,3 +192,23 @@ def test_fsdp_policy_wraps_the_models_own_blocks():
     assert block_classes(wrapper) == {GPT2Block}
     wrapped = TransformerBlockPolicy()._run_policy(wrapper, set(), {"device_id": None})
     assert list(wrapped) == list(model.transformer.h)  # the 3 blocks, nothing else
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_failed_job_leaves_no_child_rank_behind():
+    """Rank 1 asleep in a collective after rank 0 failed: ended; other children are left."""
+    import subprocess
+
+    from lit_ft.distributed import end_child_ranks
+
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    rank_1 = subprocess.Popen(sleep, env={**os.environ, "LOCAL_RANK": "1"})
+    other = subprocess.Popen(sleep, env={k: v for k, v in os.environ.items() if k != "LOCAL_RANK"})
+    try:
+        assert end_child_ranks(grace_s=0.2) == [rank_1.pid]
+        assert rank_1.wait(timeout=5) == -signal.SIGTERM  # gone, not asleep
+        assert other.poll() is None  # not a rank: not ours to end
+    finally:
+        for proc in (rank_1, other):
+            proc.kill()
+            proc.wait()
