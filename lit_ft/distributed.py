@@ -80,6 +80,7 @@ def end_child_ranks(grace_s: float = 5.0) -> list[int]:
     then SIGTERM, then SIGKILL. Returns the pids that had to be signalled. Linux (/proc)
     only; elsewhere there is nothing to look at and the children are left to their timeout.
     """
+    launched = _stop_lightning_watch()
     ranks = _child_ranks()
     deadline = time.monotonic() + grace_s
     while ranks and time.monotonic() < deadline:
@@ -94,7 +95,30 @@ def end_child_ranks(grace_s: float = 5.0) -> list[int]:
         while ranks and time.monotonic() < deadline:
             time.sleep(0.05)
             ranks = [pid for pid in ranks if _alive(pid)]
+    for proc in launched:  # collect their exit status: no zombie entries either
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=1)
     return signalled
+
+
+def _stop_lightning_watch() -> list:
+    """End the watch Lightning's launcher keeps on the ranks it started; return their Popens.
+
+    A "child-process-observer" thread polls them every 5 s and, when one exits non-zero,
+    SIGKILLs them and this process: right for a single run, but in a sweep the failed job's
+    ranks (ended here, so non-zero) would take the sweep down during the next job. The job is
+    over, so its watch is too: the thread finishes once its list of processes is empty.
+    (Lightning 2.6 has no public handle on it; without the thread nothing is stopped.)
+    """
+    import threading
+
+    launched = []
+    for thread in threading.enumerate():
+        watched = getattr(thread, "_child_processes", None)
+        if thread.name == "child-process-observer" and isinstance(watched, list):
+            launched += watched
+            watched.clear()
+    return launched
 
 
 def _child_ranks() -> list[int]:

@@ -122,6 +122,39 @@ def test_multirun_sweep_of_ddp_jobs(run_cli, tiny_tokenizer_dir, text_file, tmp_
     assert len(log.read_text().splitlines()) == 8
 
 
+def _processes_with(marker: str) -> list[int]:
+    """Processes whose environment holds `marker` (this test's own output root)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker.encode() in entry.joinpath("environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_failed_ddp_jobs_of_a_sweep_leave_no_process(
+    run_cli, tiny_tokenizer_dir, text_file, tmp_path
+):
+    """Rank 0 of each job fails at step 1; rank 1 would wait in its next all-reduce."""
+    log = tmp_path / "sweep.jsonl"
+    args = _args(tiny_tokenizer_dir, text_file, None, log, DDP)
+    fail = "+callbacks.fail={_target_: helpers.callbacks.FailAt, step: 1}"
+    sweep = ["-m", *args, fail, "export=false", "optimizer.lr=1e-3,3e-3"]
+    # A rank left alive would hold the output pipe open: the timeout turns a hang into a failure.
+    result = run_cli(sweep, env=_env(tmp_path / "o"), timeout=240)
+    assert result.returncode != 0
+    assert "rank 0 fails at step 1" in result.stderr, result.stderr[-3000:]
+    # Job 1 ran too: the failed job's ranks, ended, did not take the sweep down with them
+    # (Lightning's launcher SIGKILLs its process when a rank it watches exits non-zero).
+    (sweep_dir,) = (tmp_path / "o" / "multiruns").iterdir()
+    assert "Starting with 2 processes" in (sweep_dir / "1" / "run.log").read_text()
+    assert _processes_with(str(tmp_path / "o")) == []  # no rank of either job survives
+
+
 @pytest.mark.parametrize(
     ("env", "task", "hydra", "refused"),
     [
