@@ -109,7 +109,9 @@ class LineProgress(ProgressBar):
         # With gradient accumulation the first micro-batches end before any optimizer step
         # (or the resumed one): no line for a step this run has not taken.
         done = step == self._first_step or step == self._printed_step
-        if not self._enabled or done or step % self.every_n_steps:
+        # The last step at once, before Lightning's "`Trainer.fit` stopped" line.
+        last = step == self._total_steps(trainer)
+        if not self._enabled or done or (step % self.every_n_steps and not last):
             return
         self._print_step_line(trainer, pl_module)
 
