@@ -12,13 +12,19 @@ Lightning's DDP launcher starts ranks 1..N-1 by re-running the command line of r
 `share_run_with_child_ranks()` pins both before training starts: `run.dir` becomes the job's
 resolved output directory, and in a multirun the command line becomes this job's own overrides.
 `end_processes()` closes the process group after a job, so the next job of a sweep launches its
-own ranks instead of talking to the previous job's (exited) ones.
+own ranks instead of talking to the previous job's (exited) ones. `end_child_ranks()` ends the
+ranks this process launched when its job fails: they would otherwise wait in a collective for
+a rank 0 that has gone on to the next job (or exited), asleep, for the process group's timeout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import time
+from pathlib import Path
 
 # Set by Lightning's launcher in rank 0 when it starts the children (read at the next launch).
 _LAUNCHER_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -65,6 +71,83 @@ def end_processes(launched_here: bool) -> None:
     if launched_here:
         for key in _LAUNCHER_ENV:
             os.environ.pop(key, None)
+
+
+def end_child_ranks(grace_s: float = 5.0) -> list[int]:
+    """Stop the rank processes this process launched (children with LOCAL_RANK >= 1).
+
+    They get `grace_s` seconds to exit on their own (a failure they share ends them too),
+    then SIGTERM, then SIGKILL. Returns the pids that had to be signalled. Linux (/proc)
+    only; elsewhere there is nothing to look at and the children are left to their timeout.
+    """
+    launched = _stop_lightning_watch()
+    ranks = _child_ranks()
+    deadline = time.monotonic() + grace_s
+    while ranks and time.monotonic() < deadline:
+        time.sleep(0.1)
+        ranks = [pid for pid in ranks if _alive(pid)]
+    signalled = list(ranks)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ranks:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 2.0
+        while ranks and time.monotonic() < deadline:
+            time.sleep(0.05)
+            ranks = [pid for pid in ranks if _alive(pid)]
+    for proc in launched:  # collect their exit status: no zombie entries either
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=1)
+    return signalled
+
+
+def _stop_lightning_watch() -> list:
+    """End the watch Lightning's launcher keeps on the ranks it started; return their Popens.
+
+    A "child-process-observer" thread polls them every 5 s and, when one exits non-zero,
+    SIGKILLs them and this process: right for a single run, but in a sweep the failed job's
+    ranks (ended here, so non-zero) would take the sweep down during the next job. The job is
+    over, so its watch is too: the thread finishes once its list of processes is empty.
+    (Lightning 2.6 has no public handle on it; without the thread nothing is stopped.)
+    """
+    import threading
+
+    launched = []
+    for thread in threading.enumerate():
+        watched = getattr(thread, "_child_processes", None)
+        if thread.name == "child-process-observer" and isinstance(watched, list):
+            launched += watched
+            watched.clear()
+    return launched
+
+
+def _child_ranks() -> list[int]:
+    """Direct children whose environment names a LOCAL_RANK other than 0 (Lightning's
+    launcher starts ranks 1..N-1 so; data-loader workers are forks of rank 0: LOCAL_RANK 0
+    or none)."""
+    me, found = os.getpid(), []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            # /proc/<pid>/stat: "pid (name) state ppid ...": the name may hold spaces
+            ppid = int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid != me:
+                continue
+            env = entry.joinpath("environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+        rank = next((v[len(b"LOCAL_RANK=") :] for v in env if v.startswith(b"LOCAL_RANK=")), b"0")
+        if rank not in (b"", b"0"):
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has ended: only its exit status waits to be collected)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def rank_and_world() -> tuple[int, int]:

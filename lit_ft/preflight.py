@@ -89,7 +89,10 @@ class OutputDirCheck(Callback):
     """Refuse an unwritable run directory before Hydra tries to create it."""
 
     def on_run_start(self, config, **kwargs) -> None:
+        from lit_ft.run_dir import note_run_dir
+
         run_dir = str(config.hydra.run.dir)
+        note_run_dir(run_dir)  # a new one is removed again if the run stops at its checks
         # named by the key the user set: hydra.run.dir defaults to paths.output_dir
         key = "paths.output_dir" if run_dir == str(config.paths.output_dir) else "hydra.run.dir"
         _refuse(output_dir_problem(run_dir, key))

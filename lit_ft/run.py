@@ -125,11 +125,13 @@ def _make_trainer(cfg: DictConfig, callbacks: list, precision):
 
 # -- command line ----------------------------------------------------------------------------
 @contextmanager
-def _user_errors_exit(keep_going: bool = False):
+def _user_errors_exit(keep_going: bool = False, run_dir: str | None = None):
     """A LitFtError is the user's to fix: print its message, no traceback, exit non-zero.
 
     In a multirun the error is re-raised instead, so Hydra marks this job failed and the
-    sweep's other jobs still run.
+    sweep's other jobs still run (and its run.log keeps the reason for sweep_report). In a
+    single run, `run_dir` is removed when the run stopped before writing anything into it
+    (lit_ft/run_dir.py).
     """
     try:
         yield
@@ -139,6 +141,12 @@ def _user_errors_exit(keep_going: bool = False):
         error(str(err))
         if keep_going:
             raise
+        if run_dir is not None:
+            from lit_ft.distributed import is_global_zero
+            from lit_ft.run_dir import remove_unused_run_dir
+
+            if is_global_zero():
+                remove_unused_run_dir(run_dir)
         sys.exit(EXIT_USER_ERROR)
 
 
@@ -148,6 +156,7 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from lit_ft.distributed import (
+        end_child_ranks,
         end_processes,
         launched_externally,
         require_one_output_dir,
@@ -158,7 +167,7 @@ def main(cfg: DictConfig) -> float | None:
     # for every rank that Lightning launches from here too.
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    cfg.paths.output_dir = hydra_cfg.runtime.output_dir
+    cfg.paths.output_dir = output_dir = hydra_cfg.runtime.output_dir
     share_run_with_child_ranks(hydra_cfg, multirun)
     launched_here = not launched_externally()
     # Lightning attaches its own console handlers when imported; without this every Lightning
@@ -170,10 +179,14 @@ def main(cfg: DictConfig) -> float | None:
         logger.handlers.clear()
         logger.propagate = True  # to Hydra's handlers: console and run.log
     try:
-        with _user_errors_exit(keep_going=multirun):
+        with _user_errors_exit(keep_going=multirun, run_dir=None if multirun else output_dir):
             require_one_output_dir(hydra_cfg)
             results = train(cfg)
             return _sweep_metric(results["metrics"]["after"], cfg.optimized_metric, multirun)
+    except BaseException:  # a user error (SystemExit), a crash, Ctrl-C: the job has failed
+        if launched_here:
+            end_child_ranks()  # none may outlive the job (lit_ft.distributed)
+        raise
     finally:
         if multirun:  # the next job launches its own ranks
             end_processes(launched_here)

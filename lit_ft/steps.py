@@ -248,11 +248,17 @@ def write_predictions(trainer, module, datamodule, output_dir: Path) -> Path | N
     validation when there is no labelled test split). Tasks with nothing to predict skip it."""
     if not module.task.predicts:
         return None
+    from lit_ft.data.row_index import ROW_KEY
+
     batches = trainer.predict(module, datamodule=datamodule)
-    path = output_dir / "predictions.jsonl"
+    split, path = datamodule.predict_split, output_dir / "predictions.jsonl"
     with open(path, "w", encoding="utf-8") as out:
         for row in (row for batch in batches for row in batch):
-            out.write(json.dumps({"split": datamodule.predict_split, **row}) + "\n")
+            # The input as the data holds it (case, spacing, past max_length), not decoded ids.
+            index = row.pop(ROW_KEY, None)
+            raw = datamodule.raw_row(split, index) if index is not None else {}
+            line = {"split": split, **module.task.prediction_inputs(raw), **row}
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
     return path
 
 

@@ -45,6 +45,15 @@ def test_run_trains_and_writes_complete_results(finished_run):
     assert train["tokens"] == 30 * 8 * 32  # steps x batch x block
     assert Path(results["best_checkpoint"]).is_file()
     assert Path(results["last_checkpoint"]).name == "last.ckpt"
+    # Validating at 10, 20, 30: step030.ckpt, last.ckpt (a link to it) and the best of the
+    # same step are one file on disk.
+    files = list((run_dir / "checkpoints").glob("*.ckpt"))
+    by_step: dict[int, set[int]] = {}
+    for path in files:
+        step = torch.load(path, weights_only=True, mmap=True)["global_step"]
+        by_step.setdefault(step, set()).add(path.stat().st_ino)
+    assert all(len(inodes) == 1 for inodes in by_step.values()), by_step
+    assert len(by_step) < len(files) and (run_dir / "checkpoints" / "last.ckpt").is_symlink()
     assert results["export_dir"] == str(run_dir / "hf_model")
     assert "validation perplexity" in result.stdout
 
@@ -139,11 +148,12 @@ def test_push_to_hub_is_refused_before_training(run_cli, tiny_overrides, tmp_pat
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
 
 
-def test_user_errors_exit_2_with_one_message(run_cli, tiny_overrides):
+def test_user_errors_exit_2_with_one_message(run_cli, tiny_overrides, tmp_path):
     result = run_cli([*tiny_overrides, "ckpt_path=last", "task.name=translation"])
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert "task.name='translation' is unknown; available: causal-lm, instruction" in result.stderr
+    assert "task.name='translation' is unknown; available: causal_lm, instruction" in result.stderr
+    assert not (tmp_path / "run").exists()  # Hydra made it; the refused run removed it again
 
     result = run_cli([*tiny_overrides, "ckpt_path=last"])
     assert result.returncode == 2 and "Traceback" not in result.stderr

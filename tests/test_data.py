@@ -23,7 +23,7 @@ def tokenizer(tiny_tokenizer_dir):
 def _datamodule(
     tokenizer, text_file, block_size=32, text_column="text", **kwargs
 ) -> FineTuneDataModule:
-    task = build_task("causal-lm", tokenizer, {"text_column": text_column}, block_size)
+    task = build_task("causal_lm", tokenizer, {"text_column": text_column}, block_size)
     options = dict(
         path="text",
         data_files=str(text_file),
@@ -125,7 +125,7 @@ def test_every_missing_column_is_named_at_once_with_the_builder_hint(gpt2_tokeni
     from lit_ft.tasks import build_task
 
     columns = {"text_column": "review", "label_column": "stars", "text_pair_column": None}
-    task = build_task("sequence-classification", gpt2_tokenizer, columns, max_length=32)
+    task = build_task("sequence_classification", gpt2_tokenizer, columns, max_length=32)
     as_text = SimpleNamespace(column_names=["text"])  # a CSV read with data.path=text
     with pytest.raises(LitFtError) as info:
         task.check_columns(as_text, "data.path='text'")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -120,6 +122,39 @@ def test_multirun_sweep_of_ddp_jobs(run_cli, tiny_tokenizer_dir, text_file, tmp_
     assert len(log.read_text().splitlines()) == 8
 
 
+def _processes_with(marker: str) -> list[int]:
+    """Processes whose environment holds `marker` (this test's own output root)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker.encode() in entry.joinpath("environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_failed_ddp_jobs_of_a_sweep_leave_no_process(
+    run_cli, tiny_tokenizer_dir, text_file, tmp_path
+):
+    """Rank 0 of each job fails at step 1; rank 1 would wait in its next all-reduce."""
+    log = tmp_path / "sweep.jsonl"
+    args = _args(tiny_tokenizer_dir, text_file, None, log, DDP)
+    fail = "+callbacks.fail={_target_: helpers.callbacks.FailAt, step: 1}"
+    sweep = ["-m", *args, fail, "export=false", "optimizer.lr=1e-3,3e-3"]
+    # A rank left alive would hold the output pipe open: the timeout turns a hang into a failure.
+    result = run_cli(sweep, env=_env(tmp_path / "o"), timeout=240)
+    assert result.returncode != 0
+    assert "rank 0 fails at step 1" in result.stderr, result.stderr[-3000:]
+    # Job 1 ran too: the failed job's ranks, ended, did not take the sweep down with them
+    # (Lightning's launcher SIGKILLs its process when a rank it watches exits non-zero).
+    (sweep_dir,) = (tmp_path / "o" / "multiruns").iterdir()
+    assert "Starting with 2 processes" in (sweep_dir / "1" / "run.log").read_text()
+    assert _processes_with(str(tmp_path / "o")) == []  # no rank of either job survives
+
+
 @pytest.mark.parametrize(
     ("env", "task", "hydra", "refused"),
     [
@@ -190,3 +225,23 @@ def test_fsdp_policy_wraps_the_models_own_blocks():
     assert block_classes(wrapper) == {GPT2Block}
     wrapped = TransformerBlockPolicy()._run_policy(wrapper, set(), {"device_id": None})
     assert list(wrapped) == list(model.transformer.h)  # the 3 blocks, nothing else
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_failed_job_leaves_no_child_rank_behind():
+    """Rank 1 asleep in a collective after rank 0 failed: ended; other children are left."""
+    import subprocess
+
+    from lit_ft.distributed import end_child_ranks
+
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    rank_1 = subprocess.Popen(sleep, env={**os.environ, "LOCAL_RANK": "1"})
+    other = subprocess.Popen(sleep, env={k: v for k, v in os.environ.items() if k != "LOCAL_RANK"})
+    try:
+        assert end_child_ranks(grace_s=0.2) == [rank_1.pid]
+        assert rank_1.wait(timeout=5) == -signal.SIGTERM  # gone, not asleep
+        assert other.poll() is None  # not a rank: not ours to end
+    finally:
+        for proc in (rank_1, other):
+            proc.kill()
+            proc.wait()

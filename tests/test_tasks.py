@@ -190,6 +190,11 @@ def test_sequence_classification_with_string_labels_and_text_pairs(
     ]
     assert len(predictions) == 80 and {"input", "prediction", "label"} <= set(predictions[0])
     assert predictions[0]["label"] in ("long", "short")
+    # The rows' own text (case and all; the uncased WordPiece would lowercase decoded ids).
+    by_text = {row["text"]: row for row in rows}
+    for prediction in predictions:
+        row = by_text[prediction["input"]]
+        assert prediction["input_pair"] == row["pair"] and prediction["label"] == row["label"]
 
 
 @pytest.mark.slow
@@ -217,6 +222,8 @@ def test_token_classification_aligns_tags_to_first_pieces(run_cli, tmp_path, ref
         json.loads(line) for line in Path(results["predictions"]).read_text().splitlines()
     ]
     assert predictions[0]["split"] == "test"
+    assert [p["input"] for p in predictions] == [row["tokens"] for row in rows[240:]]  # in order
+    assert [p["label"] for p in predictions[:5]] == [row["tags"] for row in rows[240:245]]
     assert (
         len(predictions[0]["prediction"])
         == len(predictions[0]["label"])
@@ -254,6 +261,9 @@ def test_seq2seq_generates_and_scores_rouge(run_cli, tmp_path, reference_text):
 
     model = AutoModelForSeq2SeqLM.from_pretrained(results["export_dir"])
     assert model.config.model_type == "bart"
+    predictions = [json.loads(x) for x in Path(results["predictions"]).read_text().splitlines()]
+    sources = {row["source"]: row["target"] for row in rows}
+    assert all(sources[p["input"]] == p["label"] for p in predictions)  # the rows' own source
 
 
 @pytest.mark.slow
@@ -359,9 +369,25 @@ def test_every_task_config_builds_its_task(name):
     tokenizer = AutoTokenizer.from_pretrained(MINILM)
     columns = {key: cfg.data.get(key) for key in COLUMN_KEYS}
     task = build_task(options.pop("name"), tokenizer, columns, 64, **options)
-    assert task.name == cfg.task.name and task.collate() is not None
+    assert task.name == cfg.task.name == name and task.collate() is not None  # task=<name>
     if not hasattr(task, "labels"):  # label tasks size their metrics after reading the data
         assert task.evaluator() is not None
+
+
+def test_checkpoints_with_the_old_task_spelling_still_read():
+    """Checkpoints (model_spec.task) and configs made before the rename say `causal-lm`."""
+    from lit_ft.data.streaming import streaming_problems
+    from lit_ft.model.build import ModelSpec
+    from lit_ft.tasks import PREVIOUS_NAMES, get_task, task_problems
+
+    assert PREVIOUS_NAMES["causal-lm"] == "causal_lm"
+    assert get_task("seq2seq-lm") is get_task("seq2seq")
+    assert get_task("sequence-classification").name == "sequence_classification"
+    assert ModelSpec(name_or_path="x").task == "causal_lm"
+    assert not task_problems("causal-lm", {"text_column": "text"})
+    data = {"streaming": True, "group_by_length": False}
+    assert not streaming_problems(data, 10, "causal-lm")
+    assert not streaming_problems(data, 10, "causal_lm")
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from lit_ft.data.row_index import IndexedRows, collate_with_rows
 from lit_ft.data.sampler import ResumableRandomSampler
 from lit_ft.data.sources import DataFiles, load_source, tokenizer_fingerprint
 from lit_ft.errors import LitFtError
@@ -62,6 +63,7 @@ class FineTuneDataModule(L.LightningDataModule):
         self.split_seed = split_seed  # which rows are held out; fixed apart from `seed` so a
         # sweep over seeds compares validation losses on the same rows
         self.datasets: dict[str, Any] | None = None
+        self.raw_splits: dict[str, Any] = {}  # memory-mapped Arrow: no copy in memory
         self._sampler: ResumableRandomSampler | None = None
         self._position = (0, 0)  # (epoch, training samples consumed in it, all processes)
         self._fingerprint: dict[str, Any] | None = None
@@ -101,7 +103,12 @@ class FineTuneDataModule(L.LightningDataModule):
         return self._loader("test", self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_split, self.eval_batch_size)
+        # Each batch carries its rows' indices: predictions.jsonl shows the rows' own text.
+        return self._loader(self.predict_split, self.eval_batch_size, indexed=True)
+
+    def raw_row(self, split: str, index: int) -> dict[str, Any]:
+        """Row `index` of `split` as the data holds it (preprocessing maps rows one to one)."""
+        return self.raw_splits[split][index]
 
     @property
     def predict_split(self) -> str:
@@ -161,7 +168,7 @@ class FineTuneDataModule(L.LightningDataModule):
         processed = {}
         for split, dataset in raw.items():
             processed[split] = self.task.preprocess(dataset, split, context).with_format("python")
-        self.datasets = processed
+        self.datasets, self.raw_splits = processed, raw
 
     @property
     def _source(self) -> str:
@@ -206,17 +213,20 @@ class FineTuneDataModule(L.LightningDataModule):
         parts = train.train_test_split(test_size=fraction, seed=self.split_seed, shuffle=True)
         return {"train": parts["train"], "validation": parts["test"]}
 
-    def _loader(self, split: str, batch_size: int, sampler=None) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, sampler=None, indexed=False) -> DataLoader:
         assert self.datasets is not None, "call setup() first"
+        dataset, collate = self.datasets[split], self.task.collate()
+        if indexed:
+            dataset, collate = IndexedRows(dataset), collate_with_rows(collate)
         return DataLoader(
-            self.datasets[split],
+            dataset,
             batch_size=batch_size,
             sampler=sampler,
             # A private generator: without one, every new iterator draws its base seed from the
             # global torch RNG, which would shift dropout masks after a resume.
             generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
-            collate_fn=self.task.collate(),
+            collate_fn=collate,
             persistent_workers=self.num_workers > 0,
         )
 
@@ -231,7 +241,7 @@ def build_datamodule(
     tokenizer, task: Task, streaming: bool = False, streaming_validation_rows: int = 1000, **kw
 ):
     """The datamodule for `cfg.data`: in memory (above), or streamed (lit_ft.data.streaming, text
-    blocks for causal-lm only)."""
+    blocks for causal_lm only)."""
     if streaming:
         from lit_ft.data.streaming import StreamingDataModule
 

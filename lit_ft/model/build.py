@@ -22,7 +22,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @dataclass
 class ModelSpec:
     name_or_path: str
-    task: str = "causal-lm"
+    task: str = "causal_lm"
     tokenizer: str | None = None  # defaults to name_or_path
     from_scratch: bool = False  # random init from the config instead of pretrained weights
     model_type: str | None = None  # from-scratch without a base config, e.g. "gpt2"

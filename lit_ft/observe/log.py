@@ -58,17 +58,21 @@ class _DropMessages:
 def quiet_known_noise() -> None:
     """Silence library messages that are wrong or useless for a lit_ft run (idempotent).
 
+    Only what has no switch at its source is filtered here; the rest is avoided where it
+    arises (the best checkpoint's "could not find the monitored key": BestCheckpoint waits for
+    a validation; transformers' `loss_type=None`: lit_ft.model.build sets the loss type).
+
     - Lightning's mid-epoch-resume warning: it assumes the loader is not resumable; ours
-      resumes through the datamodule's state (lit_ft/data/sampler.py).
-    - `ModelCheckpoint(monitor='val/loss') could not find the monitored key`: runs that
-      validate only at the end save step checkpoints before any val/loss exists; lit_ft
-      decides the best weights against a final evaluation anyway (lit_ft.steps).
-    - Lightning's advertisement for its cloud logger, printed at every fit.
+      resumes through the datamodule's state (lit_ft/data/sampler.py). Lightning stays quiet
+      only for a loader with state_dict/load_state_dict, and then saves and restores that
+      loader's state too: a second resumption path beside the datamodule's, for a warning.
+    - Lightning's advertisement for its cloud logger ("Tip: ... litlogger"), printed at every
+      fit: Trainer's logger connector prints it whenever no LitLogger is among the loggers,
+      with no setting or environment variable to turn it off (Lightning 2.6).
     """
     import warnings
 
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
-    warnings.filterwarnings("ignore", message=r".*could not find the monitored key")
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropMessages) for f in rank_zero.filters):
         rank_zero.addFilter(_DropMessages("litlogger"))

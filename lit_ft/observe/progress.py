@@ -1,24 +1,29 @@
-"""Training progress on the console: a rich bar on a terminal, plain lines everywhere else.
+"""Training progress on the console: one step line, live on a terminal, plain elsewhere.
 
-A live bar redraws the same line; in a log file, CI output or a SLURM .out file that becomes
-thousands of carriage-return fragments. So `progress_bar(style="auto")` picks rich when
-stdout is a terminal and otherwise one printed line every `every_n_steps` optimizer steps.
-Both show the training loss, the learning rate and tokens/s.
+A live line redraws itself; in a log file, CI output or a SLURM .out file that becomes
+thousands of carriage-return fragments. So `progress_bar(style="auto")` redraws the step line
+in place when stdout is a terminal (LiveProgress) and otherwise prints it every
+`every_n_steps` optimizer steps (LineProgress). Both show the same text: the optimizer step of
+the run's total, the training loss, the learning rate, one tokens/s, MFU in % and the time
+left for the whole run.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ProgressBar
 
 from lit_ft.config.problems import Problems
 from lit_ft.observe.tokens import real_tokens
 
-STYLES = ("auto", "rich", "lines", "tqdm")
+STYLES = ("auto", "live", "lines", "tqdm")
+# Older configs said `rich` for the terminal display; it is the live line now.
+_ALIASES = {"rich": "live"}
 
 
 class _Speed:
@@ -69,27 +74,6 @@ def _extra_metrics(trainer, speed: _Speed) -> dict[str, str]:
     return extra
 
 
-class RichBar(RichProgressBar):
-    """Lightning's rich bar, with the learning rate and tokens/s next to the logged metrics."""
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self._speed = _Speed()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._speed.add(batch)
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        super().on_validation_end(trainer, pl_module)
-        self._speed.restart()
-
-    def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
-        metrics = super().get_metrics(trainer, pl_module)
-        metrics.pop("v_num", None)  # the log version number means nothing mid-run
-        return {**metrics, **_extra_metrics(trainer, self._speed)}
-
-
 class LineProgress(ProgressBar):
     """One line per `every_n_steps` optimizer steps and one per validation, within 80 columns:
 
@@ -105,6 +89,7 @@ class LineProgress(ProgressBar):
         self._enabled = True
         self._speed = _Speed(window_s=0.0)  # read once per printed line
         self._started = time.perf_counter()
+        self._first_step = 0
         self._printed_step = -1
 
     def disable(self) -> None:
@@ -121,17 +106,20 @@ class LineProgress(ProgressBar):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._speed.add(batch)
         step = trainer.global_step
-        if not self._enabled or step == self._printed_step or step % self.every_n_steps:
+        # With gradient accumulation the first micro-batches end before any optimizer step
+        # (or the resumed one): no line for a step this run has not taken.
+        done = step == self._first_step or step == self._printed_step
+        # The last step at once, before Lightning's "`Trainer.fit` stopped" line.
+        last = step == self._total_steps(trainer)
+        if not self._enabled or done or (step % self.every_n_steps and not last):
             return
-        self._printed_step = step
-        shown = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
-        shown = {k.removeprefix("train/"): v for k, v in shown.items() if not k.startswith("val/")}
-        extra = _extra_metrics(trainer, self._speed)
-        parts = [f"step {self._step_text(trainer)}", _format(shown)]
-        parts += [f"lr {extra['lr']}"] if "lr" in extra else []
-        parts += [f"{extra['tok/s']} tok/s"] if "tok/s" in extra else []
-        parts += [f"mfu {extra['mfu'].split('.')[0]}%"] if "mfu" in extra else []
-        self.print(" ".join(["[lit_ft]", *filter(None, parts), self._time_text(trainer)]))
+        self._print_step_line(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # The last step as a line of its own when the cadence did not land on it (90 steps
+        # every 10 do; 95 do not): the run's final position is always on screen, once.
+        if self._enabled and trainer.global_step not in (self._printed_step, self._first_step):
+            self._print_step_line(trainer, pl_module)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not self._enabled or trainer.sanity_checking:
@@ -146,6 +134,25 @@ class LineProgress(ProgressBar):
         print(*args, **kwargs, flush=True)
 
     # -- text ------------------------------------------------------------------------------
+    def _print_step_line(self, trainer, pl_module) -> None:
+        self._printed_step = trainer.global_step
+        self.print(fit_line(self._step_parts(trainer, pl_module), self._columns()))
+
+    def _columns(self) -> int:
+        return 80  # a log file has no width; 80 reads unwrapped in any viewer
+
+    def _step_parts(self, trainer, pl_module) -> list[tuple[str, str]]:
+        """The step line as (name, text) parts, in the order shown."""
+        shown = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
+        shown = {k.removeprefix("train/"): v for k, v in shown.items() if not k.startswith("val/")}
+        extra = _extra_metrics(trainer, self._speed)
+        parts = [("prefix", "[lit_ft]"), ("step", f"step {self._step_text(trainer)}")]
+        parts += [("loss", _format(shown))] if shown else []
+        parts += [("lr", f"lr {extra['lr']}")] if "lr" in extra else []
+        parts += [("tok/s", f"{extra['tok/s']} tok/s")] if "tok/s" in extra else []
+        parts += [("mfu", f"mfu {extra['mfu'].split('.')[0]}%")] if "mfu" in extra else []
+        return [*parts, ("time", self._time_text(trainer))]
+
     def _total_steps(self, trainer) -> int | None:
         # The run's one step count (lit_ft.steps.count_optimizer_steps), as the module holds it.
         return getattr(trainer.lightning_module, "num_training_steps", None)
@@ -163,6 +170,109 @@ class LineProgress(ProgressBar):
             # remaining steps x seconds per step so far, e.g. 160 x 0.6 s = 1:36
             text += f" ~{_clock((total - trainer.global_step) * elapsed / done)} left"
         return text
+
+
+# Dropped first when the live line is wider than the terminal, most expendable first.
+_EXPENDABLE = ("bar", "mfu", "lr", "tok/s", "loss")
+_CLEAR_LINE = "\r\x1b[K"  # back to column 0, erase to the end of the line
+
+
+class LiveProgress(LineProgress):
+    """On a terminal: LineProgress's step line redrawn in place at each optimizer step.
+
+    The `every_n_steps` lines and the validation lines stay as permanent lines above it, so
+    the scroll-back is the same as in a log file. Each line is fitted to the terminal's width
+    (`shutil.get_terminal_size`) minus one column, because a character in the last column
+    makes some terminals wrap, and a wrapped line is not erased by a carriage return:
+
+    [lit_ft] step 20/180 [##·······] 11% loss 3.214 lr 1.90e-03 5,120 tok/s 0:12 ~1:36 left
+
+    Parts that do not fit are dropped (the bar, then MFU, lr, tok/s, the loss); the step and
+    the time left stay.
+    """
+
+    # A redraw reads the loss (a host sync on a GPU): at most ten a second however short the
+    # steps are; the eye does not follow faster.
+    min_redraw_s = 0.1
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        super().__init__(every_n_steps=every_n_steps)
+        self._speed = _Speed(window_s=1.0)  # read at every redraw: a one-second window
+        self._live = False
+        self._drawn_step = -1
+        self._drawn_at = 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        step, now = trainer.global_step, time.perf_counter()
+        if not self._enabled or step in (self._first_step, self._printed_step, self._drawn_step):
+            return
+        if now - self._drawn_at < self.min_redraw_s:
+            return
+        self._drawn_step, self._drawn_at = step, now
+        self._write(_CLEAR_LINE + fit_line(self._live_parts(trainer, pl_module), self._columns()))
+        self._live = True
+
+    def _columns(self) -> int:
+        # The permanent step lines fit the terminal too: a narrow one does not split them.
+        return _width()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._clear()  # validation's own output (samples) starts on a clean line
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._clear()
+        super().on_train_end(trainer, pl_module)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._clear()  # the traceback or error line starts at column 0
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        self._clear()
+        super().print(*args, **kwargs)
+
+    def _live_parts(self, trainer, pl_module) -> list[tuple[str, str]]:
+        parts = self._step_parts(trainer, pl_module)
+        total = self._total_steps(trainer)
+        if total:
+            # e.g. 20/180 = 11%, on a 10-cell bar: 1 cell filled
+            done = min(1.0, trainer.global_step / total)
+            filled = int(done * _BAR_CELLS)
+            bar = f"[{'#' * filled}{'·' * (_BAR_CELLS - filled)}] {done:.0%}"
+            parts.insert(2, ("bar", bar))
+        return parts
+
+    def _clear(self) -> None:
+        if self._live:
+            self._write(_CLEAR_LINE)
+            self._live = False
+
+    def _write(self, text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+_BAR_CELLS = 10
+
+
+def _width() -> int:
+    # One column short of the terminal: a character in the last column wraps on some terminals.
+    return shutil.get_terminal_size((80, 24)).columns - 1
+
+
+def fit_line(parts: list[tuple[str, str]], width: int) -> str:
+    """`parts` joined by spaces within `width` characters: expendable parts dropped, then cut.
+
+    >>> fit_line([("step", "step 5/9"), ("lr", "lr 1e-3"), ("time", "0:01")], 13)
+    'step 5/9 0:01'
+    """
+    kept = list(parts)
+    for name in _EXPENDABLE:
+        if len(" ".join(text for _, text in kept)) <= width:
+            break
+        kept = [(n, text) for n, text in kept if n != name]
+    line = " ".join(text for _, text in kept)
+    return line if len(line) <= width else line[: max(0, width - 1)] + "…"
 
 
 def _format(metrics: dict[str, Any]) -> str:
@@ -185,14 +295,15 @@ def progress_bar(
 ) -> ProgressBar | None:
     """The progress callback for `style`; None when the Trainer's progress bar is switched off.
 
-    auto: rich on a terminal, lines otherwise; tqdm: Lightning's default bar.
+    auto: live on a terminal, lines otherwise; tqdm: Lightning's own bar (per epoch).
     """
     if not enabled:
         return None
+    style = _ALIASES.get(style, style)
     if style == "auto":
-        style = "rich" if sys.stdout.isatty() else "lines"
-    if style == "rich":
-        return RichBar()
+        style = "live" if sys.stdout.isatty() else "lines"
+    if style == "live":
+        return LiveProgress(every_n_steps=every_n_steps)
     if style == "lines":
         return LineProgress(every_n_steps=every_n_steps)
     if style == "tqdm":
@@ -208,7 +319,7 @@ def progress_bar(
 
 def progress_problems(progress) -> Problems:
     problems = Problems()
-    if progress and progress.get("style") not in STYLES:
+    if progress and _ALIASES.get(progress.get("style"), progress.get("style")) not in STYLES:
         problems.append(
             f"callbacks.progress.style='{progress.style}' is unknown; "
             f"use one of {', '.join(STYLES)}"

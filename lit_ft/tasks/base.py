@@ -24,7 +24,8 @@ class TaskContext:
 class Task:
     """One fine-tuning task. Subclasses set the class attributes and the methods marked so."""
 
-    name: ClassVar[str]
+    name: ClassVar[str]  # as chosen on the command line: task=<name> (conf/task/<name>.yaml)
+    previous_name: ClassVar[str | None] = None  # the spelling checkpoints made before kept
     auto_class: ClassVar[str]  # attribute of `transformers`, resolved lazily (fast import)
     description: ClassVar[str]
     columns: ClassVar[tuple[str, ...]] = ()  # data-config keys that must name a column
@@ -129,8 +130,12 @@ class Task:
         raise NotImplementedError
 
     def predict(self, model, batch: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
-        """Rows for predictions.jsonl: input, prediction and label, readable."""
+        """Rows for predictions.jsonl: prediction and label, readable, in the batch's order."""
         return []
+
+    def prediction_inputs(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A raw row's input fields for predictions.jsonl, e.g. {"input": its text}."""
+        return {}
 
     # -- plumbing --------------------------------------------------------------------------
     def options(self) -> dict[str, Any]:
@@ -142,7 +147,10 @@ class Task:
         the same data, tokenizer and options loads the processed Arrow files from the cache."""
         from datasets.fingerprint import Hasher
 
-        key = [dataset._fingerprint, self.name, step, context.tokenizer_hash, self.options()]
+        # The name as it was spelt when these keys were first made (causal-lm): a rename must
+        # not invalidate the processed-data cache nor the data fingerprint checkpoints hold.
+        name = self.previous_name or self.name
+        key = [dataset._fingerprint, name, step, context.tokenizer_hash, self.options()]
         return dataset.map(
             function,
             batched=True,

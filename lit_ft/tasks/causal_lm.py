@@ -1,4 +1,4 @@
-"""causal-lm: next-token prediction on text cut into blocks of `data.block_size` tokens."""
+"""causal_lm: next-token prediction on text cut into blocks of `data.block_size` tokens."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from lit_ft.tasks.base import PadCollator, Task, TaskContext
 
 
 class CausalLMTask(Task):
-    name = "causal-lm"
+    name = "causal_lm"
+    previous_name = "causal-lm"  # before names matched conf/task/<name>.yaml
     auto_class = "AutoModelForCausalLM"
     shifted_labels = True
     description = "next-token prediction on text split into blocks"

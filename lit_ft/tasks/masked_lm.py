@@ -1,4 +1,4 @@
-"""masked-lm: BERT-style denoising on text blocks, with fresh masks drawn for every batch."""
+"""masked_lm: BERT-style denoising on text blocks, with fresh masks drawn for every batch."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from lit_ft.tasks.causal_lm import CausalLMTask
 
 
 class MaskedLMTask(CausalLMTask):
-    name = "masked-lm"
+    name = "masked_lm"
+    previous_name = "masked-lm"  # before names matched conf/task/<name>.yaml
     auto_class = "AutoModelForMaskedLM"
     shifted_labels = False
     description = "predict masked tokens in text split into blocks (dynamic masking)"
@@ -18,7 +19,7 @@ class MaskedLMTask(CausalLMTask):
     def __init__(self, tokenizer, columns, max_length: int, mlm_probability: float = 0.15):
         if tokenizer.mask_token is None:
             raise LitFtError(
-                "task 'masked-lm' needs a tokenizer with a mask token; this one has none "
+                "task 'masked_lm' needs a tokenizer with a mask token; this one has none "
                 "(use a BERT/RoBERTa-style model, or task=causal_lm)"
             )
         super().__init__(tokenizer, columns, max_length)

@@ -1,4 +1,4 @@
-"""seq2seq-lm: text in, text out (summarization, translation) with an encoder-decoder model."""
+"""seq2seq: text in, text out (summarization, translation) with an encoder-decoder model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from lit_ft.tasks.base import Task, TaskContext
 
 
 class Seq2SeqTask(Task):
-    name = "seq2seq-lm"
+    name = "seq2seq"
+    previous_name = "seq2seq-lm"  # before names matched conf/task/<name>.yaml
     auto_class = "AutoModelForSeq2SeqLM"
     description = "generate a target text from a source text (encoder-decoder)"
     predicts = True
@@ -78,9 +79,8 @@ class Seq2SeqTask(Task):
             max_new_tokens=self.generate_max_new_tokens,
             num_beams=self.num_beams,
         )
-        sources = self.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
         references = decode_labels(self.tokenizer, batch["labels"])
-        return [
-            {"input": s, "prediction": p, "label": r}
-            for s, p, r in zip(sources, predictions, references, strict=True)
-        ]
+        return [{"prediction": p, "label": r} for p, r in zip(predictions, references, strict=True)]
+
+    def prediction_inputs(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"input": row[self.column["source_column"]]}

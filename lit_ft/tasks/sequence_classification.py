@@ -1,4 +1,4 @@
-"""sequence-classification: one label per text (or text pair), e.g. sentiment or topic."""
+"""sequence_classification: one label per text (or text pair), e.g. sentiment or topic."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from lit_ft.tasks.labelled import LabelledTask
 
 
 class SequenceClassificationTask(LabelledTask):
-    name = "sequence-classification"
+    name = "sequence_classification"
+    previous_name = "sequence-classification"  # before names matched conf/task/<name>.yaml
     auto_class = "AutoModelForSequenceClassification"
     description = "one label per text or text pair"
     predicts = True
@@ -40,13 +41,16 @@ class SequenceClassificationTask(LabelledTask):
     def predict(self, model, batch) -> list[dict[str, Any]]:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         probabilities = logits.float().softmax(-1)
-        texts = self.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
         return [
             {
-                "input": text,
                 "prediction": self.labels[int(p.argmax())],
                 "probability": round(float(p.max()), 4),
                 "label": self.labels[int(label)] if label >= 0 else None,
             }
-            for text, p, label in zip(texts, probabilities, batch["labels"].tolist(), strict=True)
+            for p, label in zip(probabilities, batch["labels"].tolist(), strict=True)
         ]
+
+    def prediction_inputs(self, row: dict[str, Any]) -> dict[str, Any]:
+        pair = self.column["text_pair_column"]
+        inputs = {"input": row[self.column["text_column"]]}
+        return {**inputs, "input_pair": row[pair]} if pair else inputs

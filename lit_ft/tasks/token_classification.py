@@ -1,4 +1,4 @@
-"""token-classification: one tag per word (NER, POS), words pre-split in a `tokens` column.
+"""token_classification: one tag per word (NER, POS), words pre-split in a `tokens` column.
 
 A word may become several word pieces; only its first piece carries the word's tag, the rest
 get -100 (ignored by the loss and the metrics), so every word is scored exactly once.
@@ -14,7 +14,8 @@ from lit_ft.tasks.labelled import LabelledTask
 
 
 class TokenClassificationTask(LabelledTask):
-    name = "token-classification"
+    name = "token_classification"
+    previous_name = "token-classification"  # before names matched conf/task/<name>.yaml
     auto_class = "AutoModelForTokenClassification"
     description = "one tag per word, e.g. named entities (IOB tags)"
     predicts = True
@@ -25,7 +26,7 @@ class TokenClassificationTask(LabelledTask):
     def __init__(self, tokenizer, columns, max_length: int):
         if not getattr(tokenizer, "is_fast", False):
             raise LitFtError(
-                "task 'token-classification' needs a fast tokenizer (word_ids() aligns tags to "
+                "task 'token_classification' needs a fast tokenizer (word_ids() aligns tags to "
                 "word pieces); this model's tokenizer is a slow one"
             )
         super().__init__(tokenizer, columns, max_length)
@@ -58,18 +59,16 @@ class TokenClassificationTask(LabelledTask):
     def predict(self, model, batch) -> list[dict[str, Any]]:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         rows = []
-        for ids, pred, gold in zip(
-            batch["input_ids"].tolist(),
-            logits.argmax(-1).tolist(),
-            batch["labels"].tolist(),
-            strict=True,
-        ):
+        for pred, gold in zip(logits.argmax(-1).tolist(), batch["labels"].tolist(), strict=True):
             first = [i for i, g in enumerate(gold) if g != -100]  # one position per word
             rows.append(
                 {
-                    "input": self.tokenizer.decode(ids, skip_special_tokens=True),
                     "prediction": [self.labels[pred[i]] for i in first],
                     "label": [self.labels[gold[i]] for i in first],
                 }
             )
         return rows
+
+    def prediction_inputs(self, row: dict[str, Any]) -> dict[str, Any]:
+        # The words as a list, one per predicted tag (words past max_length get no tag).
+        return {"input": list(row[self.column["tokens_column"]])}

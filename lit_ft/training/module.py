@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from lit_ft.data.row_index import ROW_KEY
 from lit_ft.model.build import ModelSpec, build_model
 from lit_ft.observe.log import say
 from lit_ft.tasks import Task
@@ -135,7 +136,14 @@ class FineTuneModule(L.LightningModule):
         self.log_dict({f"{stage}/{name}": value for name, value in metrics.items()}, prog_bar=True)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, Any]]:
-        return self.task.predict(self.model, batch)
+        # The rows' indices in the split (lit_ft/data/row_index.py): for the writer, not the model.
+        indices = batch.pop(ROW_KEY, None)
+        rows = self.task.predict(self.model, batch)
+        # one prediction per batch row (a packed instruction row holds several: no index)
+        if indices is not None and len(rows) == len(indices):
+            for row, index in zip(rows, indices.tolist(), strict=True):
+                row[ROW_KEY] = index
+        return rows
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(weight_decay_groups(self.model))

@@ -58,3 +58,15 @@ class PoisonAt(Callback):
 
             with torch.no_grad():
                 next(pl_module.model.parameters()).fill_(float("nan"))
+
+
+class FailAt(Callback):
+    """Raises on one rank once the optimizer has stepped `step` times: the other ranks are
+    left waiting in the next collective, as when one rank of a real job crashes."""
+
+    def __init__(self, step: int, rank: int = 0):
+        self.step, self.rank = step, rank
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step and trainer.global_rank == self.rank:
+            raise RuntimeError(f"rank {self.rank} fails at step {trainer.global_step}")
