@@ -62,7 +62,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.scheduler else None,
             num_training_steps=num_steps,
             task=data.task,
-            model=steps.build_network(spec, data, lora, to_plain(cfg.compile)),
+            model=steps.build_network(spec, data, lora, to_plain(cfg.compile), cfg.data.batch_size),
             targets_per_batch=cfg.data.batch_size * data.task.max_length,  # a loss scale
         )
         steps.print_plan(cfg, data, module, num_steps, trainer.world_size, precision.text)

@@ -26,6 +26,7 @@ from lit_ft.distributed import is_global_zero
 from lit_ft.export import export_checkpoint, export_pretrained
 from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
 from lit_ft.model.build import ModelSpec, build_model, load_config, load_tokenizer, max_positions
+from lit_ft.model.chunked_loss import choose_loss
 from lit_ft.model.compile import compile_model
 from lit_ft.model.peft import AdapterCheckpoint, prepare_model, quantization_kwargs
 from lit_ft.model.precision import resolve_precision
@@ -158,13 +159,21 @@ def count_optimizer_steps(cfg: DictConfig, datamodule, world_size: int) -> int:
     )
 
 
-def build_network(spec: ModelSpec, data: PreparedData, lora, compile_options: dict):
+def build_network(
+    spec: ModelSpec, data: PreparedData, lora, compile_options: dict, batch_size: int
+):
     """The Auto-class model, its vocabulary padded, LoRA and gradient checkpointing applied,
-    checked against the task (e.g. packing), compiled when asked."""
+    checked against the task (e.g. packing), its training loss chosen (chunked or plain, for
+    causal tasks: printed by `print_plan`), compiled when asked."""
     model = build_model(spec, data.hf_config, **quantization_kwargs(lora))
     model = pad_vocab(model, spec.pad_vocab_to_multiple_of)
     model = prepare_model(model, gradient_checkpointing=spec.gradient_checkpointing, lora=lora)
     data.task.check_model(model)  # e.g. packing needs attention that reads position ids
+    if data.task.shifted_labels:  # before compiling: the probe runs one small forward
+        tokens = batch_size * data.task.max_length  # e.g. 4 x 1,024 = 4,096 per micro-batch
+        data.task.loss_choice = choose_loss(
+            spec.chunked_loss, model, tokens, spec.loss_chunk_tokens
+        )
     compile_model(model, **compile_options)
     return model
 
@@ -201,6 +210,8 @@ def print_plan(
     say(f"data prepared in {data.seconds:.2f}s")
     if data.task.describe():
         say(f"{data.task.name}: {data.task.describe()}")
+    if data.task.loss_choice is not None:
+        say(data.task.loss_choice.text())
     show_training_example(data.task, train, Path(cfg.paths.output_dir))
 
 
@@ -315,6 +326,7 @@ def results(
         "task": task.name,
         **task.report(),
         "headline_metric": task.headline,
+        "training_loss": task.loss_choice.text() if task.loss_choice else None,
         "metrics": {**metrics, "train": training},
         "tokens_per_s": training["tokens_per_s"],
         "throughput": found[0].summary() if found else None,  # tokens/s, MFU after warm-up
