@@ -26,7 +26,7 @@ from lit_ft.distributed import is_global_zero
 from lit_ft.export import export_checkpoint, export_pretrained
 from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
 from lit_ft.model.build import ModelSpec, build_model, load_config, load_tokenizer, max_positions
-from lit_ft.model.chunked_loss import choose_loss
+from lit_ft.model.chunked_loss import choose_loss, output_layer
 from lit_ft.model.compile import compile_model
 from lit_ft.model.peft import AdapterCheckpoint, prepare_model, quantization_kwargs
 from lit_ft.model.precision import resolve_precision
@@ -34,6 +34,7 @@ from lit_ft.model.strategy import shards_weights
 from lit_ft.model.vocab import pad_vocab
 from lit_ft.observe.log import quiet_known_noise, say
 from lit_ft.observe.loggers import finish
+from lit_ft.observe.memory import gigabytes
 from lit_ft.observe.recorder import TrainingRecorder
 from lit_ft.observe.throughput import ThroughputLogger
 from lit_ft.plots import plot_run
@@ -46,10 +47,14 @@ from lit_ft.training.checkpoint import (
     check_same_model,
     resolve_resume,
 )
+from lit_ft.training.memory_estimate import MemoryEstimate, estimate_memory
 from lit_ft.training.nonfinite import StopOnNonFiniteLoss
 from lit_ft.training.optim import optimizer_steps
 from lit_ft.training.preemption import PreemptionCheckpoint
 from lit_ft.training.rng import RngState
+
+# Tasks whose model gives logits over the vocabulary at every token (the estimate counts them).
+PER_TOKEN_LOGITS = ("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModelForSeq2SeqLM")
 
 
 # -- before any long work ----------------------------------------------------------------------
@@ -180,8 +185,9 @@ def build_network(
 
 def print_plan(
     cfg: DictConfig, data: PreparedData, module, num_steps: int, world_size: int, precision: str
-) -> None:
-    """The pre-flight summary: what one step is, how many there are, what a checkpoint costs."""
+) -> MemoryEstimate:
+    """The pre-flight summary: what one step is, how many there are, what a checkpoint costs,
+    how the loss is computed and the memory the run should peak at (returned, for the end)."""
     from lit_ft.data.datamodule import token_count
 
     length, batch = data.task.max_length, cfg.data.batch_size
@@ -210,9 +216,23 @@ def print_plan(
     say(f"data prepared in {data.seconds:.2f}s")
     if data.task.describe():
         say(f"{data.task.name}: {data.task.describe()}")
-    if data.task.loss_choice is not None:
-        say(data.task.loss_choice.text())
+    choice = data.task.loss_choice
+    if choice is not None:
+        say(choice.text())
+    head = output_layer(module.model)
+    per_token_logits = data.task.auto_class in PER_TOKEN_LOGITS and head is not None
+    estimate = estimate_memory(
+        module.model,
+        batch_size=batch,
+        seq_len=length,
+        mixed_precision="mixed" in precision,
+        gradient_checkpointing=bool(cfg.model.gradient_checkpointing),
+        chunk_tokens=choice.chunk_tokens if choice is not None and choice.chunked else None,
+        vocab=head.weight.shape[0] if per_token_logits else None,
+    )
+    say(estimate.text())
     show_training_example(data.task, train, Path(cfg.paths.output_dir))
+    return estimate
 
 
 def show_training_example(task, train, output_dir: Path) -> None:
@@ -314,6 +334,7 @@ def results(
     data_seconds: float,
     started: float,
     paths: dict[str, Any],
+    memory_estimate: MemoryEstimate | None = None,
 ) -> dict[str, Any]:
     """What results.json holds, built in one place; loggers are closed and plots drawn first
     (the plots read the run's own logs/*/metrics.csv)."""
@@ -329,6 +350,14 @@ def results(
         "training_loss": task.loss_choice.text() if task.loss_choice else None,
         "metrics": {**metrics, "train": training},
         "tokens_per_s": training["tokens_per_s"],
+        "memory": {
+            "estimated_mb": round(memory_estimate.total / 2**20, 1) if memory_estimate else None,
+            "estimate_parts_mb": {k: round(v / 2**20, 1) for k, v in memory_estimate.parts.items()}
+            if memory_estimate
+            else None,
+            "measured_peak_mb": training["peak_memory_mb"],
+            "measured_by": training["peak_memory_measured_by"],
+        },
         "throughput": found[0].summary() if found else None,  # tokens/s, MFU after warm-up
         "data_prep_s": round(data_seconds, 3),
         "wall_time_s": round(time.perf_counter() - started, 2),
@@ -349,6 +378,14 @@ def write_results(results: dict[str, Any], task) -> None:
     headline = f"{label} {after[name]:.{digits}f}"
     if before and name in before:
         headline = f"{label} {before[name]:.{digits}f} -> {after[name]:.{digits}f}"
+    memory = results["memory"]
+    if memory["measured_peak_mb"]:
+        estimated = memory["estimated_mb"]
+        estimated = f"estimated {gigabytes(estimated * 2**20)}, " if estimated else ""
+        say(
+            f"memory: {estimated}measured {gigabytes(memory['measured_peak_mb'] * 2**20)} "
+            f"({memory['measured_by']})"
+        )
     say(
         f"done in {results['wall_time_s']:.1f}s: {headline}; "
         f"{results['tokens_per_s']} tokens/s; model: {results['export_dir']}; "

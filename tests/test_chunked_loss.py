@@ -185,7 +185,7 @@ def test_config_rule_names_bad_values():
     assert not chunked_loss_problems(OmegaConf.create({"chunked_loss": "auto"}))
 
 
-def test_a_run_with_chunked_loss_says_so_and_trains(tiny_overrides, capsys):
+def test_a_run_with_chunked_loss_says_so_trains_and_reports_memory(tiny_overrides, capsys):
     import lit_ft
 
     overrides = [*tiny_overrides, "model.chunked_loss=true", "trainer.max_steps=4"]
@@ -195,3 +195,8 @@ def test_a_run_with_chunked_loss_says_so_and_trains(tiny_overrides, capsys):
     assert results["training_loss"].startswith("training loss chunked")
     train = results["metrics"]["train"]
     assert train["steps"] == 4 and train["loss_first_step"] > train["loss_last_10_steps"] > 0
+    # the memory measured (peak RSS on this CPU) and estimated, side by side
+    memory = results["memory"]
+    assert memory["measured_peak_mb"] > 0 and "peak RSS" in memory["measured_by"]
+    assert memory["estimated_mb"] > 0 and memory["estimate_parts_mb"]["logits"] > 0
+    assert "memory estimate: " in out and "memory: estimated " in out

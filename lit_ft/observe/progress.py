@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 
 from lit_ft.config.problems import Problems
+from lit_ft.observe.memory import peak_bytes, short
 from lit_ft.observe.tokens import real_tokens
 
 STYLES = ("auto", "rich", "lines", "tqdm")
@@ -93,10 +94,11 @@ class RichBar(RichProgressBar):
 class LineProgress(ProgressBar):
     """One line per `every_n_steps` optimizer steps and one per validation, within 80 columns:
 
-    [lit_ft] step 20/180 loss 3.214 lr 1.90e-03 5,120 tok/s mfu 38% 0:12 ~1:36 left
+    [lit_ft] step 20/180 loss 3.214 lr 1.90e-03 5,120 tok/s mfu 38% 1.2G 0:12 ~1:36
 
-    The step is the optimizer step out of the run's total (the count the schedule uses), and
-    the time left is for the whole run, not the epoch.
+    The step is the optimizer step out of the run's total (the count the schedule uses), 1.2G
+    the peak memory so far (lit_ft/observe/memory.py), and ~1:36 the time left for the whole
+    run, not the epoch.
     """
 
     def __init__(self, every_n_steps: int = 10) -> None:
@@ -131,6 +133,7 @@ class LineProgress(ProgressBar):
         parts += [f"lr {extra['lr']}"] if "lr" in extra else []
         parts += [f"{extra['tok/s']} tok/s"] if "tok/s" in extra else []
         parts += [f"mfu {extra['mfu'].split('.')[0]}%"] if "mfu" in extra else []
+        parts += [short(peak_bytes())]
         self.print(" ".join(["[lit_ft]", *filter(None, parts), self._time_text(trainer)]))
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -161,7 +164,7 @@ class LineProgress(ProgressBar):
         text = _clock(elapsed)
         if total and done > 0:
             # remaining steps x seconds per step so far, e.g. 160 x 0.6 s = 1:36
-            text += f" ~{_clock((total - trainer.global_step) * elapsed / done)} left"
+            text += f" ~{_clock((total - trainer.global_step) * elapsed / done)}"
         return text
 
 
