@@ -177,7 +177,11 @@ def build_network(
     if data.task.shifted_labels:  # before compiling: the probe runs one small forward
         tokens = batch_size * data.task.max_length  # e.g. 4 x 1,024 = 4,096 per micro-batch
         data.task.loss_choice = choose_loss(
-            spec.chunked_loss, model, tokens, spec.loss_chunk_tokens
+            spec.chunked_loss,
+            model,
+            tokens,
+            spec.loss_chunk_tokens,
+            compiled=bool(compile_options.get("enabled")),
         )
     compile_model(model, **compile_options)
     return model

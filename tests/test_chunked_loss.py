@@ -200,3 +200,10 @@ def test_a_run_with_chunked_loss_says_so_trains_and_reports_memory(tiny_override
     assert memory["measured_peak_mb"] > 0 and "peak RSS" in memory["measured_by"]
     assert memory["estimated_mb"] > 0 and memory["estimate_parts_mb"]["logits"] > 0
     assert "memory estimate: " in out and "memory: estimated " in out
+
+
+def test_auto_keeps_the_plain_loss_under_compile():
+    choice = choose_loss("auto", tiny_gpt2(), 100_000, 512, compiled=True)
+    assert not choice.chunked and "compile.enabled=true" in choice.why
+    forced = choose_loss(True, tiny_gpt2(), 100_000, 512, compiled=True)
+    assert forced.chunked and "uncompiled" in forced.why

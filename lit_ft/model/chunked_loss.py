@@ -62,10 +62,19 @@ def logits_bytes(tokens: int, vocab: int) -> int:
     return tokens * vocab * 8
 
 
-def choose_loss(setting, model, tokens_per_batch: int, chunk_tokens: int) -> LossChoice:
-    """`model.chunked_loss` resolved for this model and micro-batch (auto | true | false)."""
+def choose_loss(
+    setting, model, tokens_per_batch: int, chunk_tokens: int, compiled: bool = False
+) -> LossChoice:
+    """`model.chunked_loss` resolved for this model and micro-batch (auto | true | false).
+
+    `compiled` (compile.enabled): the chunked path calls the model's base, which
+    `nn.Module.compile()` of the whole model leaves uncompiled; auto keeps the plain path then."""
     if setting is False:
         return LossChoice(False, chunk_tokens, "model.chunked_loss=false")
+    if compiled and setting == "auto":
+        return LossChoice(
+            False, chunk_tokens, "auto: compile.enabled=true compiles the plain path only"
+        )
     vocab = output_layer(model).weight.shape[0] if output_layer(model) is not None else 0
     size = logits_bytes(tokens_per_batch, vocab)
     full = f"{tokens_per_batch:,} tokens x {vocab:,} vocab x 8 bytes = {size / 2**20:,.0f} MB"
@@ -77,7 +86,8 @@ def choose_loss(setting, model, tokens_per_batch: int, chunk_tokens: int) -> Los
     if problem:
         return LossChoice(False, chunk_tokens, f"chunking unavailable: {problem}")
     how = "auto: " if setting == "auto" else "model.chunked_loss=true: "
-    return LossChoice(True, chunk_tokens, f"{how}the full logits would be {full}")
+    uncompiled = "; its layers run uncompiled (compile.enabled)" if compiled else ""
+    return LossChoice(True, chunk_tokens, f"{how}the full logits would be {full}{uncompiled}")
 
 
 # -- finding the pieces ---------------------------------------------------------------------------
