@@ -62,10 +62,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.scheduler else None,
             num_training_steps=num_steps,
             task=data.task,
-            model=steps.build_network(spec, data, lora, to_plain(cfg.compile)),
+            model=steps.build_network(spec, data, lora, to_plain(cfg.compile), cfg.data.batch_size),
             targets_per_batch=cfg.data.batch_size * data.task.max_length,  # a loss scale
         )
-        steps.print_plan(cfg, data, module, num_steps, trainer.world_size, precision.text)
+        estimate = steps.print_plan(
+            cfg, data, module, num_steps, trainer.world_size, precision.text
+        )
 
         dm = data.datamodule
         before = steps.evaluate(trainer, module, dm) if cfg.evaluate_before else None
@@ -81,7 +83,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         exported = steps.export(cfg, trainer, module.model, data.tokenizer, output_dir, best)
         paths = {"best": best, **exported, "predictions": predictions}
         paths |= {"output_dir": output_dir, "resumed_from": resume.path if resume else None}
-        results = steps.results(data.task, metrics, trainer, recorder, data.seconds, started, paths)
+        results = steps.results(
+            data.task, metrics, trainer, recorder, data.seconds, started, paths, estimate
+        )
         steps.write_results(results, data.task)
         return results
 

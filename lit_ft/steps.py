@@ -26,6 +26,7 @@ from lit_ft.distributed import is_global_zero
 from lit_ft.export import export_checkpoint, export_pretrained
 from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
 from lit_ft.model.build import ModelSpec, build_model, load_config, load_tokenizer, max_positions
+from lit_ft.model.chunked_loss import choose_loss, output_layer
 from lit_ft.model.compile import compile_model
 from lit_ft.model.peft import AdapterCheckpoint, prepare_model, quantization_kwargs
 from lit_ft.model.precision import resolve_precision
@@ -33,6 +34,7 @@ from lit_ft.model.strategy import shards_weights
 from lit_ft.model.vocab import pad_vocab
 from lit_ft.observe.log import quiet_known_noise, say
 from lit_ft.observe.loggers import finish
+from lit_ft.observe.memory import gigabytes
 from lit_ft.observe.recorder import TrainingRecorder
 from lit_ft.observe.throughput import ThroughputLogger
 from lit_ft.plots import plot_run
@@ -45,10 +47,14 @@ from lit_ft.training.checkpoint import (
     check_same_model,
     resolve_resume,
 )
+from lit_ft.training.memory_estimate import MemoryEstimate, estimate_memory
 from lit_ft.training.nonfinite import StopOnNonFiniteLoss
 from lit_ft.training.optim import optimizer_steps
 from lit_ft.training.preemption import PreemptionCheckpoint
 from lit_ft.training.rng import RngState
+
+# Tasks whose model gives logits over the vocabulary at every token (the estimate counts them).
+PER_TOKEN_LOGITS = ("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModelForSeq2SeqLM")
 
 
 # -- before any long work ----------------------------------------------------------------------
@@ -158,22 +164,35 @@ def count_optimizer_steps(cfg: DictConfig, datamodule, world_size: int) -> int:
     )
 
 
-def build_network(spec: ModelSpec, data: PreparedData, lora, compile_options: dict):
+def build_network(
+    spec: ModelSpec, data: PreparedData, lora, compile_options: dict, batch_size: int
+):
     """The Auto-class model, its vocabulary padded, LoRA and gradient checkpointing applied,
-    checked against the task (e.g. packing), compiled when asked."""
+    checked against the task (e.g. packing), its training loss chosen (chunked or plain, for
+    causal tasks: printed by `print_plan`), compiled when asked."""
     model = build_model(spec, data.hf_config, **quantization_kwargs(lora))
     model = pad_vocab(model, spec.pad_vocab_to_multiple_of)
     model = prepare_model(model, gradient_checkpointing=spec.gradient_checkpointing, lora=lora)
     data.task.check_model(model)  # e.g. packing needs attention that reads position ids
     data.task.prepare_with_model(model, data.datamodule)  # e.g. DPO's reference log-probs
+    if data.task.token_loss:  # before compiling: the probe runs one small forward
+        tokens = batch_size * data.task.max_length  # e.g. 4 x 1,024 = 4,096 per micro-batch
+        data.task.loss_choice = choose_loss(
+            spec.chunked_loss,
+            model,
+            tokens,
+            spec.loss_chunk_tokens,
+            compiled=bool(compile_options.get("enabled")),
+        )
     compile_model(model, **compile_options)
     return model
 
 
 def print_plan(
     cfg: DictConfig, data: PreparedData, module, num_steps: int, world_size: int, precision: str
-) -> None:
-    """The pre-flight summary: what one step is, how many there are, what a checkpoint costs."""
+) -> MemoryEstimate:
+    """The pre-flight summary: what one step is, how many there are, what a checkpoint costs,
+    how the loss is computed and the memory the run should peak at (returned, for the end)."""
     from lit_ft.data.datamodule import token_count
 
     length, batch = data.task.max_length, cfg.data.batch_size
@@ -203,7 +222,23 @@ def print_plan(
     say(f"data prepared in {data.seconds:.2f}s")
     if data.task.describe():
         say(f"{data.task.name}: {data.task.describe()}")
+    choice = data.task.loss_choice
+    if choice is not None:
+        say(choice.text())
+    head = output_layer(module.model)
+    per_token_logits = data.task.auto_class in PER_TOKEN_LOGITS and head is not None
+    estimate = estimate_memory(
+        module.model,
+        batch_size=batch,
+        seq_len=length,
+        mixed_precision="mixed" in precision,
+        gradient_checkpointing=bool(cfg.model.gradient_checkpointing),
+        chunk_tokens=choice.chunk_tokens if choice is not None and choice.chunked else None,
+        vocab=head.weight.shape[0] if per_token_logits else None,
+    )
+    say(estimate.text())
     show_training_example(data.task, train, Path(cfg.paths.output_dir))
+    return estimate
 
 
 def show_training_example(task, train, output_dir: Path) -> None:
@@ -312,6 +347,7 @@ def results(
     data_seconds: float,
     started: float,
     paths: dict[str, Any],
+    memory_estimate: MemoryEstimate | None = None,
 ) -> dict[str, Any]:
     """What results.json holds, built in one place; loggers are closed and plots drawn first
     (the plots read the run's own logs/*/metrics.csv)."""
@@ -324,8 +360,17 @@ def results(
         "task": task.name,
         **task.report(),
         "headline_metric": task.headline,
+        "training_loss": task.loss_choice.text() if task.loss_choice else None,
         "metrics": {**metrics, "train": training},
         "tokens_per_s": training["tokens_per_s"],
+        "memory": {
+            "estimated_mb": round(memory_estimate.total / 2**20, 1) if memory_estimate else None,
+            "estimate_parts_mb": {k: round(v / 2**20, 1) for k, v in memory_estimate.parts.items()}
+            if memory_estimate
+            else None,
+            "measured_peak_mb": training["peak_memory_mb"],
+            "measured_by": training["peak_memory_measured_by"],
+        },
         "throughput": found[0].summary() if found else None,  # tokens/s, MFU after warm-up
         "data_prep_s": round(data_seconds, 3),
         "wall_time_s": round(time.perf_counter() - started, 2),
@@ -346,6 +391,14 @@ def write_results(results: dict[str, Any], task) -> None:
     headline = f"{label} {after[name]:.{digits}f}" if name in after else "not validated"
     if before and name in before and name in after:
         headline = f"{label} {before[name]:.{digits}f} -> {after[name]:.{digits}f}"
+    memory = results["memory"]
+    if memory["measured_peak_mb"]:
+        estimated = memory["estimated_mb"]
+        estimated = f"estimated {gigabytes(estimated * 2**20)}, " if estimated else ""
+        say(
+            f"memory: {estimated}measured {gigabytes(memory['measured_peak_mb'] * 2**20)} "
+            f"({memory['measured_by']})"
+        )
     say(
         f"done in {results['wall_time_s']:.1f}s: {headline}; "
         f"{results['tokens_per_s']} tokens/s; model: {results['export_dir']}; "

@@ -51,3 +51,24 @@ def test_data_prep_reports_a_cached_second_run(tmp_path):
     build = report["builds"]["1"]
     assert build["cold"]["train_blocks"] == build["second_run"]["train_blocks"] > 0
     assert build["second_run"]["tokenize_s"] < build["cold"]["tokenize_s"]
+
+
+def test_memory_benchmark_measures_every_run_and_the_estimate(tmp_path):
+    command = [
+        sys.executable,
+        "benchmarks/memory.py",
+        "--preset=tiny",
+        "--steps=3",
+        f"--out-dir={tmp_path}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| HF Trainer, defaults |" in result.stdout and "targets (" in result.stdout
+    (path,) = tmp_path.glob("*_memory_tiny_cpu.json")
+    report = json.loads(path.read_text())
+    runs = report["runs"]
+    assert set(runs) == {"hf", "lit_ft", "lit_ft_chunked_gc"}
+    for run in runs.values():
+        assert run["peak_memory_mb"] > 0 and run["tokens_per_s"] > 0
+    assert runs["lit_ft_chunked_gc"]["training_loss"].startswith("training loss chunked")
+    assert runs["lit_ft"]["estimated_mb"] > 0 and "met" in report["targets"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -69,7 +70,9 @@ def test_run_writes_plots_every_logger_progress_lines_and_samples(
     # Not a terminal (pytest captures stdout): plain lines, one per 5 steps and per validation.
     lines = [line for line in out.splitlines() if line.startswith("[lit_ft] step ")]
     assert lines and lines[0].startswith("[lit_ft] step 5/10 loss ")
-    assert "tok/s" in lines[0] and " lr " in lines[0] and lines[0].endswith(" left")
+    assert "tok/s" in lines[0] and " lr " in lines[0]
+    # ... the peak memory so far (lit_ft/observe/memory.py), then elapsed and ~time left
+    assert re.search(r" \d+(\.\d)?[MG] \d+:\d\d ~\d+:\d\d left$", lines[0]), lines[0]
     assert all(len(line) <= 80 for line in lines), lines  # an 80-column terminal, unwrapped
     assert "[lit_ft] validation (step 10): val/loss" in out
 

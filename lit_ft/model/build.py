@@ -33,6 +33,8 @@ class ModelSpec:
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
     pad_vocab_to_multiple_of: int | None = None  # lit_ft/model/vocab.py (run.py pads, export crops)
+    chunked_loss: str | bool = "auto"  # causal LMs: lit_ft/model/chunked_loss.py
+    loss_chunk_tokens: int = 512  # tokens per chunk of the chunked loss
 
     @property
     def tokenizer_name(self) -> str:
@@ -127,6 +129,7 @@ def build_model(spec: ModelSpec, config=None, pretrained: bool | None = None, **
 
 def model_problems(model) -> Problems:
     """The rules of `model.*` (conf/model)."""
+    from lit_ft.model.chunked_loss import chunked_loss_problems
     from lit_ft.preflight import model_path_problem
 
     problems = Problems()
@@ -145,4 +148,5 @@ def model_problems(model) -> Problems:
         f"model.pad_vocab_to_multiple_of must be a positive integer or null, got {pad!r}",
     )
     problems.boolean("model.gradient_checkpointing", model.get("gradient_checkpointing", False))
+    problems += chunked_loss_problems(model)
     return problems

@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import ProgressBar
 
 from lit_ft.config.problems import Problems
+from lit_ft.observe.memory import peak_bytes, short
 from lit_ft.observe.tokens import real_tokens
 
 STYLES = ("auto", "live", "lines", "tqdm")
@@ -77,10 +78,11 @@ def _extra_metrics(trainer, speed: _Speed) -> dict[str, str]:
 class LineProgress(ProgressBar):
     """One line per `every_n_steps` optimizer steps and one per validation, within 80 columns:
 
-    [lit_ft] step 20/180 loss 3.214 lr 1.90e-03 5,120 tok/s mfu 38% 0:12 ~1:36 left
+    [lit_ft] step 20/180 loss 3.214 lr 1.90e-03 5,120 tok/s 1.2G 0:12 ~1:36 left
 
-    The step is the optimizer step out of the run's total (the count the schedule uses), and
-    the time left is for the whole run, not the epoch.
+    The step is the optimizer step out of the run's total (the count the schedule uses), 1.2G
+    the peak memory so far (lit_ft/observe/memory.py), and ~1:36 the time left for the whole
+    run, not the epoch.
     """
 
     def __init__(self, every_n_steps: int = 10) -> None:
@@ -151,6 +153,7 @@ class LineProgress(ProgressBar):
         parts += [("lr", f"lr {extra['lr']}")] if "lr" in extra else []
         parts += [("tok/s", f"{extra['tok/s']} tok/s")] if "tok/s" in extra else []
         parts += [("mfu", f"mfu {extra['mfu'].split('.')[0]}%")] if "mfu" in extra else []
+        parts += [("memory", short(peak_bytes()))]  # the peak so far (lit_ft/observe/memory.py)
         return [*parts, ("time", self._time_text(trainer))]
 
     def _total_steps(self, trainer) -> int | None:
@@ -173,7 +176,7 @@ class LineProgress(ProgressBar):
 
 
 # Dropped first when the live line is wider than the terminal, most expendable first.
-_EXPENDABLE = ("bar", "mfu", "lr", "tok/s", "loss")
+_EXPENDABLE = ("bar", "memory", "mfu", "lr", "tok/s", "loss")
 _CLEAR_LINE = "\r\x1b[K"  # back to column 0, erase to the end of the line
 
 

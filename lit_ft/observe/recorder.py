@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from lit_ft.observe.memory import how_measured, peak_bytes, reset_peak
 from lit_ft.observe.tokens import real_tokens
 
 
@@ -29,11 +30,13 @@ class TrainingRecorder(L.Callback):
         self._started = self._val_started = None
         self.train_seconds = 0.0
         self._val_seconds = 0.0
+        self.peak_memory: int | None = None  # bytes, lit_ft/observe/memory.py
 
     # -- timing ----------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
         self._started = time.perf_counter()
         self._val_seconds = 0.0
+        reset_peak()
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._val_started = time.perf_counter()
@@ -44,6 +47,7 @@ class TrainingRecorder(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.train_seconds += time.perf_counter() - self._started - self._val_seconds
+        self.peak_memory = peak_bytes()  # before the final evaluation, which is not training
         self._started = None
         if trainer.world_size > 1:
             self._combine_ranks(trainer.strategy)
@@ -83,4 +87,6 @@ class TrainingRecorder(L.Callback):
             "tokens": self.tokens,
             "train_seconds": round(seconds, 3),
             "tokens_per_s": round(self.tokens / seconds, 1) if seconds > 0 else None,
+            "peak_memory_mb": round(self.peak_memory / 2**20, 1) if self.peak_memory else None,
+            "peak_memory_measured_by": how_measured(),
         }

@@ -34,6 +34,9 @@ class Task:
     headline_label: ClassVar[str] = "validation perplexity"  # ...and how it names it
     predicts: ClassVar[bool] = False  # writes predictions.jsonl (classification, seq2seq, SFT)
     shifted_labels: ClassVar[bool] = False  # causal LMs: token t's label is predicted at t-1
+    # The loss is the model's cross-entropy over target tokens (not e.g. a preference loss):
+    # causal tasks may then compute it chunk by chunk (lit_ft/model/chunked_loss.py).
+    token_loss: ClassVar[bool] = True
     row_name: ClassVar[str] = "sequences"  # what one training row is, in the pre-flight
     sequences_per_row: ClassVar[int] = 1  # ...and how many sequences it puts through the model
 
@@ -42,6 +45,9 @@ class Task:
         self.column = {key: columns.get(key) for key in (*self.columns, *self.optional_columns)}
         self.max_length = max_length
         self.add_eos = False  # end each text with EOS (text-block tasks); set by build_task
+        # How a causal task's training loss is computed (lit_ft/model/chunked_loss.py): set
+        # by lit_ft.steps.build_network once the model is known; None: the model's own loss.
+        self.loss_choice = None
 
     @classmethod
     def option_problems(cls, options) -> Problems:
@@ -116,9 +122,22 @@ class Task:
         """(mean loss over the batch's targets, their count, extra metrics to log) for one
         training micro-batch. The module weighs micro-batches by the count
         (lit_ft/training/step_loss.py); a task with its own objective (e.g. preference pairs)
-        or its own way to the loss (chunked cross-entropy) overrides this."""
+        or its own way to the loss overrides this. Causal tasks whose loss choice says so
+        take the chunked cross-entropy: the same mean, without the full logits."""
+        count = self.count_targets(batch)
+        if (
+            self.token_loss
+            and self.shifted_labels
+            and self.loss_choice
+            and self.loss_choice.chunked
+        ):
+            from lit_ft.model.chunked_loss import causal_loss
+
+            total = causal_loss(model, batch, self.loss_choice.chunk_tokens)
+            # clamp: a micro-batch without targets has loss 0 (its weight in the step is 0)
+            return total / count.clamp(min=1).to(total.dtype), count, {}
         outputs = model(**model_inputs(batch))
-        return outputs.loss, self.count_targets(batch), {}
+        return outputs.loss, count, {}
 
     def count_targets(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """How many targets the model's loss for `batch` is a mean over (the token weight)."""

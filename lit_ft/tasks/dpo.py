@@ -49,6 +49,7 @@ class PreferenceTask(Task):
     description = "prompt, chosen, rejected -> prefer the chosen answer (DPO, IPO, hinge, SimPO)"
     columns = ("prompt_column", "chosen_column", "rejected_column")
     headline = "val/reward_accuracy"
+    token_loss = False  # a loss over pairs, from log-probabilities (lit_ft/tasks/preference.py)
     row_name, sequences_per_row = "pairs", 2  # a pair is its chosen and its rejected answer
     headline_label = "validation reward accuracy"
 

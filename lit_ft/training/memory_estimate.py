@@ -1,0 +1,115 @@
+"""The peak memory a run should take, estimated before training (the pre-flight summary), so
+the measured peak at the end (lit_ft/observe/memory.py) can be checked against it.
+
+    peak = weights + gradients + AdamW states + activations + logits (+ what is held already)
+
+A sum of the step's largest holdings, a little above the true peak: at the start of the
+backward, when activations and logits peak, most gradients do not exist yet.
+
+- weights: every parameter at its dtype (tied weights once);
+- gradients: the trainable parameters at their dtype;
+- AdamW: two fp32 moments per trainable parameter (8 bytes each);
+- activations, for decoder transformers (what the backward keeps, per layer and token):
+  31 x hidden x 4 bytes in fp32 (2 bytes under mixed precision), measured on GPT-2 with
+  saved-tensor hooks: Korthikanti et al. 2022's 34 x hidden 2-byte values (with dropout
+  masks) counted in fp32, plus the tanh-GELU's intermediates; plus the attention scores,
+  3 x heads x tokens x 4 bytes, where attention materializes them (eager attention, or SDPA
+  on a CPU, whose math kernel runs when dropout is on). With gradient checkpointing each
+  layer keeps its input (2 x hidden x 4 bytes measured) and one layer's full set is rebuilt
+  at a time;
+- logits, the plain loss: tokens x vocab x 4 bytes (fp32, as the loss upcasts them) three
+  times: the logits, the log-softmax saved for backward, and its gradient. GPT-2 at
+  4 x 1,024 tokens: 4,096 x 50,257 x 4 x 3 = 2.5 GB. Chunked (lit_ft/model/chunked_loss.py):
+  one chunk's logits and gradient, 2 x 512 x 50,257 x 4 = 206 MB, plus the head's weight
+  gradient in fp32 and the hidden states' gradient;
+- held already: on a CPU, the process's resident memory when the summary prints besides the
+  weights (Python, libraries, the loaded data), since the measured peak RSS counts it; on a
+  GPU nothing (the measured figure is tensors only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lit_ft.model.chunked_loss import output_layer
+from lit_ft.observe.memory import current_bytes, gigabytes, on_gpu
+
+
+@dataclass
+class MemoryEstimate:
+    parts: dict[str, int]  # bytes, in the order printed
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def text(self) -> str:
+        shown = " + ".join(f"{name} {gigabytes(n)}" for name, n in self.parts.items() if n)
+        return f"memory estimate: {gigabytes(self.total)} at peak = {shown}"
+
+
+def estimate_memory(
+    model,
+    batch_size: int,
+    seq_len: int,
+    mixed_precision: bool,
+    gradient_checkpointing: bool,
+    chunk_tokens: int | None,
+    vocab: int | None,
+) -> MemoryEstimate:
+    """The estimate for one micro-batch of `batch_size` x `seq_len` tokens; `chunk_tokens`
+    None: the plain loss; `vocab` None: the task has no per-token logits (the head is small)."""
+    params = list(model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in params)
+    trainable = [p for p in params if p.requires_grad]
+    gradients = sum(p.numel() * p.element_size() for p in trainable)
+    adamw = sum(p.numel() for p in trainable) * 8
+    tokens = batch_size * seq_len
+    parts = {
+        "weights": weights,
+        "gradients": gradients,
+        "AdamW": adamw,
+        "activations": activation_bytes(
+            model.config, tokens, seq_len, mixed_precision, gradient_checkpointing
+        ),
+        "logits": logits_bytes(tokens, vocab, chunk_tokens, model),
+    }
+    if not on_gpu():
+        parts["runtime and data"] = max(current_bytes() - weights, 0)
+    return MemoryEstimate(parts)
+
+
+def activation_bytes(config, tokens: int, seq_len: int, mixed: bool, checkpointing: bool) -> int:
+    """What the backward keeps of a decoder transformer's layers (see the module's notes)."""
+    hidden = _first(config, "hidden_size", "n_embd", "d_model")
+    layers = _first(config, "num_hidden_layers", "n_layer", "num_layers")
+    heads = _first(config, "num_attention_heads", "n_head", "num_heads")
+    if not (hidden and layers and heads):
+        return 0
+    size = 2 if mixed else 4
+    per_layer = tokens * hidden * 31 * size
+    eager = getattr(config, "_attn_implementation", "sdpa") == "eager"
+    if eager or not on_gpu():  # the scores: 3 x heads x seq x 4 bytes per token
+        per_layer += tokens * heads * seq_len * 3 * 4
+    if checkpointing:  # every layer's input kept, one layer rebuilt at a time
+        return layers * tokens * hidden * 2 * 4 + per_layer
+    return layers * per_layer
+
+
+def logits_bytes(tokens: int, vocab: int | None, chunk_tokens: int | None, model) -> int:
+    if not vocab:
+        return 0
+    if chunk_tokens is None:  # logits, log-softmax, gradient: 3 x tokens x vocab x 4 bytes
+        return 3 * tokens * vocab * 4
+    head = output_layer(model)
+    hidden = head.weight.shape[1] if head is not None else 0
+    chunk = 2 * min(chunk_tokens, tokens) * vocab * 4  # one chunk's logits and gradient
+    return chunk + vocab * hidden * 4 + tokens * hidden * 4  # + head and hidden gradients
+
+
+def _first(config, *keys: str) -> int | None:
+    for key in keys:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
