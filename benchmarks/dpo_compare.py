@@ -85,6 +85,7 @@ def training_pairs(workdir: str) -> list[dict]:
 
 def run_trl(steps: int, workdir: str) -> dict:
     import datasets
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
@@ -101,8 +102,9 @@ def run_trl(steps: int, workdir: str) -> dict:
         use_cpu=True, save_strategy="no", seed=42, max_length=128, bf16=False,
     )  # fmt: skip
     trainer = DPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(model_dir),
-        ref_model=AutoModelForCausalLM.from_pretrained(model_dir),
+        # fp32 as lit_ft loads it (the files hold fp16, which from_pretrained keeps by default)
+        model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+        ref_model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
         args=args,
         train_dataset=datasets.Dataset.from_list(training_pairs(workdir)),
         processing_class=tokenizer,

@@ -63,11 +63,13 @@ class PreferenceTask(Task):
         simpo_gamma: float = 0.5,
         chat_template: str | None = None,
         precompute_reference: bool = False,
+        disable_dropout: bool = True,
     ):
         super().__init__(tokenizer, columns, max_length)
         self.beta, self.loss, self.simpo_gamma = beta, loss, simpo_gamma
         self.template_source = resolve_template(tokenizer, chat_template)
         self.precompute = precompute_reference and NEEDS_REFERENCE[loss]
+        self.disable_dropout = disable_dropout
         self.reference_kind = "none (SimPO)"
         self._reference = None  # the frozen copy, when that is the reference
 
@@ -172,6 +174,13 @@ class PreferenceTask(Task):
     def check_model(self, model) -> None:
         """Choose the reference for this network (called once it is built, before any
         checkpoint's weights are loaded into it)."""
+        if self.disable_dropout:
+            # As TRL does by default: with dropout, the policy's log-probabilities are noisy
+            # against the reference's (which runs in eval mode), so even the starting model
+            # would not score ln 2.
+            for module in model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
         if not NEEDS_REFERENCE[self.loss]:
             return
         if self.precompute:
