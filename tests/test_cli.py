@@ -162,7 +162,7 @@ def test_user_errors_exit_2_with_one_message(run_cli, tiny_overrides, tmp_path):
 
 # words of the --help page's group lines that are prose, not options
 HELP_PROSE = {"default", "or", "with", "a", "whole", "recipe", "e", "g", "model", "name_or_path"}
-HELP_PROSE |= {"hub", "id", "local", "directory", "m"}
+HELP_PROSE |= {"hub", "id", "local", "directory", "m", "chats", "preference", "pairs"}
 
 
 def test_help_is_our_own_page_and_names_only_what_exists(run_cli):
@@ -194,8 +194,11 @@ def test_help_is_our_own_page_and_names_only_what_exists(run_cli):
                 continue
             raise AssertionError(f"--help names {group}={option}, which has no conf file")
     keys = re.findall(r"\b([a-z_]+(?:\.[a-z_]+)+)=", page.split("Common keys")[1].split("Ex")[0])
-    cfg = compose([])
+    # a line that starts with task=<name> names that task's own keys
+    tasks = dict(re.findall(r"^\s*task=(\w+) (.*)$", page, re.M))
+    task_keys = {k: name for name, line in tasks.items() for k in re.findall(r"(task\.\w+)=", line)}
     for key in keys:
+        cfg = compose([f"task={task_keys[key]}"] if key in task_keys else [])
         node = cfg
         for part in key.split("."):
             assert part in node, f"--help names {key}, which is not a config key"

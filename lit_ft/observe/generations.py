@@ -18,6 +18,7 @@ import torch
 
 from lit_ft.observe.log import say
 from lit_ft.tasks.answers import fit_positions
+from lit_ft.tasks.chat import end_of_turn
 
 
 def prompt_of(row: dict, prompt_tokens: int) -> list[int]:
@@ -67,17 +68,21 @@ class SampleGenerations(L.Callback):
     def _generate(self, model, tokenizer, prompt_ids: list[int]) -> dict[str, str]:
         prompt_ids, new_tokens = fit_positions(prompt_ids, self.max_new_tokens, model.config)
         input_ids = torch.tensor([prompt_ids], device=model.device)
+        # a chat's answer ends at the template's end of turn ("<|im_end|>"), which may be no
+        # token of its own: stop there, as the validation's scored answers do
+        stop = end_of_turn(tokenizer) if getattr(tokenizer, "chat_template", None) else None
         output = model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             max_new_tokens=new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
+            **({"stop_strings": [stop], "tokenizer": tokenizer} if stop else {}),
         )
-        return {
-            "prompt": tokenizer.decode(prompt_ids),
-            "completion": tokenizer.decode(output[0, len(prompt_ids) :]),
-        }
+        completion = tokenizer.decode(output[0, len(prompt_ids) :])
+        if stop and stop in completion:
+            completion = completion[: completion.index(stop) + len(stop)]
+        return {"prompt": tokenizer.decode(prompt_ids), "completion": completion}
 
     def _write(self, trainer, samples: list[dict[str, str]]) -> None:
         step = self._written_step = trainer.global_step
