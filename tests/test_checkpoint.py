@@ -101,25 +101,3 @@ def test_best_checkpoint_waits_quietly_for_a_validation(tmp_path, recwarn):
     assert not best._nothing_to_monitor_yet(trainer)
     trainer.callback_metrics = {"val/loss": torch.tensor(3.0)}
     assert not best._nothing_to_monitor_yet(trainer)
-
-
-def test_files_of_one_step_are_stored_once(tmp_path):
-    """best-… then step… at one validation: one file on disk, the newer state under both names."""
-    io = AtomicCheckpointIO()
-    best, step, later = (tmp_path / n for n in ("best.ckpt", "step000004.ckpt", "step8.ckpt"))
-    io.save_checkpoint({**_checkpoint(4), "global_step": 4, "callbacks": {"a": 1}}, best)
-    io.save_checkpoint({**_checkpoint(4), "global_step": 4, "callbacks": {"a": 2}}, step)
-    assert best.samefile(step) and step.stat().st_nlink == 2
-    assert torch.load(best, weights_only=True)["callbacks"] == {"a": 2}  # the newer state
-    (tmp_path / "last.ckpt").symlink_to(step.name)  # Lightning's save_last: link
-    io.save_checkpoint({**_checkpoint(8), "global_step": 8}, later)  # another step: its own
-    assert not later.samefile(step) and (tmp_path / "last.ckpt").is_symlink()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "best.ckpt",
-        "last.ckpt",
-        "step000004.ckpt",
-        "step8.ckpt",
-    ]  # no temporary names left
-    step.unlink()  # retention removes one name; the other keeps the checkpoint
-    assert torch.load(best, weights_only=True)["loops"] == {"step": 4}
-    assert newest_valid_checkpoint(tmp_path) == later  # the dangling last.ckpt is skipped

@@ -45,15 +45,6 @@ def test_run_trains_and_writes_complete_results(finished_run):
     assert train["tokens"] == 30 * 8 * 32  # steps x batch x block
     assert Path(results["best_checkpoint"]).is_file()
     assert Path(results["last_checkpoint"]).name == "last.ckpt"
-    # Validating at 10, 20, 30: step030.ckpt, last.ckpt (a link to it) and the best of the
-    # same step are one file on disk.
-    files = list((run_dir / "checkpoints").glob("*.ckpt"))
-    by_step: dict[int, set[int]] = {}
-    for path in files:
-        step = torch.load(path, weights_only=True, mmap=True)["global_step"]
-        by_step.setdefault(step, set()).add(path.stat().st_ino)
-    assert all(len(inodes) == 1 for inodes in by_step.values()), by_step
-    assert len(by_step) < len(files) and (run_dir / "checkpoints" / "last.ckpt").is_symlink()
     assert results["export_dir"] == str(run_dir / "hf_model")
     assert "validation perplexity" in result.stdout
 

@@ -70,11 +70,8 @@ def newest_valid_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 
 def _newest_valid(checkpoint_dir: Path) -> ResumePoint | None:
-    # A dangling last.ckpt link (its step file deleted by hand) is no candidate.
     candidates = sorted(
-        (p for p in checkpoint_dir.glob("*.ckpt") if p.exists()),
-        key=lambda p: p.stat().st_mtime,
-        reverse=True,
+        checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True
     )
     for path in candidates:
         checkpoint, problem = _open(path)
@@ -194,32 +191,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     then renamed over the target (`os.replace` is atomic on POSIX). A crash mid-save leaves the
     previous checkpoint intact and removes the temporary file. Loads use weights_only=True:
     lit_ft checkpoints hold only plain containers and tensors.
-
-    Several files at one optimizer step (the best checkpoint and the step checkpoint of the
-    same validation, a preemption save right after one) hold the same weights and optimizer
-    state; they are kept on disk once: after the newest is written, the earlier ones of that
-    step become hard links to it (it holds the newest loop and callback state, so resuming
-    from any of them is resuming from it). The link is made under a temporary name and renamed
-    over the old file, so a kill at any point leaves every name a complete checkpoint.
-    (last.ckpt is Lightning's symbolic link to the newest step checkpoint: `save_last: link`.)
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._step: int | None = None
-        self._saved_at_step: list[Path] = []  # files this process wrote at `_step`
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
-        self._write(checkpoint, path)
-        step = checkpoint.get("global_step")
-        if step is None or step != self._step:
-            self._step, self._saved_at_step = step, []
-        for earlier in self._saved_at_step:
-            _hard_link_over(path, earlier)
-        self._saved_at_step = [p for p in self._saved_at_step if p != path] + [path]
-
-    def _write(self, checkpoint: dict, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
@@ -245,25 +220,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return torch.load(path, map_location=map_location or "cpu", weights_only=True)
         except Exception as err:
             raise LitFtError(f"checkpoint '{path}' cannot be loaded: {err}") from err
-
-
-def _hard_link_over(source: Path, target: Path) -> None:
-    """Make `target` (an earlier file of the same step) another name of `source`, atomically.
-
-    Only when `target` still exists and is not `source` already (Lightning may have removed
-    it, or it may be a symbolic link such as last.ckpt); where hard links are not possible
-    (another file system, FAT), both files stay: a second copy, never a lost checkpoint.
-    """
-    try:
-        if target.is_symlink() or not target.is_file() or target.samefile(source):
-            return
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.link")
-        tmp.unlink(missing_ok=True)
-        os.link(source, tmp)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except OSError:
-        return
 
 
 def _fsync_dir(directory: Path) -> None:
