@@ -61,7 +61,7 @@ def losses_and_grads(model, batch, chunk_tokens, autocast=False):
         model.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             if chunked:
-                loss = causal_loss(model, batch, chunk_tokens) / count
+                loss = causal_loss(model, model_inputs(batch), chunk_tokens) / count
             else:
                 loss = model(**model_inputs(batch)).loss
         loss.backward()

@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 
 from lit_ft.config.problems import Problems
-from lit_ft.tasks.base import model_inputs
 
 # Config attributes that change the logits after the head, by name: refused without a probe.
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
@@ -150,16 +149,16 @@ def _same_logits(model) -> bool:
 
 
 # -- the loss -------------------------------------------------------------------------------------
-def causal_loss(model, batch: Mapping[str, torch.Tensor], chunk_tokens: int):
+def causal_loss(model, inputs: Mapping[str, torch.Tensor], chunk_tokens: int):
     """(sum of the token losses, labels shifted, -100 ignored) of one micro-batch, chunked.
 
-    The base gets the batch's inputs as the model would (packing's position_ids and no
-    attention mask included); only `labels` stays here."""
-    inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}
-    hidden = base_of(model)(**inputs)[0]
+    `inputs` are the model's inputs with its labels (`lit_ft.tasks.base.model_inputs` of the
+    batch): the base gets them as the model would (packing's position_ids and no attention
+    mask included); only `labels` stays here."""
+    hidden = base_of(model)(**{k: v for k, v in inputs.items() if k != "labels"})[0]
     head = output_layer(model)
     hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-    targets = batch["labels"][:, 1:].reshape(-1).to(hidden.device)
+    targets = inputs["labels"][:, 1:].reshape(-1).to(hidden.device)
     return LinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk_tokens)
 
 

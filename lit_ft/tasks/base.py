@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -133,7 +134,7 @@ class Task:
         ):
             from lit_ft.model.chunked_loss import causal_loss
 
-            total = causal_loss(model, batch, self.loss_choice.chunk_tokens)
+            total = causal_loss(model, model_inputs(batch), self.loss_choice.chunk_tokens)
             # clamp: a micro-batch without targets has loss 0 (its weight in the step is 0)
             return total / count.clamp(min=1).to(total.dtype), count, {}
         outputs = model(**model_inputs(batch))
@@ -160,6 +161,24 @@ class Task:
     def options(self) -> dict[str, Any]:
         """Everything besides the raw data that decides the processed rows (the cache key)."""
         return {"columns": self.column, "max_length": self.max_length}
+
+    def tokenize_keeping_answers(self, dataset, split: str, context: TaskContext, rows: str):
+        """`self._encode` over the split; it drops rows whose answer the block size cuts off
+        entirely, and the warning counts them (e.g. "3 of 7766 pairs ...")."""
+        kept = self.cached_map(
+            dataset, self._encode, split, context, "Tokenizing", remove_columns=dataset.column_names
+        )
+        if len(kept) < len(dataset):
+            logging.getLogger(type(self).__module__).warning(
+                "%s: %d of %d %s have no answer token left within data.block_size=%d and are "
+                "skipped",
+                split,
+                len(dataset) - len(kept),
+                len(dataset),
+                rows,
+                self.max_length,
+            )
+        return kept
 
     def cached_map(self, dataset, function, split: str, context: TaskContext, step: str, **kw):
         """`dataset.map` with a fingerprint from the inputs that matter, so a second run with

@@ -20,7 +20,6 @@ made before the checkpoint's weights are loaded, the adapters are off, the cache
 from __future__ import annotations
 
 import copy
-import logging
 from typing import Any
 
 import torch
@@ -38,7 +37,6 @@ from lit_ft.tasks.preference import (
     split_pairs,
 )
 
-log = logging.getLogger(__name__)
 SIDES = ("chosen", "rejected")
 
 
@@ -102,18 +100,7 @@ class PreferenceTask(Task):
 
     # -- rows -> token ids and answer masks for both answers ----------------------------------
     def preprocess(self, dataset, split: str, context: TaskContext):
-        kept = self.cached_map(
-            dataset, self._encode, split, context, "Tokenizing", remove_columns=dataset.column_names
-        )
-        if len(kept) < len(dataset):
-            log.warning(
-                "%s: %d of %d pairs have an answer with no token left within "
-                "data.block_size=%d and are skipped",
-                split,
-                len(dataset) - len(kept),
-                len(dataset),
-                self.max_length,
-            )
+        kept = self.tokenize_keeping_answers(dataset, split, context, "pairs")
         return kept
 
     def _encode(self, batch: dict[str, list]) -> dict[str, list]:

@@ -15,7 +15,6 @@ the logits of each example alone in tests/test_tasks.py).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
@@ -38,8 +37,6 @@ from lit_ft.tasks.packing import (
     keeps_packed_examples_apart,
     packing_efficiency,
 )
-
-log = logging.getLogger(__name__)
 
 
 class InstructionTask(Task):
@@ -133,18 +130,7 @@ class InstructionTask(Task):
 
     # -- rows -> (prompt ids, response ids) -------------------------------------------------
     def preprocess(self, dataset, split: str, context: TaskContext):
-        kept = self.cached_map(
-            dataset, self._encode, split, context, "Tokenizing", remove_columns=dataset.column_names
-        )
-        if len(kept) < len(dataset):
-            log.warning(
-                "%s: %d of %d examples have no response token left within data.block_size=%d "
-                "and are skipped",
-                split,
-                len(dataset) - len(kept),
-                len(dataset),
-                self.max_length,
-            )
+        kept = self.tokenize_keeping_answers(dataset, split, context, "examples")
         if self.packing:
             # best fit within each map batch: 10,000 examples give it plenty to choose from
             kept = self.cached_map(kept, self._pack, split, context, "Packing", batch_size=10_000)
