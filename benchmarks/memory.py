@@ -35,10 +35,12 @@ PRESETS = {"gpt2-124m": compare.PRESETS["gpt2-124m"], "tiny": compare.PRESETS["t
 RUNS = {
     "hf": "HF Trainer, defaults",
     "lit_ft": "lit_ft, defaults",
+    "lit_ft_plain": "lit_ft, model.chunked_loss=false",
     "lit_ft_chunked_gc": "lit_ft, chunked loss + gradient checkpointing",
 }
 LIT_FT_SETTINGS = {
     "lit_ft": [],
+    "lit_ft_plain": ["model.chunked_loss=false"],
     "lit_ft_chunked_gc": ["model.chunked_loss=true", "model.gradient_checkpointing=true"],
 }
 

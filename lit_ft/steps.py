@@ -27,6 +27,7 @@ from lit_ft.export import export_checkpoint, export_pretrained
 from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
 from lit_ft.model.build import ModelSpec, build_model, load_config, load_tokenizer, max_positions
 from lit_ft.model.chunked_loss import choose_loss, output_layer
+from lit_ft.model.liger import apply_liger
 from lit_ft.model.compile import compile_model
 from lit_ft.model.peft import AdapterCheckpoint, prepare_model, quantization_kwargs
 from lit_ft.model.precision import resolve_precision
@@ -172,18 +173,22 @@ def build_network(
     causal tasks: printed by `print_plan`), compiled when asked."""
     model = build_model(spec, data.hf_config, **quantization_kwargs(lora))
     model = pad_vocab(model, spec.pad_vocab_to_multiple_of)
+    if spec.liger_kernel:  # on the bare model, before LoRA wraps its modules
+        say(apply_liger(model))
     model = prepare_model(model, gradient_checkpointing=spec.gradient_checkpointing, lora=lora)
     data.task.check_model(model)  # e.g. packing needs attention that reads position ids
-    data.task.prepare_with_model(model, data.datamodule)  # e.g. DPO's reference log-probs
-    if data.task.token_loss:  # before compiling: the probe runs one small forward
-        tokens = batch_size * data.task.max_length  # e.g. 4 x 1,024 = 4,096 per micro-batch
+    if data.task.shifted_labels:  # causal: before compiling, the probe runs a small forward
+        # e.g. 4 x 1,024 = 4,096 tokens per micro-batch; dpo: 4 pairs x 2 x 1,024 = 8,192
+        tokens = batch_size * data.task.sequences_per_row * data.task.max_length
         data.task.loss_choice = choose_loss(
             spec.chunked_loss,
             model,
             tokens,
             spec.loss_chunk_tokens,
             compiled=bool(compile_options.get("enabled")),
+            liger=spec.liger_kernel,
         )
+    data.task.prepare_with_model(model, data.datamodule)  # e.g. DPO's reference log-probs
     compile_model(model, **compile_options)
     return model
 
@@ -229,12 +234,13 @@ def print_plan(
     per_token_logits = data.task.auto_class in PER_TOKEN_LOGITS and head is not None
     estimate = estimate_memory(
         module.model,
-        batch_size=batch,
+        batch_size=batch * per_row,  # dpo: b pairs are 2b sequences
         seq_len=length,
         mixed_precision="mixed" in precision,
         gradient_checkpointing=bool(cfg.model.gradient_checkpointing),
         chunk_tokens=choice.chunk_tokens if choice is not None and choice.chunked else None,
         vocab=head.weight.shape[0] if per_token_logits else None,
+        held=data.task.held_models(),
     )
     say(estimate.text())
     show_training_example(data.task, train, Path(cfg.paths.output_dir))

@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from lit_ft.model.chunked_loss import causal_loss, choose_loss, chunked_loss_problem
+from lit_ft.model.chunked_loss import causal_logps, causal_loss, choose_loss, chunked_loss_problem
 from lit_ft.tasks.base import Task, model_inputs
+from lit_ft.tasks.preference import answer_logps
 
 VOCAB = 512
 
@@ -118,6 +119,53 @@ def test_head_with_a_bias_is_followed():
     model.set_output_embeddings(biased)
     assert chunked_loss_problem(model) is None
     assert_same(*losses_and_grads(model, padded_batch(), 8), tolerance=1e-5)
+
+
+def logps_and_grads(model, batch, chunk_tokens, autocast=False):
+    """Per-row log-probability sums and the gradients of a loss that weighs each row
+    differently (as DPO's does), plain then chunked."""
+    weights = torch.tensor([0.7, -1.3, 2.1])[: batch["input_ids"].shape[0]]
+    results = []
+    for chunked in (False, True):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if chunked:
+                sums, counts = causal_logps(model, model_inputs(batch), chunk_tokens)
+            else:
+                inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}
+                sums, counts = answer_logps(model(**inputs).logits, batch["labels"])
+        (sums * weights).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((sums.detach(), counts, grads))
+    return results
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 7, 512])
+@pytest.mark.parametrize("batch", [padded_batch, packed_batch])
+def test_per_row_log_probabilities_equal_the_plain_ones(chunk_tokens, batch):
+    (sums_a, counts_a, grads_a), (sums_b, counts_b, grads_b) = logps_and_grads(
+        tiny_gpt2(), batch(), chunk_tokens
+    )
+    assert torch.equal(counts_a, counts_b)
+    assert torch.allclose(sums_a, sums_b, rtol=1e-5, atol=1e-4)
+    assert_same((sums_a[0], grads_a), (sums_b[0], grads_b), tolerance=1e-5)
+
+
+def test_per_row_log_probabilities_with_lora_and_bf16():
+    from lit_ft.model.peft import LoraSettings, apply_lora
+
+    model = apply_lora(tiny_gpt2(), LoraSettings(r=4, dropout=0.0))
+    plain, chunked = logps_and_grads(model, padded_batch(), chunk_tokens=8)
+    assert all("lora_" in name for name in chunked[2])
+    assert_same((plain[0][0], plain[2]), (chunked[0][0], chunked[2]), tolerance=1e-5)
+    # bf16 matmuls, fp32 sums: within bf16's rounding
+    plain, chunked = logps_and_grads(tiny_gpt2(), padded_batch(), 8, autocast=True)
+    assert torch.allclose(plain[0], chunked[0], rtol=3e-2, atol=0.5)
+    assert_same((plain[0][0], plain[2]), (chunked[0][0], chunked[2]), tolerance=3e-2)
+    # under no_grad (the reference) it computes without keeping anything for backward
+    with torch.no_grad():
+        sums, _ = causal_logps(tiny_gpt2(), model_inputs(padded_batch()), 8)
+    assert sums.grad_fn is None and sums.shape == (3,)
 
 
 def test_the_task_hook_returns_the_mean_and_the_target_count():

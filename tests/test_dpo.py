@@ -155,6 +155,32 @@ def test_precomputed_reference_equals_the_frozen_copy(tokenizer):
     assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
 
 
+def test_chunked_log_probabilities_give_the_same_loss_and_gradients(tokenizer):
+    from lit_ft.model.chunked_loss import choose_loss
+
+    task, rows = _task_and_rows(tokenizer)
+    model = _model()
+    task.check_model(model)  # the frozen copy: the reference goes through the same path
+    batch = task.collate()([rows[i] for i in range(4)])
+    with torch.no_grad():  # a policy unlike its reference, so the loss is not ln 2
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    results = []
+    for chunked in (False, True):
+        task.loss_choice = choose_loss(chunked, model, tokens_per_batch=10**6, chunk_tokens=5)
+        assert task.loss_choice.chunked is chunked
+        model.zero_grad(set_to_none=True)
+        loss, _, metrics = task.training_loss(model, batch)
+        loss.backward()
+        results.append((loss.detach(), metrics, [p.grad.clone() for p in model.parameters()]))
+    (loss_a, metrics_a, grads_a), (loss_b, metrics_b, grads_b) = results
+    assert loss_a.item() != pytest.approx(math.log(2), abs=1e-4)
+    torch.testing.assert_close(loss_a, loss_b, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(metrics_a["reward_margin"], metrics_b["reward_margin"])
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
 def test_bad_dpo_options_are_reported_together():
     from lit_ft.config import compose
     from lit_ft.config.validate import validate_config

@@ -35,6 +35,7 @@ class ModelSpec:
     pad_vocab_to_multiple_of: int | None = None  # lit_ft/model/vocab.py (run.py pads, export crops)
     chunked_loss: str | bool = "auto"  # causal LMs: lit_ft/model/chunked_loss.py
     loss_chunk_tokens: int = 512  # tokens per chunk of the chunked loss
+    liger_kernel: bool = False  # CUDA + liger-kernel: lit_ft/model/liger.py
 
     @property
     def tokenizer_name(self) -> str:
@@ -130,6 +131,7 @@ def build_model(spec: ModelSpec, config=None, pretrained: bool | None = None, **
 def model_problems(model) -> Problems:
     """The rules of `model.*` (conf/model)."""
     from lit_ft.model.chunked_loss import chunked_loss_problems
+    from lit_ft.model.liger import liger_problems
     from lit_ft.preflight import model_path_problem
 
     problems = Problems()
@@ -149,4 +151,5 @@ def model_problems(model) -> Problems:
     )
     problems.boolean("model.gradient_checkpointing", model.get("gradient_checkpointing", False))
     problems += chunked_loss_problems(model)
+    problems += liger_problems(model)
     return problems

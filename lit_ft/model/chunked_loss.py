@@ -62,12 +62,22 @@ def logits_bytes(tokens: int, vocab: int) -> int:
 
 
 def choose_loss(
-    setting, model, tokens_per_batch: int, chunk_tokens: int, compiled: bool = False
+    setting,
+    model,
+    tokens_per_batch: int,
+    chunk_tokens: int,
+    compiled: bool = False,
+    liger: bool = False,
 ) -> LossChoice:
     """`model.chunked_loss` resolved for this model and micro-batch (auto | true | false).
 
     `compiled` (compile.enabled): the chunked path calls the model's base, which
-    `nn.Module.compile()` of the whole model leaves uncompiled; auto keeps the plain path then."""
+    `nn.Module.compile()` of the whole model leaves uncompiled; auto keeps the plain path then.
+    `liger` (model.liger_kernel): Liger's fused loss, inside the model's forward, takes over."""
+    if liger:
+        return LossChoice(
+            False, chunk_tokens, "model.liger_kernel=true: Liger's fused linear cross-entropy"
+        )
     if setting is False:
         return LossChoice(False, chunk_tokens, "model.chunked_loss=false")
     if compiled and setting == "auto":
@@ -217,6 +227,78 @@ class LinearCrossEntropy(torch.autograd.Function):
         dw = (grad_weight * scale).to(ctx.weight_dtype) if grad_weight is not None else None
         db = (grad_bias * scale).to(ctx.weight_dtype) if ctx.has_bias else None
         return dh, dw, db, None, None
+
+
+# -- per-row log-probabilities (preference tuning) -------------------------------------------
+def causal_logps(model, inputs: Mapping[str, torch.Tensor], chunk_tokens: int):
+    """(summed log-probability of each row's labelled tokens, their count), as
+    `lit_ft.tasks.preference.answer_logps` computes them from full logits, chunked.
+
+    DPO's loss is a function of these per-row sums, so a chunk's gradients cannot be made in
+    the forward pass and scaled later (each row gets its own incoming gradient):
+    `LinearLogProbs` keeps the hidden states and recomputes each chunk's logits in backward,
+    4 matmuls per chunk instead of 3. Under `torch.no_grad` (the reference) nothing is kept."""
+    hidden = base_of(model)(**{k: v for k, v in inputs.items() if k != "labels"})[0]
+    head = output_layer(model)
+    rows, length = hidden.shape[:2]
+    labels = inputs["labels"][:, 1:].to(hidden.device)
+    hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    # row of each of the rows x (length - 1) shifted positions: 0, 0, ..., 1, 1, ...
+    row_of = torch.arange(rows, device=hidden.device).repeat_interleave(length - 1)
+    sums = LinearLogProbs.apply(
+        hidden, head.weight, head.bias, labels.reshape(-1), row_of, rows, chunk_tokens
+    )
+    return sums, (labels != -100).sum(-1)
+
+
+class LinearLogProbs(torch.autograd.Function):
+    """Per row r: sum over its valid tokens t of log_softmax(hidden_t @ weight.T + bias)[target_t],
+    by chunks of tokens; fp32 softmax and sums whatever the matmuls' dtype."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, row_of, rows, chunk_tokens):
+        dtype = torch.get_autocast_dtype(hidden.device.type)
+        compute = dtype if torch.is_autocast_enabled(hidden.device.type) else hidden.dtype
+        h, w = hidden.to(compute), weight.to(compute)
+        b = bias.to(compute) if bias is not None else None
+        sums = torch.zeros(rows, dtype=torch.float32, device=hidden.device)
+        for start in range(0, h.shape[0], chunk_tokens):
+            chunk = slice(start, start + chunk_tokens)
+            logits = F.linear(h[chunk], w, b).float()
+            picked = logits.gather(1, targets[chunk].clamp(min=0)[:, None]).squeeze(1)
+            logp = torch.where(targets[chunk] != -100, picked - logits.logsumexp(-1), 0.0)
+            sums.index_add_(0, row_of[chunk], logp)
+        ctx.save_for_backward(hidden, weight, bias, targets, row_of)
+        ctx.compute, ctx.chunk_tokens = compute, chunk_tokens
+        return sums
+
+    @staticmethod
+    def backward(ctx, grad_sums):
+        hidden, weight, bias, targets, row_of = ctx.saved_tensors
+        compute, wants = ctx.compute, ctx.needs_input_grad
+        h, w = hidden.to(compute), weight.to(compute)
+        b = bias.to(compute) if bias is not None else None
+        # each token's incoming gradient: its row's, zero where ignored
+        scale = grad_sums.float()[row_of] * (targets != -100)
+        grad_hidden = torch.empty_like(hidden) if wants[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if wants[1] else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
+        for start in range(0, h.shape[0], ctx.chunk_tokens):
+            chunk = slice(start, start + ctx.chunk_tokens)
+            logits = F.linear(h[chunk], w, b).float()
+            # d log p[target] / d logits = one-hot - softmax, times the token's scale
+            grad = logits.softmax(-1).mul_(-scale[chunk, None])
+            grad.scatter_add_(1, targets[chunk].clamp(min=0)[:, None], scale[chunk, None])
+            grad = grad.to(compute)
+            if grad_hidden is not None:
+                grad_hidden[chunk] = (grad @ w).to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight += (grad.t() @ h[chunk]).float()
+            if grad_bias is not None:
+                grad_bias += grad.float().sum(0)
+        dw = grad_weight.to(weight.dtype) if grad_weight is not None else None
+        db = grad_bias.to(bias.dtype) if grad_bias is not None else None
+        return grad_hidden, dw, db, None, None, None, None
 
 
 def chunked_loss_problems(model_cfg) -> Problems:

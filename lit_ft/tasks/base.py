@@ -119,6 +119,11 @@ class Task:
         """Facts of the processed data for results.json (e.g. packing efficiency)."""
         return {}
 
+    def held_models(self) -> list[torch.nn.Module]:
+        """Networks the task keeps beside the trained one (e.g. DPO's frozen reference), for
+        the memory estimate."""
+        return []
+
     def training_loss(self, model, batch: Mapping[str, torch.Tensor]):
         """(mean loss over the batch's targets, their count, extra metrics to log) for one
         training micro-batch. The module weighs micro-batches by the count

@@ -158,6 +158,9 @@ class PreferenceTask(Task):
         return torch.tensor(batch["input_ids"].shape[0] // 2, device=batch["input_ids"].device)
 
     # -- the reference ---------------------------------------------------------------------
+    def held_models(self) -> list[torch.nn.Module]:
+        return [self._reference] if self._reference is not None else []
+
     def check_model(self, model) -> None:
         """Choose the reference for this network (called once it is built, before any
         checkpoint's weights are loaded into it)."""
@@ -184,21 +187,28 @@ class PreferenceTask(Task):
             return None
         if "_reference_logps" in batch:
             return batch["_reference_logps"], None
-        inputs = _without_labels(batch)
         if self._reference is not None:
             device = batch["input_ids"].device
             if next(self._reference.parameters()).device != device:
                 self._reference.to(device)  # once: it follows the policy to its device
-            logits = self._reference(**inputs).logits
-        elif hasattr(model, "disable_adapter"):
+            return self.logps(self._reference, batch)
+        if hasattr(model, "disable_adapter"):
             with model.disable_adapter():
-                logits = model(**inputs).logits
-        else:
-            raise LitFtError(
-                "task=dpo: no reference model (set task.precompute_reference=true, use "
-                "peft=lora, or task.loss=simpo)"
-            )
-        return answer_logps(logits, batch["labels"])
+                return self.logps(model, batch)
+        raise LitFtError(
+            "task=dpo: no reference model (set task.precompute_reference=true, use "
+            "peft=lora, or task.loss=simpo)"
+        )
+
+    def logps(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's summed answer log-probability and answer length: chunk by chunk when
+        the loss choice says so (the full [2b, tokens, vocab] logits never exist), else from
+        the model's logits. The same numbers either way (tests/test_chunked_loss.py)."""
+        if self.loss_choice is not None and self.loss_choice.chunked:
+            from lit_ft.model.chunked_loss import causal_logps
+
+            return causal_logps(model, model_inputs(batch), self.loss_choice.chunk_tokens)
+        return answer_logps(model(**_without_labels(batch)).logits, batch["labels"])
 
     def prepare_with_model(self, model, datamodule) -> None:
         """task.precompute_reference=true: the reference log-probabilities of every pair,
@@ -219,8 +229,7 @@ class PreferenceTask(Task):
             rows = [dict(zip(batch, v, strict=True)) for v in zip(*batch.values(), strict=True)]
             tensors = {k: v.to(device) for k, v in collate(rows).items()}
             with torch.no_grad():
-                logits = model(**_without_labels(tensors)).logits
-            sums = answer_logps(logits, tensors["labels"])[0].cpu().tolist()
+                sums = self.logps(model, tensors)[0].cpu().tolist()
             half = len(rows)
             return {**batch, "reference_chosen": sums[:half], "reference_rejected": sums[half:]}
 
@@ -245,9 +254,11 @@ class PreferenceTask(Task):
             model.train(was_training)
 
     # -- training and evaluation -----------------------------------------------------------
-    def scores(self, model, batch, logits: torch.Tensor):
-        """(loss per pair, chosen reward, rejected reward, the policy's pair scores)."""
-        policy = split_pairs(*answer_logps(logits, batch["labels"]))
+    def scores(self, model, batch, logits: torch.Tensor | None = None):
+        """(loss per pair, chosen reward, rejected reward, the policy's pair scores); from
+        `logits` when given (evaluation, which has them), else through `logps`."""
+        sums = answer_logps(logits, batch["labels"]) if logits is not None else None
+        policy = split_pairs(*(sums or self.logps(model, batch)))
         reference = self.reference_logps(model, batch)
         if reference is not None:
             sums, counts = reference
@@ -258,8 +269,7 @@ class PreferenceTask(Task):
         return loss, chosen, rejected, policy
 
     def training_loss(self, model, batch):
-        logits = model(**_without_labels(batch)).logits
-        loss, chosen, rejected, policy = self.scores(model, batch, logits)
+        loss, chosen, rejected, policy = self.scores(model, batch)
         return loss.mean(), self.count_targets(batch), pair_metrics(loss, chosen, rejected, policy)
 
     def evaluator(self):

@@ -6,7 +6,8 @@ the measured peak at the end (lit_ft/observe/memory.py) can be checked against i
 A sum of the step's largest holdings, a little above the true peak: at the start of the
 backward, when activations and logits peak, most gradients do not exist yet.
 
-- weights: every parameter at its dtype (tied weights once);
+- weights: every parameter at its dtype (tied weights once), and those of a network held
+  beside it (DPO's frozen reference);
 - gradients: the trainable parameters at their dtype;
 - AdamW: two fp32 moments per trainable parameter (8 bytes each);
 - activations, for decoder transformers (what the backward keeps, per layer and token):
@@ -17,7 +18,8 @@ backward, when activations and logits peak, most gradients do not exist yet.
   on a CPU, whose math kernel runs when dropout is on). With gradient checkpointing each
   layer keeps its input (2 x hidden x 4 bytes measured) and one layer's full set is rebuilt
   at a time;
-- logits, the plain loss: tokens x vocab x 4 bytes (fp32, as the loss upcasts them) three
+- logits (for DPO, of its 2b rows: the policy's; the reference's exist at another time),
+  the plain loss: tokens x vocab x 4 bytes (fp32, as the loss upcasts them) three
   times: the logits, the log-softmax saved for backward, and its gradient. GPT-2 at
   4 x 1,024 tokens: 4,096 x 50,257 x 4 x 3 = 2.5 GB. Chunked (lit_ft/model/chunked_loss.py):
   one chunk's logits and gradient, 2 x 512 x 50,257 x 4 = 206 MB, plus the head's weight
@@ -56,9 +58,12 @@ def estimate_memory(
     gradient_checkpointing: bool,
     chunk_tokens: int | None,
     vocab: int | None,
+    held: list | None = None,
 ) -> MemoryEstimate:
     """The estimate for one micro-batch of `batch_size` x `seq_len` tokens; `chunk_tokens`
-    None: the plain loss; `vocab` None: the task has no per-token logits (the head is small)."""
+    None: the plain loss; `vocab` None: the task has no per-token logits (the head is small);
+    `held`: networks kept beside the trained one (DPO's frozen reference: its weights only,
+    as it runs without gradients)."""
     params = list(model.parameters())
     weights = sum(p.numel() * p.element_size() for p in params)
     trainable = [p for p in params if p.requires_grad]
@@ -67,6 +72,7 @@ def estimate_memory(
     tokens = batch_size * seq_len
     parts = {
         "weights": weights,
+        "reference": sum(p.numel() * p.element_size() for m in held or [] for p in m.parameters()),
         "gradients": gradients,
         "AdamW": adamw,
         "activations": activation_bytes(
@@ -75,7 +81,7 @@ def estimate_memory(
         "logits": logits_bytes(tokens, vocab, chunk_tokens, model),
     }
     if not on_gpu():
-        parts["runtime and data"] = max(current_bytes() - weights, 0)
+        parts["runtime and data"] = max(current_bytes() - weights - parts["reference"], 0)
     return MemoryEstimate(parts)
 
 
