@@ -20,9 +20,13 @@ there but never run; this script is what to run when a GPU machine is lent. It c
   7 fsdp       trainer=fsdp on every GPU
   8 qlora      peft=qlora, the 4-bit base through bitsandbytes (needs bitsandbytes)
   9 ddp        trainer=ddp on 2 GPUs (needs 2 GPUs)
+ 10 liger      model.liger_kernel=true on a small Llama from a config (needs liger_kernel)
+ 11 memory     benchmarks/memory.py on GPT-2 124M at seq 1024, batch 8: peak memory and
+               tokens/s for the HF Trainer, lit_ft's defaults, chunked off, chunked +
+               gradient checkpointing, and lit_ft's estimate against each measured peak
 
 Every step runs in its own process group with its own time budget (seconds, the defaults sum
-to 480 with the machine probe); a step that fails or runs out of time is recorded with its last
+to 560 with the machine probe); a step that fails or runs out of time is recorded with its last
 error line and the next one starts. Steps the machine cannot run are skipped with the reason;
 without a CUDA GPU every step is skipped and the script exits 0 at once. At the end it prints
 the machine line and a table (step | result | figure | seconds) and writes both, with every
@@ -51,7 +55,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-TOTAL_BUDGET_S = 480  # what one lent GPU session can spend on this check
+TOTAL_BUDGET_S = 560  # what one lent GPU session can spend on this check
 PROBE_BUDGET_S = 20  # importing torch (and flash_attn, bitsandbytes) to see the machine
 
 LIT_FT = [sys.executable, "-m", "lit_ft.run"]
@@ -86,6 +90,12 @@ GPT2_124M = [
     "callbacks.best_checkpoint=null",
     "+trainer.enable_checkpointing=false",  # else Lightning adds a ModelCheckpoint of its own
 ]
+# A Llama-shaped model small enough to build in a second, for Liger's kernels (GPT-2 has none).
+TINY_LLAMA = (
+    "model.config_overrides={hidden_size: 256, intermediate_size: 688, num_hidden_layers: 2, "
+    "num_attention_heads: 4, num_key_value_heads: 4, vocab_size: 4096, "
+    "max_position_embeddings: 256, bos_token_id: 0, eos_token_id: 0}"
+)
 RESUME_STEPS, RESUME_EVERY, RESUME_KILL_AT = 70, 10, 20  # 70 steps cross the epoch boundary
 
 
@@ -125,6 +135,16 @@ def lit_ft_runs(step: str, out: str, gpus: int) -> dict[str, list[str]]:
         "fsdp": {"run": [*short, "trainer=fsdp", f"trainer.devices={gpus}"]},
         "qlora": {"run": [*short, "peft=qlora"]},
         "ddp": {"run": [*short, "trainer=ddp", "trainer.devices=2"]},
+        "liger": {
+            "run": [
+                *short,
+                "model.from_scratch=true",
+                "model.model_type=llama",
+                TINY_LLAMA,
+                "trainer.precision=bf16-mixed",
+                "model.liger_kernel=true",
+            ]
+        },
     }.get(step, {})
 
 
@@ -343,6 +363,46 @@ def step_compare(step: Step) -> Outcome:
     return Outcome("pass", figure + " (target: lit_ft MFU >= 45% on an H100)", details)
 
 
+def step_liger(step: Step) -> Outcome:
+    ran = step.lit_ft("run", step.overrides())
+    results = results_of(step.out())
+    if not ran.ok or results is None:
+        return fail(ran)
+    applied = "Liger kernels applied for llama" in ran.text
+    train = results["metrics"]["train"]
+    figure = (
+        f"{'applied' if applied else 'NOT applied'}; train loss "
+        f"{_num(train.get('loss_first_step'), '.3f')} -> "
+        f"{_num(train.get('loss_last_10_steps'), '.3f')}; {speed(results)}"
+    )
+    ok = applied and finite_losses(results)
+    return Outcome("pass" if ok else "fail", figure, {"results": results})
+
+
+MEMORY = ["benchmarks/memory.py", "--batch=8", "--steps=8", "--warmup=3"]
+
+
+def step_memory(step: Step) -> Outcome:
+    out = step.dir / "memory"
+    command = [sys.executable, *MEMORY, f"--out-dir={out}"]
+    ran = run(command, "memory", step.dir / "memory.log", step.left())
+    step.runs.append(ran)
+    found = sorted(out.glob("*_memory_*.json"))
+    if not ran.ok or not found:
+        return fail(ran)
+    report = json.loads(found[-1].read_text())
+    hf = report["runs"].get("hf", {})
+    parts = []
+    for name, r in report["runs"].items():
+        part = f"{name} {r['peak_memory_mb']:,.0f} MB {r['tokens_per_s']:,.0f} tok/s"
+        if hf and name != "hf":
+            part += f" ({r['peak_memory_mb'] / hf['peak_memory_mb']:.2f}x mem)"
+        if r.get("estimated_mb"):
+            part += f" est/meas {r['estimated_mb'] / r['peak_memory_mb']:.2f}"
+        parts.append(part)
+    return Outcome("pass", "; ".join(parts), {"report": report})
+
+
 def step_compile(step: Step) -> Outcome:
     ran = step.lit_ft("compile", step.overrides())
     results = results_of(step.out())
@@ -524,6 +584,14 @@ STEPS = [
         [needs_module("bitsandbytes"), needs_module("peft")],
     ),
     StepSpec("ddp", "9 trainer=ddp, 2 GPUs", 25, step_strategy("DDP x2"), [needs_gpus(2)]),
+    StepSpec(
+        "liger",
+        "10 model.liger_kernel=true (Llama)",
+        20,
+        step_liger,
+        [needs_module("liger_kernel")],
+    ),
+    StepSpec("memory", "11 memory: GPT-2 124M, HF vs lit_ft", 60, step_memory),
 ]
 assert PROBE_BUDGET_S + sum(s.budget for s in STEPS) <= TOTAL_BUDGET_S
 
@@ -543,7 +611,7 @@ if info["gpu_count"]:
 info["modules"] = {}
 # Only on a GPU machine: flash_attn and bitsandbytes load CUDA kernels when imported, and a
 # module that is installed but built for another torch fails here, not at find_spec.
-names = ["lightning", "transformers", "flash_attn", "bitsandbytes", "peft"]
+names = ["lightning", "transformers", "flash_attn", "bitsandbytes", "peft", "liger_kernel"]
 names = names if info["gpu_count"] else []  # no GPU: nothing will run, answer quickly
 for name in names:
     try:

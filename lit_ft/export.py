@@ -34,6 +34,11 @@ def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
         generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    return _swap_in(staging, out_dir)
+
+
+def _swap_in(staging: Path, out_dir: Path) -> Path:
+    """Replace `out_dir` by the complete `staging` directory (the old one goes last)."""
     previous = out_dir.with_name(f".{out_dir.name}.previous")
     if out_dir.exists():
         shutil.rmtree(previous, ignore_errors=True)
@@ -78,8 +83,76 @@ def load_checkpoint_model(ckpt_path: str | Path):
 
 
 def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:
+    from lit_ft.training.sharded_checkpoint import is_sharded_checkpoint
+
+    if is_sharded_checkpoint(ckpt_path):  # trainer=fsdp2's directories
+        return export_sharded_checkpoint(ckpt_path, out_dir)
     model, tokenizer = load_checkpoint_model(ckpt_path)
     return export_pretrained(model, tokenizer, out_dir)
+
+
+SHARD_BYTES = 2 * 2**30  # safetensors files of at most 2 GB, as Hub models commonly are
+
+
+def export_sharded_checkpoint(
+    ckpt_path: str | Path, out_dir: str | Path, max_shard_bytes: int = SHARD_BYTES
+) -> Path:
+    """A sharded (trainer=fsdp2) checkpoint to `from_pretrained` form, one safetensors file
+    at a time: each file's tensors are read whole from every rank's shards, written and
+    dropped, so memory peaks at one file (2 GB), not the model (an 8B model is 32 GB in
+    fp32). The names and the tied weights (written once) come from the model built on
+    the meta device, which costs no memory."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, GenerationConfig
+
+    from lit_ft.model.build import ModelSpec, load_tokenizer
+    from lit_ft.tasks import get_task
+    from lit_ft.training.sharded_checkpoint import read_sharded, weight_groups
+
+    checkpoint = read_sharded(ckpt_path)
+    spec = ModelSpec(**checkpoint["lit_ft"]["model_spec"])
+    hf_config = dict(checkpoint["lit_ft"]["hf_config"])
+    config = AutoConfig.for_model(hf_config.pop("model_type"), **hf_config)
+    with torch.device("meta"):
+        model = get_task(spec.task).model_class().from_config(config)
+    kept = model.state_dict().keys()  # persistent buffers too; tied weights appear twice...
+    names = [n for n in kept if n in dict(model.named_parameters())]  # ...parameters once
+    names += [n for n, _ in model.named_buffers() if n in kept]
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    files, weight_map, total = [], {}, 0
+    groups = weight_groups(ckpt_path, [f"model.{n}" for n in names], max_shard_bytes)
+    for i, group in enumerate(groups, start=1):
+        tensors = {k.removeprefix("model."): v.contiguous() for k, v in group.items()}
+        files.append(staging / f"model-{i:05d}.safetensors")
+        save_file(tensors, files[-1], metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(tensors, files[-1].name)
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+    if len(files) == 1:
+        files[0].rename(staging / "model.safetensors")
+    else:  # Hugging Face's sharded layout: model-00001-of-00003.safetensors + an index
+        renamed = {f.name: f"{f.stem}-of-{len(files):05d}.safetensors" for f in files}
+        for f in files:
+            f.rename(staging / renamed[f.name])
+        index = {
+            "metadata": {"total_size": total},
+            "weight_map": {k: renamed[v] for k, v in weight_map.items()},
+        }
+        (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    config.save_pretrained(staging)
+    tokenizer = load_tokenizer(spec)
+    if model.can_generate():
+        generation = GenerationConfig.from_model_config(config)
+        if tokenizer.pad_token_id is not None:
+            generation.pad_token_id = tokenizer.pad_token_id
+        generation.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    return _swap_in(staging, out_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,7 +160,9 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m lit_ft.export",
         description="Write a from_pretrained-ready directory from a lit_ft checkpoint.",
     )
-    parser.add_argument("checkpoint", help="a .ckpt file written by a lit_ft run")
+    parser.add_argument(
+        "checkpoint", help="a .ckpt file (or trainer=fsdp2's .ckpt directory) of a lit_ft run"
+    )
     parser.add_argument("out_dir", help="directory to write (replaced if it exists)")
     args = parser.parse_args(argv)
     try:

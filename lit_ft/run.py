@@ -62,7 +62,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.scheduler else None,
             num_training_steps=num_steps,
             task=data.task,
-            model=steps.build_network(spec, data, lora, to_plain(cfg.compile), cfg.data.batch_size),
+            model=steps.build_network(
+                spec, data, lora, to_plain(cfg.compile), cfg.data.batch_size, trainer.strategy
+            ),
             targets_per_batch=cfg.data.batch_size * data.task.max_length,  # a loss scale
         )
         estimate = steps.print_plan(

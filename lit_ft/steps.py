@@ -27,8 +27,9 @@ from lit_ft.export import export_checkpoint, export_pretrained
 from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
 from lit_ft.model.build import ModelSpec, build_model, load_config, load_tokenizer, max_positions
 from lit_ft.model.chunked_loss import choose_loss, output_layer
-from lit_ft.model.liger import apply_liger
 from lit_ft.model.compile import compile_model
+from lit_ft.model.fsdp2 import FullyShardedStrategy, is_fsdp2
+from lit_ft.model.liger import apply_liger
 from lit_ft.model.peft import AdapterCheckpoint, prepare_model, quantization_kwargs
 from lit_ft.model.precision import resolve_precision
 from lit_ft.model.strategy import shards_weights
@@ -166,7 +167,12 @@ def count_optimizer_steps(cfg: DictConfig, datamodule, world_size: int) -> int:
 
 
 def build_network(
-    spec: ModelSpec, data: PreparedData, lora, compile_options: dict, batch_size: int
+    spec: ModelSpec,
+    data: PreparedData,
+    lora,
+    compile_options: dict,
+    batch_size: int,
+    strategy=None,
 ):
     """The Auto-class model, its vocabulary padded, LoRA and gradient checkpointing applied,
     checked against the task (e.g. packing), its training loss chosen (chunked or plain, for
@@ -187,6 +193,7 @@ def build_network(
             spec.loss_chunk_tokens,
             compiled=bool(compile_options.get("enabled")),
             liger=spec.liger_kernel,
+            fully_sharded=isinstance(strategy, FullyShardedStrategy),
         )
     data.task.prepare_with_model(model, data.datamodule)  # e.g. DPO's reference log-probs
     compile_model(model, **compile_options)
@@ -241,6 +248,7 @@ def print_plan(
         chunk_tokens=choice.chunk_tokens if choice is not None and choice.chunked else None,
         vocab=head.weight.shape[0] if per_token_logits else None,
         held=data.task.held_models(),
+        shards=world_size if is_fsdp2(cfg.trainer.get("strategy")) else 1,
     )
     say(estimate.text())
     show_training_example(data.task, train, Path(cfg.paths.output_dir))

@@ -12,7 +12,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
-STEPS = ["default", "compare", "compile", "attention", "fp16", "resume", "fsdp", "qlora", "ddp"]
+STEPS = [
+    "default",
+    "compare",
+    "compile",
+    "attention",
+    "fp16",
+    "resume",
+    "fsdp",
+    "qlora",
+    "ddp",
+    "liger",
+    "memory",
+]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -22,6 +22,7 @@ def validate_config(cfg: DictConfig) -> None:
     from lit_ft.data.streaming import streaming_problems
     from lit_ft.model.build import model_problems
     from lit_ft.model.compile import compile_problems
+    from lit_ft.model.fsdp2 import fsdp2_problems
     from lit_ft.model.peft import peft_problems
     from lit_ft.model.precision import precision_problems
     from lit_ft.model.strategy import strategy_problems
@@ -30,6 +31,7 @@ def validate_config(cfg: DictConfig) -> None:
     from lit_ft.preflight import output_dir_problem
     from lit_ft.tasks import task_problems
     from lit_ft.training.optim import optimizer_problems, scheduler_problems, step_problems
+    from lit_ft.training.sharded_checkpoint import is_checkpoint_path
 
     try:  # resolvers such as ${package_dir:...} raise here, wrapped by OmegaConf
         OmegaConf.to_container(cfg, resolve=True)
@@ -45,6 +47,7 @@ def validate_config(cfg: DictConfig) -> None:
     problems += precision_problems(trainer)
     strategy = trainer.get("strategy", "auto")
     problems += strategy_problems(strategy, str(trainer.accelerator), bool(cfg.export))
+    problems += fsdp2_problems(strategy, cfg.get("peft"), cfg.model)
     problems += streaming_problems(cfg.data, trainer.get("max_steps", -1), cfg.task.name)
     problems += optimizer_problems(cfg.optimizer)
     problems += scheduler_problems(cfg.scheduler)
@@ -54,8 +57,9 @@ def validate_config(cfg: DictConfig) -> None:
     problems += peft_problems(cfg.get("peft"), bool(cfg.model.from_scratch))
     ckpt = cfg.ckpt_path
     problems.need(
-        ckpt in (None, "last", "auto") or Path(str(ckpt)).expanduser().is_file(),
-        f"ckpt_path='{ckpt}' is neither last, auto nor an existing checkpoint file",
+        ckpt in (None, "last", "auto") or is_checkpoint_path(Path(str(ckpt)).expanduser()),
+        f"ckpt_path='{ckpt}' is neither last, auto nor an existing checkpoint file (or "
+        "trainer=fsdp2 checkpoint directory)",
     )
     problems.need(isinstance(cfg.seed, int), f"seed must be an integer, got {cfg.seed!r}")
     problems.add(output_dir_problem(cfg.paths.output_dir))

@@ -68,15 +68,22 @@ def choose_loss(
     chunk_tokens: int,
     compiled: bool = False,
     liger: bool = False,
+    fully_sharded: bool = False,
 ) -> LossChoice:
     """`model.chunked_loss` resolved for this model and micro-batch (auto | true | false).
 
     `compiled` (compile.enabled): the chunked path calls the model's base, which
     `nn.Module.compile()` of the whole model leaves uncompiled; auto keeps the plain path then.
-    `liger` (model.liger_kernel): Liger's fused loss, inside the model's forward, takes over."""
+    `liger` (model.liger_kernel): Liger's fused loss, inside the model's forward, takes over.
+    `fully_sharded` (trainer=fsdp2): the head's weight is a shard outside the model's own
+    forward, where FSDP2 gathers it, so the plain path (not yet chunked under FSDP2)."""
     if liger:
         return LossChoice(
             False, chunk_tokens, "model.liger_kernel=true: Liger's fused linear cross-entropy"
+        )
+    if fully_sharded:
+        return LossChoice(
+            False, chunk_tokens, "trainer=fsdp2: the head's weight is sharded outside forward"
         )
     if setting is False:
         return LossChoice(False, chunk_tokens, "model.chunked_loss=false")

@@ -69,7 +69,7 @@ def strategy_problems(strategy: Any, accelerator: str, export: bool = False) -> 
             "lit_ft does not export: set export=false, then convert with Lightning's "
             "convert_zero_checkpoint_to_fp32_state_dict and run python -m lit_ft.export on it"
         )
-    if "fsdp" in target and (
+    if ("fsdpstrategy" in target or target == "fsdp") and (
         accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     ):
         problems.append(
@@ -80,8 +80,9 @@ def strategy_problems(strategy: Any, accelerator: str, export: bool = False) -> 
 
 
 def shards_weights(trainer) -> bool:
-    """FSDP leaves each rank a shard of the weights: export from the checkpoint file instead
-    (`state_dict_type: full` writes whole weights into it). DeepSpeed runs have export off."""
-    from lightning.pytorch.strategies import FSDPStrategy
+    """FSDP leaves each rank a shard of the weights: export from the checkpoint instead
+    (FSDP's `state_dict_type: full` file holds whole weights; fsdp2's directory is read a
+    file's worth at a time). DeepSpeed runs have export off."""
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
-    return isinstance(trainer.strategy, FSDPStrategy)
+    return isinstance(trainer.strategy, FSDPStrategy | ModelParallelStrategy)

@@ -13,6 +13,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lit_ft.errors import LitFtError
 from lit_ft.observe.log import say, warn
+from lit_ft.training.sharded_checkpoint import is_sharded_checkpoint, read_sharded
 
 
 @dataclass
@@ -55,8 +56,8 @@ def resolve_resume(ckpt_path: str | None, checkpoint_dir: str | Path) -> ResumeP
             "to start fresh, drop ckpt_path (or use ckpt_path=auto)"
         )
     path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise LitFtError(f"ckpt_path='{ckpt_path}' is not a file")
+    if not (path.is_file() or is_sharded_checkpoint(path)):
+        raise LitFtError(f"ckpt_path='{ckpt_path}' is not a checkpoint file (or fsdp2 directory)")
     checkpoint, problem = _open(path)
     if problem:
         raise LitFtError(f"ckpt_path='{ckpt_path}' cannot be resumed from: {problem}")
@@ -89,8 +90,10 @@ def checkpoint_problem(path: Path) -> str | None:
 def _open(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """(checkpoint, None) when `path` loads with weights_only=True, else (None, the problem)."""
     try:
-        # mmap: only the index is read, so checking a multi-GB file is cheap.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if path.is_dir():  # trainer=fsdp2: shards + meta.pt; the weights' shapes, unread
+            checkpoint = read_sharded(path)
+        else:  # mmap: only the index is read, so checking a multi-GB file is cheap.
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # truncated zip, wrong format, disallowed pickle...
         return None, f"it is truncated or not a checkpoint ({type(err).__name__}: {err})"
     if "state_dict" not in checkpoint or "loops" not in checkpoint:

@@ -59,16 +59,21 @@ def estimate_memory(
     chunk_tokens: int | None,
     vocab: int | None,
     held: list | None = None,
+    shards: int = 1,
 ) -> MemoryEstimate:
     """The estimate for one micro-batch of `batch_size` x `seq_len` tokens; `chunk_tokens`
     None: the plain loss; `vocab` None: the task has no per-token logits (the head is small);
     `held`: networks kept beside the trained one (DPO's frozen reference: its weights only,
-    as it runs without gradients)."""
+    as it runs without gradients); `shards`: trainer=fsdp2's process count, over which the
+    weights, gradients and AdamW states are split (plus one whole block at a time)."""
     params = list(model.parameters())
-    weights = sum(p.numel() * p.element_size() for p in params)
+    weights = held_now = sum(p.numel() * p.element_size() for p in params)  # unsharded yet
     trainable = [p for p in params if p.requires_grad]
     gradients = sum(p.numel() * p.element_size() for p in trainable)
     adamw = sum(p.numel() for p in trainable) * 8
+    if shards > 1:  # 1/N of each, plus the largest unit gathered whole while it computes
+        whole = _largest_block_bytes(model)
+        weights, gradients, adamw = weights // shards + whole, gradients // shards, adamw // shards
     tokens = batch_size * seq_len
     parts = {
         "weights": weights,
@@ -81,7 +86,7 @@ def estimate_memory(
         "logits": logits_bytes(tokens, vocab, chunk_tokens, model),
     }
     if not on_gpu():
-        parts["runtime and data"] = max(current_bytes() - weights - parts["reference"], 0)
+        parts["runtime and data"] = max(current_bytes() - held_now - parts["reference"], 0)
     return MemoryEstimate(parts)
 
 
@@ -111,6 +116,18 @@ def logits_bytes(tokens: int, vocab: int | None, chunk_tokens: int | None, model
     hidden = head.weight.shape[1] if head is not None else 0
     chunk = 2 * min(chunk_tokens, tokens) * vocab * 4  # one chunk's logits and gradient
     return chunk + vocab * hidden * 4 + tokens * hidden * 4  # + head and hidden gradients
+
+
+def _largest_block_bytes(model) -> int:
+    from lit_ft.model.strategy import block_classes
+
+    blocks = tuple(block_classes(model))
+    sizes = [
+        sum(p.numel() * p.element_size() for p in m.parameters())
+        for m in model.modules()
+        if isinstance(m, blocks)
+    ]
+    return max(sizes, default=0)
 
 
 def _first(config, *keys: str) -> int | None:

@@ -64,6 +64,14 @@ class FineTuneModule(L.LightningModule):
         self._validation_started = time.perf_counter()
         self._generation_cost_said = False
 
+    def configure_model(self) -> None:
+        # trainer=fsdp2 (lit_ft/model/fsdp2.py): Lightning hands over the process mesh here,
+        # before the optimizer exists; each fit/validate/test calls it, the model shards once.
+        from lit_ft.model.fsdp2 import is_fully_sharded, shard_model
+
+        if self.device_mesh is not None and not is_fully_sharded(self.model):
+            shard_model(self.model, self.device_mesh["data_parallel"])
+
     def forward(self, **batch: torch.Tensor):
         return self.model(**model_inputs(batch))
 
