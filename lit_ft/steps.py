@@ -26,11 +26,16 @@ from lit_ft.distributed import is_global_zero
 from lit_ft.export import export_checkpoint, export_pretrained
 from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
 from lit_ft.model.build import ModelSpec, build_model, load_config, load_tokenizer, max_positions
-from lit_ft.model.chunked_loss import choose_loss, output_layer
+from lit_ft.model.chunked_loss import choose_loss, output_layer, unwrapped
 from lit_ft.model.compile import compile_model
 from lit_ft.model.fsdp2 import FullyShardedStrategy, is_fsdp2
 from lit_ft.model.liger import apply_liger
-from lit_ft.model.peft import AdapterCheckpoint, prepare_model, quantization_kwargs
+from lit_ft.model.peft import (
+    AdapterCheckpoint,
+    enable_checkpointing,
+    prepare_model,
+    quantization_kwargs,
+)
 from lit_ft.model.precision import resolve_precision
 from lit_ft.model.strategy import shards_weights
 from lit_ft.model.vocab import pad_vocab
@@ -49,7 +54,12 @@ from lit_ft.training.checkpoint import (
     check_same_model,
     resolve_resume,
 )
-from lit_ft.training.memory_estimate import MemoryEstimate, estimate_memory
+from lit_ft.training.memory_estimate import (
+    MemoryEstimate,
+    checkpointing_choice,
+    estimate_memory,
+    free_bytes,
+)
 from lit_ft.training.nonfinite import StopOnNonFiniteLoss
 from lit_ft.training.optim import optimizer_steps
 from lit_ft.training.preemption import PreemptionCheckpoint
@@ -181,7 +191,10 @@ def build_network(
     model = pad_vocab(model, spec.pad_vocab_to_multiple_of)
     if spec.liger_kernel:  # on the bare model, before LoRA wraps its modules
         say(apply_liger(model))
-    model = prepare_model(model, gradient_checkpointing=spec.gradient_checkpointing, lora=lora)
+    # `auto` is decided by the memory estimate (plan_memory), once the whole network exists
+    model = prepare_model(
+        model, gradient_checkpointing=spec.gradient_checkpointing is True, lora=lora
+    )
     data.task.check_model(model)  # e.g. packing needs attention that reads position ids
     if data.task.shifted_labels:  # causal: before compiling, the probe runs a small forward
         # e.g. 4 x 1,024 = 4,096 tokens per micro-batch; dpo: 4 pairs x 2 x 1,024 = 8,192
@@ -237,22 +250,49 @@ def print_plan(
     choice = data.task.loss_choice
     if choice is not None:
         say(choice.text())
+    estimate = plan_memory(cfg, data, module, world_size, precision)
+    show_training_example(data.task, train, Path(cfg.paths.output_dir))
+    return estimate
+
+
+def plan_memory(
+    cfg: DictConfig, data: PreparedData, module, world_size: int, precision: str
+) -> MemoryEstimate:
+    """The peak memory estimate, printed; `model.gradient_checkpointing=auto` is decided
+    here, from the estimates with and without it against the memory free for the run."""
+    from functools import partial
+
+    import torch
+
+    choice, per_row = data.task.loss_choice, data.task.sequences_per_row
     head = output_layer(module.model)
     per_token_logits = data.task.auto_class in PER_TOKEN_LOGITS and head is not None
-    estimate = estimate_memory(
+    estimate = partial(
+        estimate_memory,
         module.model,
-        batch_size=batch * per_row,  # dpo: b pairs are 2b sequences
-        seq_len=length,
+        batch_size=cfg.data.batch_size * per_row,  # dpo: b pairs are 2b sequences
+        seq_len=data.task.max_length,
         mixed_precision="mixed" in precision,
-        gradient_checkpointing=bool(cfg.model.gradient_checkpointing),
         chunk_tokens=choice.chunk_tokens if choice is not None and choice.chunked else None,
         vocab=head.weight.shape[0] if per_token_logits else None,
         held=data.task.held_models(),
         shards=world_size if is_fsdp2(cfg.trainer.get("strategy")) else 1,
     )
-    say(estimate.text())
-    show_training_example(data.task, train, Path(cfg.paths.output_dir))
-    return estimate
+    setting = cfg.model.gradient_checkpointing
+    without, with_it = estimate(gradient_checkpointing=False), estimate(gradient_checkpointing=True)
+    on_cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    # CPU processes of one host share its memory; a GPU process has its device
+    here = 1 if on_cuda else max(world_size // max(int(cfg.trainer.get("num_nodes", 1)), 1), 1)
+    free = free_bytes(on_cuda, here) if setting == "auto" else None
+    checkpointing, why = checkpointing_choice(setting, without, with_it, free)
+    if setting == "auto":
+        say(f"gradient checkpointing {why}")
+        if checkpointing:
+            enable_checkpointing(unwrapped(module.model))
+    chosen = with_it if checkpointing else without
+    chosen.checkpointing = why
+    say(chosen.text())
+    return chosen
 
 
 def show_training_example(task, train, output_dir: Path) -> None:
@@ -384,6 +424,7 @@ def results(
             else None,
             "measured_peak_mb": training["peak_memory_mb"],
             "measured_by": training["peak_memory_measured_by"],
+            "gradient_checkpointing": memory_estimate.checkpointing if memory_estimate else None,
         },
         "throughput": found[0].summary() if found else None,  # tokens/s, MFU after warm-up
         "data_prep_s": round(data_seconds, 3),

@@ -31,7 +31,8 @@ class ModelSpec:
     attn_implementation: str | None = "sdpa"
     revision: str | None = None
     trust_remote_code: bool = False
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory
+    # recompute activations in backward: less memory; auto: when the run would not fit
+    gradient_checkpointing: bool | str = "auto"
     pad_vocab_to_multiple_of: int | None = None  # lit_ft/model/vocab.py (run.py pads, export crops)
     chunked_loss: str | bool = "auto"  # causal LMs: lit_ft/model/chunked_loss.py
     loss_chunk_tokens: int = 512  # tokens per chunk of the chunked loss
@@ -149,7 +150,11 @@ def model_problems(model) -> Problems:
         pad is None or (isinstance(pad, int) and not isinstance(pad, bool) and pad > 0),
         f"model.pad_vocab_to_multiple_of must be a positive integer or null, got {pad!r}",
     )
-    problems.boolean("model.gradient_checkpointing", model.get("gradient_checkpointing", False))
+    checkpointing = model.get("gradient_checkpointing", "auto")
+    problems.need(
+        checkpointing == "auto" or isinstance(checkpointing, bool),
+        f"model.gradient_checkpointing must be auto, true or false, got {checkpointing!r}",
+    )
     problems += chunked_loss_problems(model)
     problems += liger_problems(model)
     return problems

@@ -100,16 +100,22 @@ def prepare_model(model, gradient_checkpointing: bool = False, lora: LoraSetting
             model, use_gradient_checkpointing=gradient_checkpointing
         )
     if gradient_checkpointing:
-        # Non-reentrant checkpointing also works when the inputs' embeddings are frozen (LoRA),
-        # where the reentrant kind would see no tensor requiring grad and skip the backward.
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # its name in newer transformers
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        model.config.use_cache = False  # the cache is recomputed anyway; HF warns otherwise
+        enable_checkpointing(model)
         say("gradient checkpointing on")
     return apply_lora(model, lora) if lora is not None else model
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute each block's activations in backward (the Hugging Face model itself, also
+    under a LoRA wrapper: its blocks are the same modules)."""
+    # Non-reentrant checkpointing also works when the inputs' embeddings are frozen (LoRA),
+    # where the reentrant kind would see no tensor requiring grad and skip the backward.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # its name in newer transformers
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False  # the cache is recomputed anyway; HF warns otherwise
 
 
 def apply_lora(model, settings: LoraSettings):

@@ -40,6 +40,7 @@ from lit_ft.observe.memory import current_bytes, gigabytes, on_gpu
 @dataclass
 class MemoryEstimate:
     parts: dict[str, int]  # bytes, in the order printed
+    checkpointing: str = ""  # whether gradient checkpointing is on, and why (results.json)
 
     @property
     def total(self) -> int:
@@ -136,3 +137,48 @@ def _first(config, *keys: str) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+# `model.gradient_checkpointing=auto` turns it on when the estimate passes this share of the
+# memory free for the run: the estimate is a sum of tensors, and what a process really takes
+# runs 10-25% above it (the CPU allocator's free lists, temporaries; benchmarks/memory.py).
+FIT_SHARE = 0.8
+
+
+def free_bytes(on_cuda: bool, processes_here: int = 1) -> int | None:
+    """Memory this run's process can take: the GPU's free memory, or on a CPU the host's
+    available memory plus what the process already holds, split between the processes of
+    this host (DDP/fsdp2 on CPUs share it); None where it cannot be read."""
+    import torch
+
+    if on_cuda:
+        return torch.cuda.mem_get_info()[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):  # no /proc (macOS)
+        return None
+    return (available + current_bytes()) // max(processes_here, 1)
+
+
+def checkpointing_choice(
+    setting, without: MemoryEstimate, with_it: MemoryEstimate, free: int | None
+) -> tuple[bool, str]:
+    """`model.gradient_checkpointing` resolved (auto | true | false), and why: auto turns it on
+    only when the run would not fit without it (it costs ~30% more compute)."""
+    if setting is not None and not isinstance(setting, str):
+        return bool(setting), f"model.gradient_checkpointing={str(bool(setting)).lower()}"
+    if free is None:
+        return False, "auto: the free memory is unknown here, so off"
+    room = f"{FIT_SHARE:.0%} of the {gigabytes(free)} free"
+    if without.total <= FIT_SHARE * free:
+        return False, f"auto: off, the estimated {gigabytes(without.total)} fits in {room}"
+    why = f"auto: on, the estimated {gigabytes(without.total)} without it passes {room}"
+    if with_it.total > FIT_SHARE * free:
+        why += (
+            f"; even with it {gigabytes(with_it.total)} may not fit: lower data.batch_size "
+            "(raise trainer.accumulate_grad_batches to keep the step), data.block_size, or "
+            "use peft=lora or trainer=fsdp2"
+        )
+    return True, why
