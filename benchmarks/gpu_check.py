@@ -23,10 +23,11 @@ there but never run; this script is what to run when a GPU machine is lent. It c
  10 liger      model.liger_kernel=true on a small Llama from a config (needs liger_kernel)
  11 memory     benchmarks/memory.py on GPT-2 124M at seq 1024, batch 8: peak memory and
                tokens/s for the HF Trainer, lit_ft's defaults, chunked off, chunked +
-               gradient checkpointing, and lit_ft's estimate against each measured peak
+               gradient checkpointing, lit_ft's estimate against each measured peak, and
+               the largest batch (up to 64) the HF Trainer and lit_ft's defaults fit
 
 Every step runs in its own process group with its own time budget (seconds, the defaults sum
-to 560 with the machine probe); a step that fails or runs out of time is recorded with its last
+to 620 with the machine probe); a step that fails or runs out of time is recorded with its last
 error line and the next one starts. Steps the machine cannot run are skipped with the reason;
 without a CUDA GPU every step is skipped and the script exits 0 at once. At the end it prints
 the machine line and a table (step | result | figure | seconds) and writes both, with every
@@ -55,7 +56,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-TOTAL_BUDGET_S = 560  # what one lent GPU session can spend on this check
+TOTAL_BUDGET_S = 620  # what one lent GPU session can spend on this check
 PROBE_BUDGET_S = 20  # importing torch (and flash_attn, bitsandbytes) to see the machine
 
 LIT_FT = [sys.executable, "-m", "lit_ft.run"]
@@ -379,7 +380,7 @@ def step_liger(step: Step) -> Outcome:
     return Outcome("pass" if ok else "fail", figure, {"results": results})
 
 
-MEMORY = ["benchmarks/memory.py", "--batch=8", "--steps=8", "--warmup=3"]
+MEMORY = ["benchmarks/memory.py", "--batch=8", "--steps=6", "--warmup=2", "--max-batch=64"]
 
 
 def step_memory(step: Step) -> Outcome:
@@ -399,6 +400,8 @@ def step_memory(step: Step) -> Outcome:
             part += f" ({r['peak_memory_mb'] / hf['peak_memory_mb']:.2f}x mem)"
         if r.get("estimated_mb"):
             part += f" est/meas {r['estimated_mb'] / r['peak_memory_mb']:.2f}"
+        if r.get("batch_search"):
+            part += f" max batch {r['batch_search']['largest_batch']}"
         parts.append(part)
     return Outcome("pass", "; ".join(parts), {"report": report})
 
@@ -591,7 +594,7 @@ STEPS = [
         step_liger,
         [needs_module("liger_kernel")],
     ),
-    StepSpec("memory", "11 memory: GPT-2 124M, HF vs lit_ft", 60, step_memory),
+    StepSpec("memory", "11 memory: GPT-2 124M, HF vs lit_ft", 120, step_memory),
 ]
 assert PROBE_BUDGET_S + sum(s.budget for s in STEPS) <= TOTAL_BUDGET_S
 

@@ -3,6 +3,7 @@ with chunked loss + gradient checkpointing, on GPT-2 124M built from a config (n
 
     python benchmarks/memory.py                    # GPT-2 124M, seq 1,024, batch 2, 4 steps
     python benchmarks/memory.py --preset=tiny      # the harness's smoke test
+    python benchmarks/memory.py --max-batch=64     # CUDA: also the largest batch each fits
 
 The job is benchmarks/compare.py's (its data, model shapes, hyper-parameters and helpers,
 imported from there): the bundled corpus in blocks of 1,024 tokens, GPT2Config()'s shape with
@@ -111,20 +112,26 @@ def worker(args) -> None:
     compare.CLOCK = compare.Clock(args.warmup, args.steps)
     with tempfile.TemporaryDirectory(prefix="lit_ft_membench_") as workdir:
         run = run_hf if args.run == "hf" else run_lit_ft
-        out = run(args.run, preset, args.steps, workdir)
+        try:
+            out = run(args.run, preset, args.steps, workdir)
+        except Exception as err:  # the batch search's answer: this batch does not fit
+            if "out of memory" not in str(err).lower():
+                raise
+            Path(args.out).write_text(json.dumps({"out_of_memory": str(err)[:300]}))
+            return
     tokens = (args.steps - args.warmup) * preset["batch"] * preset["block"]
     out["tokens_per_s"] = tokens / compare.CLOCK.seconds
     Path(args.out).write_text(json.dumps(out))
 
 
-def launch(name: str, args, out: Path) -> dict:
+def launch(name: str, args, out: Path, batch: int | None = None) -> dict:
     command = [
         sys.executable,
         __file__,
         "--worker",
         f"--run={name}",
         f"--preset={args.preset}",
-        f"--batch={args.batch}",
+        f"--batch={batch or args.batch}",
         f"--steps={args.steps}",
         f"--warmup={args.warmup}",
         f"--out={out}",
@@ -133,6 +140,21 @@ def launch(name: str, args, out: Path) -> dict:
     if proc.returncode != 0:
         sys.exit(f"{name} failed:\n{proc.stderr[-4000:]}")
     return json.loads(out.read_text())
+
+
+def largest_batch(name: str, args, out: Path) -> dict:
+    """Doubling the batch from twice --batch (which the table's run trained) up to
+    --max-batch until a run is out of GPU memory: the largest that trained, and the first
+    that did not (each in its own process)."""
+    fits, failed = args.batch, None
+    batch = args.batch * 2
+    while batch <= args.max_batch:
+        result = launch(name, args, out, batch=batch)
+        if "out_of_memory" in result:
+            failed = batch
+            break
+        fits, batch = batch, batch * 2
+    return {"largest_batch": fits, "first_out_of_memory": failed, "searched_up_to": args.max_batch}
 
 
 def print_table(runs: dict, meta: dict) -> str:
@@ -169,6 +191,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1, help="optimizer steps not timed")
     parser.add_argument("--runs", default=",".join(RUNS))
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=0,
+        help="CUDA only: also find the largest batch (1, 2, 4, ... up to this) each run fits",
+    )
     parser.add_argument("--out-dir", default=str(RESULTS_DIR))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--run", help=argparse.SUPPRESS)
@@ -199,11 +227,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in (n.strip() for n in args.runs.split(",") if n.strip()):
             runs[name] = launch(name, args, Path(tmp) / "run.json")
+            if "out_of_memory" in runs[name]:
+                sys.exit(f"{RUNS[name]}: out of memory at --batch={args.batch}; lower it")
             print(
                 f"{RUNS[name]:48s} {runs[name]['peak_memory_mb']:8,.0f} MB "
                 f"{runs[name]['tokens_per_s']:8,.0f} tokens/s",
                 flush=True,
             )
+        if args.max_batch:
+            import torch
+
+            if not torch.cuda.is_available():
+                sys.exit("--max-batch needs a CUDA GPU: on a CPU, out of memory is the host's")
+            for name in ("hf", "lit_ft"):
+                if name in runs:
+                    runs[name]["batch_search"] = largest_batch(name, args, Path(tmp) / "b.json")
+                    print(f"{RUNS[name]:48s} largest batch: {runs[name]['batch_search']}")
     meta["loadavg_end"] = os.getloadavg()
     print()
     table = print_table(runs, meta)
