@@ -49,6 +49,6 @@ def test_a_run_that_would_not_fit_trains_with_checkpointing(tiny_overrides, monk
     results = lit_ft.train_from_overrides([*tiny_overrides, "trainer.max_steps=2"])
     out = capsys.readouterr().out
     assert "gradient checkpointing auto: on, the estimated" in out and "may not fit" in out
-    assert seen and seen[0].is_gradient_checkpointing
+    assert seen and seen[0].is_activation_checkpointing
     assert results["memory"]["gradient_checkpointing"].startswith("auto: on")
     assert results["metrics"]["train"]["steps"] == 2
