@@ -29,12 +29,28 @@ def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    generation_config = getattr(model, "generation_config", None)  # generative models only
-    if generation_config is not None and tokenizer.pad_token_id is not None:
-        generation_config.pad_token_id = tokenizer.pad_token_id
+    padded_generation(getattr(model, "generation_config", None), tokenizer)  # generative only
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     return _swap_in(staging, out_dir)
+
+
+def padded_generation(generation_config, tokenizer):
+    """The generation config told the tokenizer's pad token (generate() warns without it)."""
+    if generation_config is not None and tokenizer.pad_token_id is not None:
+        generation_config.pad_token_id = tokenizer.pad_token_id
+    return generation_config
+
+
+def spec_and_config(checkpoint: dict):
+    """The ModelSpec and Hugging Face config a lit_ft checkpoint stores of its network."""
+    from transformers import AutoConfig
+
+    from lit_ft.model.build import ModelSpec
+
+    spec = ModelSpec(**checkpoint["lit_ft"]["model_spec"])
+    hf_config = dict(checkpoint["lit_ft"]["hf_config"])
+    return spec, AutoConfig.for_model(hf_config.pop("model_type"), **hf_config)
 
 
 def _swap_in(staging: Path, out_dir: Path) -> Path:
@@ -51,9 +67,8 @@ def _swap_in(staging: Path, out_dir: Path) -> Path:
 def load_checkpoint_model(ckpt_path: str | Path):
     """Rebuild the network stored in a lit_ft checkpoint; return (model, tokenizer)."""
     import torch
-    from transformers import AutoConfig
 
-    from lit_ft.model.build import ModelSpec, build_model, load_tokenizer
+    from lit_ft.model.build import build_model, load_tokenizer
     from lit_ft.model.peft import CHECKPOINT_KEY, load_adapter_checkpoint
 
     path = Path(ckpt_path)
@@ -65,9 +80,7 @@ def load_checkpoint_model(ckpt_path: str | Path):
         raise LitFtError(f"checkpoint '{path}' cannot be read ({err}); is it truncated?") from err
     if "lit_ft" not in checkpoint:
         raise LitFtError(f"checkpoint '{path}' was not written by lit_ft (no 'lit_ft' entry)")
-    spec = ModelSpec(**checkpoint["lit_ft"]["model_spec"])
-    hf_config = dict(checkpoint["lit_ft"]["hf_config"])
-    config = AutoConfig.for_model(hf_config.pop("model_type"), **hf_config)
+    spec, config = spec_and_config(checkpoint)
     if CHECKPOINT_KEY in checkpoint:  # a LoRA run: adapter weights on the pretrained base
         return load_adapter_checkpoint(checkpoint, spec, config), load_tokenizer(spec)
     model = build_model(spec, config=config, pretrained=False)
@@ -102,29 +115,43 @@ def export_sharded_checkpoint(
     dropped, so memory peaks at one file (2 GB), not the model (an 8B model is 32 GB in
     fp32). The names and the tied weights (written once) come from the model built on
     the meta device, which costs no memory."""
-    import json
 
     import torch
-    from safetensors.torch import save_file
-    from transformers import AutoConfig, GenerationConfig
+    from transformers import GenerationConfig
 
-    from lit_ft.model.build import ModelSpec, load_tokenizer
+    from lit_ft.model.build import load_tokenizer
     from lit_ft.tasks import get_task
-    from lit_ft.training.sharded_checkpoint import read_sharded, weight_groups
+    from lit_ft.training.sharded_checkpoint import read_sharded
 
-    checkpoint = read_sharded(ckpt_path)
-    spec = ModelSpec(**checkpoint["lit_ft"]["model_spec"])
-    hf_config = dict(checkpoint["lit_ft"]["hf_config"])
-    config = AutoConfig.for_model(hf_config.pop("model_type"), **hf_config)
+    spec, config = spec_and_config(read_sharded(ckpt_path))
     with torch.device("meta"):
         model = get_task(spec.task).model_class().from_config(config)
     kept = model.state_dict().keys()  # persistent buffers too; tied weights appear twice...
-    names = [n for n in kept if n in dict(model.named_parameters())]  # ...parameters once
+    names = [n for n, _ in model.named_parameters() if n in kept]  # ...parameters once
     names += [n for n, _ in model.named_buffers() if n in kept]
     out_dir = Path(out_dir)
     staging = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    _write_weight_files(ckpt_path, names, staging, max_shard_bytes)
+    config.save_pretrained(staging)
+    tokenizer = load_tokenizer(spec)
+    if model.can_generate():
+        generation = padded_generation(GenerationConfig.from_model_config(config), tokenizer)
+        generation.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    return _swap_in(staging, out_dir)
+
+
+def _write_weight_files(ckpt_path, names: list[str], staging: Path, max_shard_bytes: int):
+    """model.safetensors, or Hugging Face's model-0000i-of-0000n.safetensors + index when
+    the weights pass one file's size; a file's tensors are read, written and dropped."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from lit_ft.training.sharded_checkpoint import weight_groups
+
     files, weight_map, total = [], {}, 0
     groups = weight_groups(ckpt_path, [f"model.{n}" for n in names], max_shard_bytes)
     for i, group in enumerate(groups, start=1):
@@ -144,15 +171,6 @@ def export_sharded_checkpoint(
             "weight_map": {k: renamed[v] for k, v in weight_map.items()},
         }
         (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    config.save_pretrained(staging)
-    tokenizer = load_tokenizer(spec)
-    if model.can_generate():
-        generation = GenerationConfig.from_model_config(config)
-        if tokenizer.pad_token_id is not None:
-            generation.pad_token_id = tokenizer.pad_token_id
-        generation.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    return _swap_in(staging, out_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -58,13 +58,6 @@ def test_every_override_of_every_step_composes():
     result = _run("--compose-only")
     assert result.returncode == 0, result.stdout[-3000:]
     assert "FAIL" not in result.stdout
-    assert {line.split()[1].split("/")[0] for line in result.stdout.splitlines()} >= {
-        "default",
-        "compile",
-        "attention",
-        "fp16",
-        "resume",
-        "fsdp",
-        "qlora",
-        "ddp",
-    }
+    # every step but the two that run benchmark scripts instead of lit_ft
+    composed = {line.split()[1].split("/")[0] for line in result.stdout.splitlines()}
+    assert composed >= set(STEPS) - {"compare", "memory"}

@@ -179,17 +179,25 @@ def causal_loss(model, inputs: Mapping[str, torch.Tensor], chunk_tokens: int):
     return LinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk_tokens)
 
 
+def compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+    """The head's matmul dtype: autocast's where it is on (as the plain head's would run),
+    else the hidden states'. The softmax is fp32 either way (Hugging Face's loss upcasts too)."""
+    device = hidden.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+
+
+def head_in(compute: torch.dtype, hidden, weight, bias):
+    """hidden, weight and bias cast to the matmul dtype (bias may be None)."""
+    return hidden.to(compute), weight.to(compute), bias.to(compute) if bias is not None else None
+
+
 class LinearCrossEntropy(torch.autograd.Function):
     """sum over valid rows of cross_entropy(hidden @ weight.T + bias, targets), by chunks."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk_tokens):
-        # Under autocast the matmuls run in its dtype, as the plain head's would; the softmax
-        # is fp32 either way (Hugging Face's loss upcasts the logits too).
-        dtype = torch.get_autocast_dtype(hidden.device.type)
-        compute = dtype if torch.is_autocast_enabled(hidden.device.type) else hidden.dtype
-        h, w = hidden.to(compute), weight.to(compute)
-        b = bias.to(compute) if bias is not None else None
+        compute = compute_dtype(hidden)
+        h, w, b = head_in(compute, hidden, weight, bias)
         wants = ctx.needs_input_grad
         grad_hidden = torch.zeros_like(hidden) if wants[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if wants[1] else None
@@ -264,10 +272,8 @@ class LinearLogProbs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, row_of, rows, chunk_tokens):
-        dtype = torch.get_autocast_dtype(hidden.device.type)
-        compute = dtype if torch.is_autocast_enabled(hidden.device.type) else hidden.dtype
-        h, w = hidden.to(compute), weight.to(compute)
-        b = bias.to(compute) if bias is not None else None
+        compute = compute_dtype(hidden)
+        h, w, b = head_in(compute, hidden, weight, bias)
         sums = torch.zeros(rows, dtype=torch.float32, device=hidden.device)
         for start in range(0, h.shape[0], chunk_tokens):
             chunk = slice(start, start + chunk_tokens)
@@ -283,8 +289,7 @@ class LinearLogProbs(torch.autograd.Function):
     def backward(ctx, grad_sums):
         hidden, weight, bias, targets, row_of = ctx.saved_tensors
         compute, wants = ctx.compute, ctx.needs_input_grad
-        h, w = hidden.to(compute), weight.to(compute)
-        b = bias.to(compute) if bias is not None else None
+        h, w, b = head_in(compute, hidden, weight, bias)
         # each token's incoming gradient: its row's, zero where ignored
         scale = grad_sums.float()[row_of] * (targets != -100)
         grad_hidden = torch.empty_like(hidden) if wants[0] else None

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from lit_ft.model.strategy import block_classes
+from lit_ft.model.strategy import block_classes, strategy_target
 
 
 class FullyShardedStrategy(ModelParallelStrategy):
@@ -61,8 +61,7 @@ class FullyShardedStrategy(ModelParallelStrategy):
 
 def is_fsdp2(strategy_cfg) -> bool:
     """Whether `trainer.strategy` (its config) is trainer=fsdp2's."""
-    target = getattr(strategy_cfg, "get", lambda *_: strategy_cfg)("_target_", "")
-    return str(target).endswith("FullyShardedStrategy")
+    return strategy_target(strategy_cfg).endswith("FullyShardedStrategy")
 
 
 def fsdp2_problems(strategy, peft, model_cfg) -> list[str]:

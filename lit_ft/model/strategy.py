@@ -45,11 +45,16 @@ class TransformerBlockPolicy(ModuleWrapPolicy):
         return super()._run_policy(root_module, ignored_modules, root_kwargs)
 
 
+def strategy_target(strategy: Any) -> str:
+    """`trainer.strategy`'s class path (a config node) or its name (a string like "ddp")."""
+    return str(strategy.get("_target_", "") if hasattr(strategy, "get") else strategy)
+
+
 def strategy_problems(strategy: Any, accelerator: str, export: bool = False) -> list[str]:
     """What keeps `trainer.strategy` from running here (for validate_config)."""
     import torch
 
-    target = str(strategy.get("_target_", "") if hasattr(strategy, "get") else strategy).lower()
+    target = strategy_target(strategy).lower()
     problems = []
     if "deepspeed" in target:
         if importlib.util.find_spec("deepspeed") is None:

@@ -72,7 +72,7 @@ def weight_groups(
         nbytes = 0
         if name is not None:
             shape, dtype = entries[name]
-            nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+            nbytes = torch.Size(shape).numel() * dtype.itemsize
         if group and (name is None or size + nbytes > max_bytes):
             tensors = {n: torch.empty(entries[n][0], dtype=entries[n][1]) for n in group}
             # one process, no process group: the shards of every rank are read from disk
