@@ -215,7 +215,8 @@ class FineTuneDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, sampler=None, indexed=False) -> DataLoader:
         assert self.datasets is not None, "call setup() first"
-        dataset, collate = self.datasets[split], self.task.collate()
+        dataset = self.datasets[split]
+        collate = self.task.collate() if split == "train" else self.task.eval_collate()
         if indexed:
             dataset, collate = IndexedRows(dataset), collate_with_rows(collate)
         return DataLoader(

@@ -106,6 +106,12 @@ class Task:
         """The function that pads a list of processed rows into a batch."""
         raise NotImplementedError
 
+    def eval_collate(self) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
+        """The collate of validation, test and predict batches: the training one, unless a
+        task draws something at random per batch (masked LM's masks), which evaluation must
+        fix per row so every validation scores the same targets at every batch size."""
+        return self.collate()
+
     # -- what the pre-flight summary and results.json say about the task --------------------
     def describe(self) -> str | None:
         """One pre-flight line on how the task reads the data (e.g. the chat template)."""

@@ -12,16 +12,18 @@ import time
 from collections.abc import Mapping, Sequence
 
 import torch
-from torchmetrics import MeanMetric, SumMetric
+from torchmetrics import SumMetric
 
 from lit_ft.tasks.base import target_count
+from lit_ft.tasks.weighted_mean import WeightedMean
 
 
 class Evaluator(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        # nan_strategy="disable": a diverged batch makes the loss NaN instead of being dropped.
-        self.loss = MeanMetric(nan_strategy="disable")
+        # A batch's mean loss weighted by its targets (tokens, rows, pairs); a diverged batch
+        # makes the loss NaN instead of being dropped (lit_ft/tasks/weighted_mean.py).
+        self.loss = WeightedMean()
 
     def update(self, batch: Mapping[str, torch.Tensor], outputs, model) -> None:
         raise NotImplementedError
@@ -198,7 +200,7 @@ class AnswerEvaluator(LanguageModelingEvaluator):
         self.num_prompts, self.max_new_tokens, self.stop = num_prompts, max_new_tokens, stop
         self.rouge = ROUGEScore(rouge_keys="rougeL")
         self.chrf = CHRFScore(n_word_order=0)  # chrF, not chrF++ (which adds word n-grams)
-        self.exact = MeanMetric()
+        self.exact = WeightedMean()
         self.generated, self.seconds = 0, 0.0
 
     def update(self, batch, outputs, model) -> None:
@@ -281,7 +283,7 @@ class PreferenceEvaluator(Evaluator):
     def __init__(self, task) -> None:
         super().__init__()
         self.task = task
-        self.means = torch.nn.ModuleDict({name: MeanMetric() for name in self.NAMES})
+        self.means = torch.nn.ModuleDict({name: WeightedMean() for name in self.NAMES})
 
     def update(self, batch, outputs, model) -> None:
         from lit_ft.tasks.preference import pair_metrics
