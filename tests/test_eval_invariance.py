@@ -199,10 +199,10 @@ def test_sequence_classification(bert_tokenizer):
         logits = [model(input_ids=torch.tensor([r["input_ids"]])).logits[0] for r in rows]
     gold = [r["labels"] for r in rows]
     predicted = [int(x.argmax()) for x in logits]
-    loss = sum(float(F.cross_entropy(x[None], torch.tensor([g]))) for x, g in zip(logits, gold))
+    loss = sum(float(F.cross_entropy(x[None], torch.tensor([g]))) for x, g in zip(logits, gold, strict=True))
     reference = {
         "loss": loss / ROWS,
-        "accuracy": sum(p == g for p, g in zip(predicted, gold)) / ROWS,
+        "accuracy": sum(p == g for p, g in zip(predicted, gold, strict=True)) / ROWS,
         "f1": f1_score(gold, predicted, average="macro", labels=[0, 1, 2], zero_division=0),
     }
     _assert_invariant(task, make_model, rows, reference)
@@ -241,7 +241,7 @@ def test_token_classification(bert_tokenizer):
             keep = labels != -100
             predicted = logits.argmax(-1)[keep].tolist()
             gold = labels[keep].tolist()
-            correct += sum(p == g for p, g in zip(predicted, gold))
+            correct += sum(p == g for p, g in zip(predicted, gold, strict=True))
             scored += len(gold)
             pred_spans = _entities([TAGS[p] for p in predicted])
             gold_spans = _entities([TAGS[g] for g in gold])

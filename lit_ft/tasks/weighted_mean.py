@@ -27,8 +27,9 @@ class WeightedMean(Metric):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("weight", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        for name in ("total", "weight"):
+            zero = torch.tensor(0.0, dtype=torch.float64)
+            self.add_state(name, default=zero, dist_reduce_fx="sum")
 
     def update(self, value, weight=1.0) -> None:
         """`value`: a scalar or a tensor of values; `weight`: one weight per value (broadcast).
