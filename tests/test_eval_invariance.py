@@ -199,7 +199,8 @@ def test_sequence_classification(bert_tokenizer):
         logits = [model(input_ids=torch.tensor([r["input_ids"]])).logits[0] for r in rows]
     gold = [r["labels"] for r in rows]
     predicted = [int(x.argmax()) for x in logits]
-    loss = sum(float(F.cross_entropy(x[None], torch.tensor([g]))) for x, g in zip(logits, gold, strict=True))
+    pairs = zip(logits, gold, strict=True)
+    loss = sum(float(F.cross_entropy(x[None], torch.tensor([g]))) for x, g in pairs)
     reference = {
         "loss": loss / ROWS,
         "accuracy": sum(p == g for p, g in zip(predicted, gold, strict=True)) / ROWS,
