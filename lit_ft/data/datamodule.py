@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from lit_ft.data.eval_rows import marked_for_evaluation
 from lit_ft.data.row_index import IndexedRows, collate_with_rows
 from lit_ft.data.sampler import ResumableRandomSampler
 from lit_ft.data.sources import DataFiles, load_source, tokenizer_fingerprint
@@ -219,6 +220,8 @@ class FineTuneDataModule(L.LightningDataModule):
         collate = self.task.collate() if split == "train" else self.task.eval_collate()
         if indexed:
             dataset, collate = IndexedRows(dataset), collate_with_rows(collate)
+        elif split != "train":  # validation/test: DDP's repeated rows marked, never scored
+            sampler, dataset, collate = marked_for_evaluation(dataset, collate)
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -112,6 +112,15 @@ class Task:
         fix per row so every validation scores the same targets at every batch size."""
         return self.collate()
 
+    def select_rows(self, batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+        """The batch's examples where `keep` (one bool per example) is true: every tensor with
+        one entry per example is indexed; anything else (flags) passes unchanged."""
+        rows = keep.shape[0]
+        return {
+            k: v[keep] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == rows else v
+            for k, v in batch.items()
+        }
+
     # -- what the pre-flight summary and results.json say about the task --------------------
     def describe(self) -> str | None:
         """One pre-flight line on how the task reads the data (e.g. the chat template)."""

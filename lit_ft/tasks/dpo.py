@@ -153,6 +153,10 @@ class PreferenceTask(Task):
 
         return collate
 
+    def select_rows(self, batch, keep: torch.Tensor):
+        # a pair is two rows, all chosen first, then all rejected: keep both of each pair
+        return super().select_rows(batch, torch.cat([keep, keep]))
+
     def count_targets(self, batch) -> torch.Tensor:
         """The loss is a mean over pairs: a step weighs every pair the same."""
         return torch.tensor(batch["input_ids"].shape[0] // 2, device=batch["input_ids"].device)

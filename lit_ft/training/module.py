@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from lit_ft.data.eval_rows import PADDING_KEY
 from lit_ft.data.row_index import ROW_KEY
 from lit_ft.model.build import ModelSpec, build_model
 from lit_ft.observe.log import say
@@ -110,6 +111,18 @@ class FineTuneModule(L.LightningModule):
         self._validation_started = time.perf_counter()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch)
+
+    def _evaluate(self, batch: dict[str, torch.Tensor]) -> None:
+        """Score the batch's real rows: DDP's repeats of the split's first rows, which pad
+        the last batches to one count per process (lit_ft/data/eval_rows.py), are left out,
+        so 2 processes report the figures of 1 over the same rows."""
+        padding = batch.pop(PADDING_KEY, None)
+        if padding is not None and bool(padding.any()):
+            if not bool((~padding).any()):  # only repeats: a forward keeps the ranks in step
+                self(**batch)
+                return
+            batch = self.task.select_rows(batch, ~padding)
         self.evaluator.update(batch, self(**batch), self.model)
 
     def on_validation_epoch_end(self) -> None:
@@ -134,7 +147,7 @@ class FineTuneModule(L.LightningModule):
         self.evaluator.reset()
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.evaluator.update(batch, self(**batch), self.model)
+        self._evaluate(batch)
 
     def on_test_epoch_end(self) -> None:
         self._log_evaluation("test")
