@@ -72,7 +72,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
 
         dm = data.datamodule
-        before = steps.evaluate(trainer, module, dm) if cfg.evaluate_before else None
+        before = steps.evaluate_start(trainer, module, dm, resume, cfg.evaluate_before)
         trainer.fit(module, datamodule=dm, ckpt_path=resume.path if resume else None)
         after, best = steps.evaluate_final(trainer, module, dm)
         metrics = {"before": before, "after": after, "test": steps.test(trainer, module, dm)}

@@ -314,6 +314,20 @@ def evaluate(trainer, module, datamodule, ckpt_path: str | None = None) -> dict[
     return {key: float(value) for key, value in (found[0] if found else {}).items()}
 
 
+def evaluate_start(trainer, module, datamodule, resume, enabled: bool) -> dict[str, float] | None:
+    """The starting model's metrics ("before"). A resumed run does not validate again: its
+    weights are not loaded yet, and its starting model was scored by the run's first life,
+    whose figures the checkpoint carries (FineTuneModule.on_save_checkpoint)."""
+    if resume is not None:
+        before = resume.checkpoint.get("lit_ft", {}).get("before")
+        if before:
+            say("validation before training: the run's first life's, from the checkpoint")
+    else:
+        before = evaluate(trainer, module, datamodule) if enabled else None
+    module.before_metrics = before
+    return before
+
+
 def evaluate_final(trainer, module, datamodule) -> tuple[dict[str, float], str | None]:
     """The metrics of the weights the run hands on, and the checkpoint they come from when an
     earlier one beats the end (None: the final weights)."""

@@ -15,6 +15,9 @@ from lit_ft.errors import LitFtError
 from lit_ft.observe.log import say, warn
 from lit_ft.training.sharded_checkpoint import is_sharded_checkpoint, read_sharded
 
+# which checkpoint stream wrote a file (lit_ft.training.best_checkpoint marks its own)
+STREAM_KEY = "lit_ft_stream"
+
 
 @dataclass
 class ResumePoint:
@@ -71,15 +74,24 @@ def newest_valid_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 
 def _newest_valid(checkpoint_dir: Path) -> ResumePoint | None:
-    candidates = sorted(
-        checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True
-    )
-    for path in candidates:
+    """The checkpoint furthest into training that loads.
+
+    Ranked by the training step it holds, not by when the file was written: the best
+    checkpoint of step 20 is written after step 20's validation, so it is newer on disk than
+    `last.ckpt` of the same step, and after a kill a re-trained life may write an older step
+    last. At one step, a file of the resumable stream (saved at a step boundary) comes before
+    one the best-checkpoint stream saved inside a validation; then the newest file.
+    """
+    ranked = []
+    for path in checkpoint_dir.glob("*.ckpt"):
         checkpoint, problem = _open(path)
-        if problem is None:
-            return ResumePoint(str(path), checkpoint)
-        warn(f"skipping {path}: {problem}")
-    return None
+        if problem is not None:
+            warn(f"skipping {path}: {problem}")
+            continue
+        at_step_boundary = checkpoint.get(STREAM_KEY) != "best"
+        rank = (int(checkpoint.get("global_step", 0)), at_step_boundary, path.stat().st_mtime)
+        ranked.append((rank, ResumePoint(str(path), checkpoint)))
+    return max(ranked, key=lambda item: item[0])[1] if ranked else None
 
 
 def checkpoint_problem(path: Path) -> str | None:

@@ -64,6 +64,7 @@ class FineTuneModule(L.LightningModule):
         self.token_weighted = True
         self._validation_started = time.perf_counter()
         self._generation_cost_said = False
+        self.before_metrics: dict[str, float] | None = None  # the starting model's (steps.py)
 
     def configure_model(self) -> None:
         # trainer=fsdp2 (lit_ft/model/fsdp2.py): Lightning hands over the process mesh here,
@@ -200,4 +201,6 @@ class FineTuneModule(L.LightningModule):
         checkpoint["lit_ft"] = {
             "model_spec": self.spec.to_dict(),
             "hf_config": self.model.config.to_dict(),
+            # the starting model's metrics, so a resumed life reports them without validating
+            "before": self.before_metrics,
         }

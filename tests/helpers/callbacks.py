@@ -70,3 +70,31 @@ class FailAt(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step >= self.step and trainer.global_rank == self.rank:
             raise RuntimeError(f"rank {self.rank} fails at step {trainer.global_step}")
+
+
+class KillSoonAfter(Callback):
+    """SIGKILLs its own process `delay` seconds after an event, from a timer thread, so the
+    kill lands wherever the run happens to be then (mid-step, mid-save, in validation, in the
+    export): `event` is `start` (this callback's creation, before data and model load) or
+    `save` (this life's first checkpoint save)."""
+
+    def __init__(self, delay: float, event: str = "save"):
+        self.delay, self.event = delay, event
+        if event == "start":
+            self._arm()
+
+    def _arm(self) -> None:
+        import threading
+
+        timer = threading.Timer(self.delay, os.kill, (os.getpid(), signal.SIGKILL))
+        timer.daemon = True
+        timer.start()
+        self.event = "armed"
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if self.event == "save":
+            self._arm()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.event == "fit_end":
+            self._arm()

@@ -1,0 +1,27 @@
+"""Every use of another library's private state, in one place.
+
+Each function names what it reaches, why no public route serves, and the versions it was
+checked against; tests/test_compat.py fails loudly when a library changes underneath.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def mark_step_as_saved(checkpoint_callback: Any, global_step: int) -> None:
+    """Tell a Lightning `ModelCheckpoint` that `global_step` is already saved.
+
+    Reaches `ModelCheckpoint._last_global_step_saved` (lightning 2.5-2.6). Lightning keeps it
+    only in memory: a run resumed at step 6 starts with 0, so with accumulation 2 the first
+    micro-batch after the resume (global step still 6, 6 % every_n_train_steps == 0) saves a
+    checkpoint *inside* the accumulation window, whose gradients no checkpoint holds. A run
+    resumed from that file loses the window's first half and drifts from then on; it is also
+    why `step000006-v1.ckpt` appeared beside `step000006.ckpt`. No public setting restores it.
+    """
+    if not hasattr(checkpoint_callback, "_last_global_step_saved"):
+        raise AttributeError(
+            "lightning's ModelCheckpoint no longer has _last_global_step_saved: "
+            "lit_ft.compat.mark_step_as_saved must be updated for this Lightning version"
+        )
+    checkpoint_callback._last_global_step_saved = global_step

@@ -1,0 +1,97 @@
+"""A run killed again and again, at seeded random moments, ends exactly as if never killed.
+
+Each life is SIGKILLed from a timer thread wherever it happens to be: during start-up and data
+preparation, mid-step, mid-save, in validation, during the final evaluation or the export.
+Every life restarts with the same command and `ckpt_path=auto`. The uninterrupted run is the
+reference: every micro-batch loss any life logged, every step's `train/loss` row in
+metrics.csv (all log versions joined), the final weights and the export must equal it.
+Dropout is on (GPT-2's 0.1) and accumulation is 2, so the RNG states and the window position
+have to come back exactly too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.config import tiny_run_overrides
+from safetensors.torch import load_file
+
+from lit_ft.plots import read_metrics
+
+pytestmark = pytest.mark.slow
+HELPERS = str(Path(__file__).parent)
+KILLS = 8
+
+
+def _args(tokenizer_dir, text_file, run_dir: Path, log: Path) -> list[str]:
+    args = tiny_run_overrides(tokenizer_dir, text_file, run_dir)
+    return [
+        *args,
+        "trainer.accumulate_grad_batches=2",  # 30 steps = 60 batches of 8
+        "trainer.log_every_n_steps=1",  # a metrics.csv row for every step
+        "trainer.val_check_interval=20",  # validations at steps 10, 20 and 30
+        "callbacks.resumable_checkpoint.every_n_train_steps=2",
+        f"+callbacks.loss_log={{_target_: helpers.callbacks.LossLog, path: '{log}'}}",
+        "ckpt_path=auto",
+    ]
+
+
+def _losses(log: Path) -> dict[tuple[int, int], float]:
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    return {(row["epoch"], row["batch"]): row["loss"] for row in rows}
+
+
+def test_many_kills_resume_exactly(run_cli, tiny_tokenizer_dir, text_file, tmp_path):
+    env = {"PYTHONPATH": os.pathsep.join([HELPERS, os.environ.get("PYTHONPATH", "")])}
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    reference = run_cli(
+        _args(tiny_tokenizer_dir, text_file, full, tmp_path / "full.jsonl"), env=env
+    )
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    rng = random.Random(31)
+    lives = []
+    for life in range(KILLS + 5):
+        kill = []
+        if life < KILLS:  # (event, seconds after it): start-up, mid-training, export
+            event = rng.choice(["start", "save", "save", "fit_end"])
+            delay = {"start": rng.uniform(2, 14), "save": rng.uniform(0, 3)}.get(
+                event, rng.uniform(0, 1.5)
+            )
+            kill = [
+                "+callbacks.kill={_target_: helpers.callbacks.KillSoonAfter, "
+                f"delay: {delay:.3f}, event: {event}}}"
+            ]
+        args = _args(tiny_tokenizer_dir, text_file, cut, tmp_path / "cut.jsonl")
+        result = run_cli([*args, *kill], env=env)
+        lives.append((kill, result.returncode))
+        if result.returncode == 0:
+            break
+        assert result.returncode == -9, result.stderr[-3000:]  # killed, never failed
+    assert lives[-1][1] == 0, lives
+    assert sum(rc == -9 for _, rc in lives) >= 4, lives  # the kills did land
+
+    # every micro-batch loss any life logged is the uninterrupted run's
+    want, got = _losses(tmp_path / "full.jsonl"), _losses(tmp_path / "cut.jsonl")
+    assert got.keys() == want.keys()
+    assert all(got[k] == want[k] for k in want), [k for k in want if got[k] != want[k]][:5]
+    # metrics.csv: a row for every step, the same values
+    assert read_metrics(cut)["train/loss"] == read_metrics(full)["train/loss"]
+    # the final weights and the export, bit for bit
+    weights = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (full, cut)]
+    assert weights[0]["global_step"] == weights[1]["global_step"] == 30
+    a, b = weights[0]["state_dict"], weights[1]["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    x, y = (load_file(d / "hf_model" / "model.safetensors") for d in (full, cut))
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    # one file per step: no "-v1" copies of a step trained again
+    assert not list((cut / "checkpoints").glob("*-v*.ckpt"))
+    # the starting model is scored once, by the first life; later lives report that figure
+    results = json.loads((cut / "results.json").read_text())
+    reference_results = json.loads((full / "results.json").read_text())
+    assert results["metrics"]["before"] == reference_results["metrics"]["before"]
