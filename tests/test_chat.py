@@ -225,7 +225,7 @@ def test_a_split_end_of_turn_marker_becomes_one_special_token(tokenizer):
 
 
 def _chat_rows(path, count: int = 40):
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
     rows = [
         {
             "messages": [

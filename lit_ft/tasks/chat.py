@@ -79,18 +79,18 @@ def resolve_template(tokenizer, setting: str | None) -> str:
     "chatml", "a Jinja string")."""
     if setting is None:
         if getattr(tokenizer, "chat_template", None):
-            add_end_of_turn_token(tokenizer)
             return "the tokenizer's own"
         setting = "plain"  # the tokenizer has none: printed in the pre-flight, saved with it
     tokenizer.chat_template = NAMED_TEMPLATES.get(setting, setting)
-    add_end_of_turn_token(tokenizer)
     return setting if setting in NAMED_TEMPLATES else "a Jinja string"
 
 
 def add_end_of_turn_token(tokenizer) -> str | None:
     """Make the template's end-of-turn marker one special token when the vocabulary splits
-    it; return the marker when added. A marker with spaces inside ("### End") is text the
-    data may hold too, so it stays text (generation still stops on it as a stop string)."""
+    it; return the marker when added. task=instruction does this (the model learns to write
+    it); dpo does not: it starts from a chat model, which has the token already. A marker
+    with spaces inside ("### End") is text the data may hold too, so it stays text
+    (generation still stops on it as a stop string)."""
     marker = end_of_turn(tokenizer)
     if marker is None or any(c.isspace() for c in marker):
         return None

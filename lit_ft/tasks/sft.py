@@ -21,10 +21,11 @@ import torch
 
 from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
-from lit_ft.tasks.answers import generation_problems
+from lit_ft.tasks.answers import REFERENCES, generation_problems
 from lit_ft.tasks.base import PadCollator, Task, TaskContext, example_lengths, pad_rows
 from lit_ft.tasks.chat import (
     TRAIN_ON,
+    add_end_of_turn_token,
     answer_spans,
     end_of_turn,
     marked,
@@ -62,6 +63,8 @@ class InstructionTask(Task):
         self.prompt_template = prompt_template  # e.g. "{instruction}\n\n{input}"
         # set on the tokenizer, so the exported tokenizer formats prompts the same way
         self.template_source = resolve_template(tokenizer, chat_template)
+        # "<|im_end|>" in 8 pieces cannot stop generate(): one special token can
+        self.added_end_of_turn = add_end_of_turn_token(tokenizer)
         self.train_on = train_on
         self.packing = packing
         self.packing_efficiency: dict[str, float] = {}  # per split, once packed
@@ -90,10 +93,13 @@ class InstructionTask(Task):
             "chat_template": self.tokenizer.chat_template,  # the text: a changed one re-tokenizes
             "train_on": self.train_on,
             "packing": self.packing,
+            REFERENCES: 1,  # the rows carry their answers' whole text (a new cache key)
         }
 
     def describe(self) -> str:
         text = f"chat template: {self.template_source}; trains {self.train_on.replace('_', ' ')}"
+        if self.added_end_of_turn:
+            text += f"; {self.added_end_of_turn} added as one token (generation stops on it)"
         if self.packing_efficiency:
             # e.g. 1,200 examples of ~40 tokens in 400 blocks of 128: 48,000 / 51,200 = 94%
             shares = ", ".join(f"{k} {v:.0%}" for k, v in self.packing_efficiency.items())
@@ -143,7 +149,7 @@ class InstructionTask(Task):
         rows = [
             dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)
         ]
-        input_ids, labels = [], []
+        input_ids, labels, references = [], [], []
         for row in rows:
             ids, targets = self.encode_row(row)
             ids, targets = ids[: self.max_length], targets[: self.max_length]
@@ -151,7 +157,23 @@ class InstructionTask(Task):
                 continue  # every answer cut off by the block size: nothing to learn from
             input_ids.append(ids)
             labels.append(targets)
-        return {"input_ids": input_ids, "labels": labels}
+            references.append([self._reference(row, targets)])  # a list: packing joins them
+        return {"input_ids": input_ids, "labels": labels, REFERENCES: references}
+
+    def _reference(self, row: dict[str, Any], labels: list[int]) -> str:
+        """The whole text of the answer the example's last trained span belongs to, as the
+        row holds it: the block size may cut that span (or every later turn), and answers
+        are scored against what the answer is, not against its first tokens. E.g. a two-turn
+        chat cut inside the second answer: that answer; cut inside the second question: the
+        first answer (its span is then the last one)."""
+        # trained runs left after the cut, e.g. labels [-100, 5, 6, -100, 9] -> 2
+        runs = sum(
+            1 for i, t in enumerate(labels) if t != -100 and (i == 0 or labels[i - 1] == -100)
+        )
+        answers = [m for m in self._messages(row) if m["role"] == "assistant"]
+        if self.train_on == "last_assistant":
+            answers = answers[-1:]
+        return str(answers[min(runs, len(answers)) - 1]["content"]).strip()
 
     def encode_row(self, row: dict[str, Any]) -> tuple[list[int], list[int]]:
         """Token ids of the rendered row and its labels (-100 outside the trained answers)."""
@@ -190,10 +212,11 @@ class InstructionTask(Task):
     def _pack(self, batch: dict[str, list]) -> dict[str, list]:
         """Best fit decreasing over this map batch's examples (lit_ft/tasks/packing.py)."""
         blocks = best_fit_decreasing([len(ids) for ids in batch["input_ids"]], self.max_length)
-        out: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": []}
+        out: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], REFERENCES: []}
         for members in blocks:
             out["input_ids"].append([t for i in members for t in batch["input_ids"][i]])
             out["labels"].append([t for i in members for t in batch["labels"][i]])
+            out[REFERENCES].append([r for i in members for r in batch[REFERENCES][i]])
             lengths = [len(batch["input_ids"][i]) for i in members]
             out["position_ids"].append([p for n in lengths for p in range(n)])
         return out
@@ -215,6 +238,25 @@ class InstructionTask(Task):
 
         return collate
 
+    def eval_collate(self):
+        """The training collate, plus each row's answer texts (one per example, in order) for
+        scoring generated answers (`examples_of`); never sent to the model ('_' key)."""
+        collate = self.collate()
+
+        def with_references(rows: list[dict[str, Any]]) -> dict[str, Any]:
+            batch = collate(rows)
+            batch[REFERENCES] = [list(row.get(REFERENCES) or []) for row in rows]
+            return batch
+
+        return with_references
+
+    def select_rows(self, batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+        selected = super().select_rows(batch, keep)
+        if REFERENCES in batch:
+            kept = zip(batch[REFERENCES], keep.tolist(), strict=True)
+            selected[REFERENCES] = [texts for texts, k in kept if k]
+        return selected
+
     def evaluator(self):
         from lit_ft.tasks.metrics import AnswerEvaluator, LanguageModelingEvaluator
 
@@ -229,13 +271,13 @@ class InstructionTask(Task):
 
     def predict(self, model, batch) -> list[dict[str, Any]]:
         """prompt, generated answer and reference of each example (packed rows split apart)."""
-        from lit_ft.tasks.answers import decode, examples_of, generate_answers
+        from lit_ft.tasks.answers import examples_of, generate_answers, reference_texts
 
         examples = examples_of(batch)
         prompts = [e.prompt for e in examples]
         stop = end_of_turn(self.tokenizer)
         answers = generate_answers(model, self.tokenizer, prompts, self.eval_max_new_tokens, stop)
-        references = decode(self.tokenizer, [e.reference for e in examples], stop)
+        references = reference_texts(self.tokenizer, examples, stop)
         inputs = self.tokenizer.batch_decode(prompts)  # special tokens kept: the chat layout
         return [
             {"input": p, "prediction": a, "label": r}

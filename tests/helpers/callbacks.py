@@ -70,3 +70,17 @@ class FailAt(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step >= self.step and trainer.global_rank == self.rank:
             raise RuntimeError(f"rank {self.rank} fails at step {trainer.global_step}")
+
+
+class SlowBatches(Callback):
+    """Sleeps before every training batch once `after_step` optimizer steps are done, so a
+    signal sent then arrives mid-step (a tiny model's steps take milliseconds)."""
+
+    def __init__(self, seconds: float, after_step: int = 0):
+        self.seconds, self.after_step = seconds, after_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.after_step:
+            import time
+
+            time.sleep(self.seconds)
