@@ -201,7 +201,9 @@ def test_answers_are_scored_against_the_whole_reference_not_the_cut_one(
         monkeypatch.setattr(
             answers,
             "generate_answers",
-            lambda model, tok, prompts, *a, **k: [by_prompt[tuple(p)] for p in prompts],
+            lambda model, tok, prompts, *a, known=by_prompt, **k: [
+                known[tuple(p)] for p in prompts
+            ],
         )
         evaluator = AnswerEvaluator(gpt2_tokenizer, num_prompts=8, max_new_tokens=8)
         evaluator.update(batch, _Logits(batch), model=None)
