@@ -137,6 +137,7 @@ def build_task_and_data(cfg: DictConfig, tokenizer, hf_config):
         columns={key: data_options.pop(key) for key in COLUMN_KEYS},
         max_length=clamp_block_size(data_options.pop("block_size"), max_positions(hf_config)),
         add_eos=data_options.pop("add_eos"),
+        truncation=data_options.pop("truncation", "cut"),
         **task_options,
     )
     return task, build_datamodule(tokenizer, task, seed=cfg.seed, **data_options)

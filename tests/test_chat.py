@@ -309,3 +309,58 @@ def test_an_exported_chat_model_stops_at_the_end_of_its_turn(tmp_path, tiny_toke
             force = LogitsProcessorList([_ForceAt(n, step, eot)])
             out = model.generate(prompt, max_new_tokens=10, do_sample=False, logits_processor=force)
             assert out.shape[1] == n + step and out[0, -1] == eot  # ...and stops right there
+
+
+# -- rows longer than the block ---------------------------------------------------------------
+LONG = " ".join(["the standard library documents every function"] * 6)
+SHORT = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+TWO_TURNS = [*SHORT, {"role": "user", "content": "More?"}, {"role": "assistant", "content": LONG}]
+FIRST_LONG = [{"role": "user", "content": "Tell."}, {"role": "assistant", "content": LONG}]
+
+
+def _hf_ids(tokenizer, chat) -> list[int]:
+    """The chat as transformers' own apply_chat_template tokenizes it (the reference)."""
+    return list(tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False))
+
+
+@pytest.mark.parametrize("truncation", ["cut", "drop", "turns"])
+def test_rows_over_the_block_are_counted_and_cut_dropped_or_cut_at_turns(tokenizer, truncation):
+    chats = [SHORT, TWO_TURNS, FIRST_LONG]
+    task = build_task("instruction", tokenizer, COLUMNS, 8, chat_template="chatml")  # adds the eot
+    lengths = [len(_hf_ids(tokenizer, c)) for c in chats]
+    block = len(_hf_ids(tokenizer, TWO_TURNS[:2])) + 2  # the first turn fits, whole chats not
+    assert lengths[0] <= block < min(lengths[1:])
+    task = build_task(
+        "instruction", tokenizer, COLUMNS, block, chat_template="chatml", truncation=truncation
+    )
+    rows = datasets.Dataset.from_dict({"messages": chats})
+    kept = task.preprocess(rows, "train", TaskContext("t", load_from_cache=False))
+    expected = {
+        "cut": [_hf_ids(tokenizer, c)[:block] for c in chats],
+        "drop": [_hf_ids(tokenizer, SHORT)],
+        # the two-turn chat keeps its whole first turn; the long first answer cannot
+        "turns": [_hf_ids(tokenizer, SHORT), _hf_ids(tokenizer, TWO_TURNS[:2])],
+    }[truncation]
+    assert kept["input_ids"] == expected
+    left_out = sum(lengths) - sum(len(ids) for ids in expected)
+    assert task.over_length["train"] == {
+        "rows": 3,
+        "over": 2,
+        "longest": max(lengths),
+        "dropped": 3 - len(expected),
+        "tokens": sum(lengths),
+        "tokens_left_out": left_out,
+    }
+    line = task.describe()
+    assert f"train: 2 of 3 rows exceed {block} tokens (longest {max(lengths)})" in line
+    assert f"data.truncation={truncation} left out {left_out:,} of {sum(lengths)} tokens" in line
+
+
+def test_truncation_is_checked_with_the_config():
+    cfg = compose(["task=instruction", "data.truncation=shorten"])
+    with pytest.raises(LitFtError, match="data.truncation='shorten' is unknown"):
+        validate_config(cfg)
+    cfg = compose(["task=causal_lm", "data.truncation=drop"])
+    with pytest.raises(LitFtError, match="applies to task=instruction only"):
+        validate_config(cfg)
+    validate_config(compose(["task=instruction", "data.truncation=turns"]))

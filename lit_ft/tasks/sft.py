@@ -7,6 +7,11 @@ lit_ft/tasks/chat.py) and trains every assistant turn (`task.train_on=all_assist
 the last one; system, user and tool messages get label -100. The same template is saved
 with the exported tokenizer, so inference formats prompts as training did.
 
+A row longer than the block (`data.block_size`) is cut there (`data.truncation=cut`),
+dropped (`drop`), or, for chats, cut after its last whole turn that fits (`turns`: the
+leading complete question-answer turns; dropped when even the first answer does not fit).
+The pre-flight says how many rows were over and how many tokens that left out.
+
 `packing=true` fills each block with several examples, best fit decreasing. Each example
 restarts its position ids; with no attention mask and no KV cache, transformers then builds
 a block-diagonal mask, so examples in one block never attend to each other (tested against
@@ -39,6 +44,24 @@ from lit_ft.tasks.packing import (
     packing_efficiency,
 )
 
+TRUNCATION = ("cut", "drop", "turns")
+LENGTH = "_full_length"  # a row's tokens before the block size cut it (for the report)
+
+
+def truncation_problems(truncation: str, task: str) -> Problems:
+    """data.truncation: one of TRUNCATION; other than `cut` only where it is implemented."""
+    problems = Problems()
+    problems.need(
+        truncation in TRUNCATION,
+        f"data.truncation='{truncation}' is unknown; use one of {', '.join(TRUNCATION)}",
+    )
+    problems.need(
+        truncation not in TRUNCATION or truncation == "cut" or task == "instruction",
+        f"data.truncation={truncation} applies to task=instruction only (task={task} cuts rows "
+        "at data.block_size); drop the key or set it to cut",
+    )
+    return problems
+
 
 class InstructionTask(Task):
     name = "instruction"
@@ -68,6 +91,7 @@ class InstructionTask(Task):
         self.train_on = train_on
         self.packing = packing
         self.packing_efficiency: dict[str, float] = {}  # per split, once packed
+        self.over_length: dict[str, dict[str, int]] = {}  # per split: rows over the block
         # Not in options(): they change what is measured, not the processed rows.
         self.eval_generations, self.eval_max_new_tokens = eval_generations, eval_max_new_tokens
         if eval_generations:  # answers are generated: scored, written, and the headline
@@ -93,6 +117,7 @@ class InstructionTask(Task):
             "chat_template": self.tokenizer.chat_template,  # the text: a changed one re-tokenizes
             "train_on": self.train_on,
             "packing": self.packing,
+            "truncation": self.truncation,
             REFERENCES: 1,  # the rows carry their answers' whole text (a new cache key)
         }
 
@@ -100,6 +125,8 @@ class InstructionTask(Task):
         text = f"chat template: {self.template_source}; trains {self.train_on.replace('_', ' ')}"
         if self.added_end_of_turn:
             text += f"; {self.added_end_of_turn} added as one token (generation stops on it)"
+        for split, counts in self.over_length.items():
+            text += f"; {over_length_text(split, counts, self.max_length, self.truncation)}"
         if self.packing_efficiency:
             # e.g. 1,200 examples of ~40 tokens in 400 blocks of 128: 48,000 / 51,200 = 94%
             shares = ", ".join(f"{k} {v:.0%}" for k, v in self.packing_efficiency.items())
@@ -111,6 +138,8 @@ class InstructionTask(Task):
             "chat_template": self.template_source,
             "train_on": self.train_on,
             "packing_efficiency": self.packing_efficiency or None,
+            "truncation": self.truncation,
+            "over_length": self.over_length or None,
         }
 
     def check_columns(self, dataset, source: str) -> None:
@@ -136,7 +165,23 @@ class InstructionTask(Task):
 
     # -- rows -> (prompt ids, response ids) -------------------------------------------------
     def preprocess(self, dataset, split: str, context: TaskContext):
-        kept = self.tokenize_keeping_answers(dataset, split, context, "examples")
+        from datasets.fingerprint import Hasher
+
+        encoded = self.cached_map(
+            dataset, self._encode, split, context, "Tokenizing", remove_columns=dataset.column_names
+        )
+        counts = over_length_counts(encoded, self.max_length)
+        if counts["over"] or counts["dropped"]:
+            self.over_length[split] = counts
+        # rows left empty (dropped, or no answer token within the block) go; the fingerprint
+        # follows the tokenized data's, so a second run loads this from the cache too
+        kept = encoded.filter(
+            _has_tokens,
+            input_columns="input_ids",
+            batched=True,
+            new_fingerprint=Hasher.hash(f"{encoded._fingerprint}-kept"),
+            desc=f"Dropping empty rows {split}",
+        ).remove_columns(LENGTH)
         if self.packing:
             # best fit within each map batch: 10,000 examples give it plenty to choose from
             kept = self.cached_map(kept, self._pack, split, context, "Packing", batch_size=10_000)
@@ -149,16 +194,19 @@ class InstructionTask(Task):
         rows = [
             dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)
         ]
-        input_ids, labels, references = [], [], []
+        out: dict[str, list] = {"input_ids": [], "labels": [], REFERENCES: [], LENGTH: []}
         for row in rows:
             ids, targets = self.encode_row(row)
-            ids, targets = ids[: self.max_length], targets[: self.max_length]
-            if all(t == -100 for t in targets):
-                continue  # every answer cut off by the block size: nothing to learn from
-            input_ids.append(ids)
-            labels.append(targets)
-            references.append([self._reference(row, targets)])  # a list: packing joins them
-        return {"input_ids": input_ids, "labels": labels, REFERENCES: references}
+            out[LENGTH].append(len(ids))
+            end = fitting_end(targets, self.max_length, self.truncation)
+            ids, targets = ids[:end], targets[:end]
+            if all(t == -100 for t in targets):  # dropped, or every answer cut off: an empty
+                ids, targets = [], []  # row, filtered out once the lengths are counted
+            out["input_ids"].append(ids)
+            out["labels"].append(targets)
+            # a list: packing joins the texts of a block's examples
+            out[REFERENCES].append([self._reference(row, targets)] if ids else [])
+        return out
 
     def _reference(self, row: dict[str, Any], labels: list[int]) -> str:
         """The whole text of the answer the example's last trained span belongs to, as the
@@ -283,6 +331,61 @@ class InstructionTask(Task):
             {"input": p, "prediction": a, "label": r}
             for p, a, r in zip(inputs, answers, references, strict=True)
         ]
+
+
+def fitting_end(labels: list[int], block: int, truncation: str) -> int:
+    """How many of a row's tokens it keeps within `block` tokens (0: the row is dropped).
+
+    cut: min(length, block). drop: the row if it fits, else nothing. turns: up to the end of
+    the last trained span that ends within the block (a whole answer with its end of turn),
+    e.g. labels [-100, 5, 6, -100, -100, 9, 10] in 6: the first answer ends at 3 -> 3."""
+    if len(labels) <= block:
+        return len(labels)
+    if truncation == "cut":
+        return block
+    if truncation == "drop":
+        return 0
+    ends = [i + 1 for i in range(block) if labels[i] != -100 and labels[i + 1] == -100]
+    return ends[-1] if ends else 0
+
+
+def over_length_counts(encoded, block: int) -> dict[str, int]:
+    """Rows over the block and what that cost, from the tokenized rows' lengths before and
+    after: e.g. lengths [300, 200, 412] in 256 and cut: 2 over, longest 412, 44 + 156 = 200
+    of 912 tokens left out."""
+    import pyarrow.compute as pc
+
+    arrow = encoded.with_format("arrow")
+    full = arrow[LENGTH]
+    kept = pc.list_value_length(arrow["input_ids"])
+    total, left = pc.sum(full).as_py() or 0, pc.sum(kept).as_py() or 0
+    return {
+        "rows": len(encoded),
+        "over": pc.sum(pc.greater(full, block)).as_py() or 0,
+        "longest": pc.max(full).as_py() or 0,
+        "dropped": pc.sum(pc.equal(kept, 0)).as_py() or 0,
+        "tokens": total,
+        "tokens_left_out": total - left,
+    }
+
+
+def over_length_text(split: str, counts: dict[str, int], block: int, truncation: str) -> str:
+    """E.g. "train: 28 of 4,999 rows exceed 256 tokens (longest 412); data.truncation=cut
+    left out 1,210 of 1.3M tokens" (", dropping 3 rows" where rows kept no answer)."""
+    total = counts["tokens"]
+    total_text = f"{total / 1e6:.1f}M" if total >= 1e6 else f"{total:,}"
+    text = (
+        f"{split}: {counts['over']:,} of {counts['rows']:,} rows exceed {block} tokens "
+        f"(longest {counts['longest']:,}); data.truncation={truncation} left out "
+        f"{counts['tokens_left_out']:,} of {total_text} tokens"
+    )
+    if counts["dropped"]:
+        text += f", dropping {counts['dropped']:,} rows"
+    return text
+
+
+def _has_tokens(batch: list[list[int]]) -> list[bool]:
+    return [len(ids) > 0 for ids in batch]
 
 
 def _template_fields(template: str) -> set[str]:
