@@ -175,13 +175,16 @@ class InstructionTask(Task):
             self.over_length[split] = counts
         # rows left empty (dropped, or no answer token within the block) go; the fingerprint
         # follows the tokenized data's, so a second run loads this from the cache too
-        kept = encoded.filter(
-            _has_tokens,
-            input_columns="input_ids",
-            batched=True,
-            new_fingerprint=Hasher.hash(f"{encoded._fingerprint}-kept"),
-            desc=f"Dropping empty rows {split}",
-        ).remove_columns(LENGTH)
+        kept = encoded
+        if counts["dropped"]:
+            kept = encoded.filter(
+                _has_tokens,
+                input_columns="input_ids",
+                batched=True,
+                new_fingerprint=Hasher.hash(f"{encoded._fingerprint}-kept"),
+                desc=f"Dropping rows {split}",
+            )
+        kept = kept.remove_columns(LENGTH)
         if self.packing:
             # best fit within each map batch: 10,000 examples give it plenty to choose from
             kept = self.cached_map(kept, self._pack, split, context, "Packing", batch_size=10_000)
