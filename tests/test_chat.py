@@ -292,6 +292,9 @@ def test_an_exported_chat_model_stops_at_the_end_of_its_turn(tmp_path, tiny_toke
     overrides = _chat_run(tmp_path, tiny_tokenizer_dir, "model.pad_vocab_to_multiple_of=64")
     results = lit_ft.train_from_overrides(overrides)
     from_checkpoint = export_checkpoint(results["last_checkpoint"], tmp_path / "from_ckpt")
+    # resuming: the grown vocabulary and the tokenizer's new token are this run's again
+    resumed = lit_ft.train_from_overrides([*overrides, "ckpt_path=last", "trainer.max_steps=3"])
+    assert resumed["resumed_from"] and resumed["metrics"]["train"]
     for exported in (results["export_dir"], from_checkpoint):
         tokenizer = AutoTokenizer.from_pretrained(exported)
         model = AutoModelForCausalLM.from_pretrained(exported).eval()
