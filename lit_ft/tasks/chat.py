@@ -105,13 +105,22 @@ def add_end_of_turn_token(tokenizer) -> str | None:
 
 def end_of_turn_id(tokenizer) -> int | None:
     """The id of the end-of-turn marker when it is one token (None: no marker, or pieces)."""
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-    marker = end_of_turn(tokenizer)
+    marker = _templated_end_of_turn(tokenizer)
     if marker is None:
         return None
     ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
     return ids[0] if len(ids) == 1 else None
+
+
+def _templated_end_of_turn(tokenizer) -> str | None:
+    """`end_of_turn` of any task's tokenizer: None without a template, or with one that will
+    not render a plain user/assistant exchange (a model's own template may demand more)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        return end_of_turn(tokenizer)
+    except Exception:  # jinja's TemplateError, or the template's own raise_exception
+        return None
 
 
 def stop_at_end_of_turn(generation_config, tokenizer):
@@ -130,10 +139,9 @@ def stop_at_end_of_turn(generation_config, tokenizer):
 def chat_settings(tokenizer) -> dict[str, Any]:
     """What a run changed on its tokenizer, as plain values a checkpoint stores, so an export
     from the checkpoint alone rebuilds the same tokenizer (`apply_chat_settings`)."""
-    template = getattr(tokenizer, "chat_template", None)
-    marker = end_of_turn(tokenizer) if template else None
+    marker = _templated_end_of_turn(tokenizer)
     added = [marker] if marker in tokenizer.all_special_tokens else []
-    return {"chat_template": template, "added_tokens": added}
+    return {"chat_template": getattr(tokenizer, "chat_template", None), "added_tokens": added}
 
 
 def apply_chat_settings(tokenizer, settings: dict[str, Any] | None):
