@@ -36,10 +36,14 @@ def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
 
 
 def padded_generation(generation_config, tokenizer):
-    """The generation config told the tokenizer's pad token (generate() warns without it)."""
+    """The generation config told the tokenizer's pad token (generate() warns without it) and
+    the chat template's end of turn, so `generate` and `pipeline` stop at the end of the
+    answer (eos_token_id [EOS, <|im_end|>]) instead of writing the next turn too."""
+    from lit_ft.tasks.chat import stop_at_end_of_turn
+
     if generation_config is not None and tokenizer.pad_token_id is not None:
         generation_config.pad_token_id = tokenizer.pad_token_id
-    return generation_config
+    return stop_at_end_of_turn(generation_config, tokenizer)
 
 
 def spec_and_config(checkpoint: dict):
@@ -68,7 +72,7 @@ def load_checkpoint_model(ckpt_path: str | Path):
     """Rebuild the network stored in a lit_ft checkpoint; return (model, tokenizer)."""
     import torch
 
-    from lit_ft.model.build import build_model, load_tokenizer
+    from lit_ft.model.build import build_model
     from lit_ft.model.peft import CHECKPOINT_KEY, load_adapter_checkpoint
 
     path = Path(ckpt_path)
@@ -81,8 +85,9 @@ def load_checkpoint_model(ckpt_path: str | Path):
     if "lit_ft" not in checkpoint:
         raise LitFtError(f"checkpoint '{path}' was not written by lit_ft (no 'lit_ft' entry)")
     spec, config = spec_and_config(checkpoint)
+    tokenizer = checkpoint_tokenizer(checkpoint, spec)
     if CHECKPOINT_KEY in checkpoint:  # a LoRA run: adapter weights on the pretrained base
-        return load_adapter_checkpoint(checkpoint, spec, config), load_tokenizer(spec)
+        return load_adapter_checkpoint(checkpoint, spec, config), tokenizer
     model = build_model(spec, config=config, pretrained=False)
     prefix = "model."
     weights = {
@@ -92,7 +97,16 @@ def load_checkpoint_model(ckpt_path: str | Path):
         model.load_state_dict(weights)
     except RuntimeError as err:
         raise LitFtError(f"checkpoint '{path}' does not match its own model config: {err}") from err
-    return model, load_tokenizer(spec)
+    return model, tokenizer
+
+
+def checkpoint_tokenizer(checkpoint: dict, spec):
+    """The run's tokenizer: the model's, with the chat template and end-of-turn token the run
+    set on it (stored in the checkpoint by the LightningModule)."""
+    from lit_ft.model.build import load_tokenizer
+    from lit_ft.tasks.chat import apply_chat_settings
+
+    return apply_chat_settings(load_tokenizer(spec), checkpoint["lit_ft"].get("tokenizer"))
 
 
 def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:
@@ -119,11 +133,11 @@ def export_sharded_checkpoint(
     import torch
     from transformers import GenerationConfig
 
-    from lit_ft.model.build import load_tokenizer
     from lit_ft.tasks import get_task
     from lit_ft.training.sharded_checkpoint import read_sharded
 
-    spec, config = spec_and_config(read_sharded(ckpt_path))
+    saved = read_sharded(ckpt_path)
+    spec, config = spec_and_config(saved)
     with torch.device("meta"):
         model = get_task(spec.task).model_class().from_config(config)
     kept = model.state_dict().keys()  # persistent buffers too; tied weights appear twice...
@@ -135,7 +149,7 @@ def export_sharded_checkpoint(
     staging.mkdir(parents=True)
     _write_weight_files(ckpt_path, names, staging, max_shard_bytes)
     config.save_pretrained(staging)
-    tokenizer = load_tokenizer(spec)
+    tokenizer = checkpoint_tokenizer(saved, spec)
     if model.can_generate():
         generation = padded_generation(GenerationConfig.from_model_config(config), tokenizer)
         generation.save_pretrained(staging)

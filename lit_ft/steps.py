@@ -9,6 +9,7 @@ to instantiate themselves.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -38,7 +39,7 @@ from lit_ft.model.peft import (
 )
 from lit_ft.model.precision import resolve_precision
 from lit_ft.model.strategy import shards_weights
-from lit_ft.model.vocab import pad_vocab
+from lit_ft.model.vocab import grow_vocab, grown_size, pad_vocab
 from lit_ft.observe.log import quiet_known_noise, say
 from lit_ft.observe.loggers import finish
 from lit_ft.observe.memory import gigabytes
@@ -46,6 +47,7 @@ from lit_ft.observe.recorder import TrainingRecorder
 from lit_ft.observe.throughput import ThroughputLogger
 from lit_ft.plots import plot_run
 from lit_ft.tasks import COLUMN_KEYS, build_task
+from lit_ft.tasks.chat import stop_at_end_of_turn
 from lit_ft.training.amp import precision_plugins
 from lit_ft.training.checkpoint import (
     AtomicCheckpointIO,
@@ -135,6 +137,7 @@ def build_task_and_data(cfg: DictConfig, tokenizer, hf_config):
         columns={key: data_options.pop(key) for key in COLUMN_KEYS},
         max_length=clamp_block_size(data_options.pop("block_size"), max_positions(hf_config)),
         add_eos=data_options.pop("add_eos"),
+        truncation=data_options.pop("truncation", "cut"),
         **task_options,
     )
     return task, build_datamodule(tokenizer, task, seed=cfg.seed, **data_options)
@@ -153,7 +156,9 @@ def prepare_data(cfg: DictConfig, spec: ModelSpec, resume: ResumePoint | None) -
     datamodule.setup("fit")
     seconds = time.perf_counter() - started
     task.configure_model(hf_config)  # labels found in the data: num_labels, id2label
-    check_same_model(resume, hf_config, spec)
+    grown = copy.deepcopy(hf_config)  # the rows the model will have (a chat's end of turn)
+    grown.vocab_size = grown_size(hf_config.vocab_size, tokenizer)
+    check_same_model(resume, grown, spec)
     check_same_data(resume, datamodule.fingerprint(), force=cfg.force_resume)
     return PreparedData(tokenizer, hf_config, task, datamodule, seconds)
 
@@ -188,7 +193,10 @@ def build_network(
     checked against the task (e.g. packing), its training loss chosen (chunked or plain, for
     causal tasks: printed by `print_plan`), compiled when asked."""
     model = build_model(spec, data.hf_config, **quantization_kwargs(lora))
+    model = grow_vocab(model, data.tokenizer)  # tokens the task added, e.g. <|im_end|>
     model = pad_vocab(model, spec.pad_vocab_to_multiple_of)
+    # generate() stops at EOS or the chat's end of turn: validation answers, generations.jsonl
+    stop_at_end_of_turn(getattr(model, "generation_config", None), data.tokenizer)
     if spec.liger_kernel:  # on the bare model, before LoRA wraps its modules
         say(apply_liger(model))
     # `auto` is decided by the memory estimate (plan_memory), once the whole network exists

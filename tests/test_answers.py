@@ -171,3 +171,78 @@ def test_generation_options_are_checked():
     cfg = compose(["task=instruction", "task.eval_max_new_tokens=0"])
     with pytest.raises(ConfigError, match="task.eval_max_new_tokens must be a positive"):
         validate_config(cfg)
+
+
+# -- answers scored against the whole reference -------------------------------------------
+LONG = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
+
+
+def test_answers_are_scored_against_the_whole_reference_not_the_cut_one(
+    gpt2_tokenizer, monkeypatch
+):
+    """A block of 24 tokens cuts the long answer; the score compares with the row's text."""
+    import lit_ft.tasks.answers as answers
+
+    rows = datasets.Dataset.from_dict(
+        {"prompt": ["Say yes.", "Count on."], "response": ["yes", LONG]}
+    )
+    context = TaskContext("t", load_from_cache=False)
+    for packing in (False, True):
+        task = build_task("instruction", gpt2_tokenizer, COLUMNS, max_length=24, packing=packing)
+        processed = task.preprocess(rows, "validation", context)
+        batch = task.eval_collate()([processed[i] for i in range(len(processed))])
+        examples = sorted(examples_of(batch), key=lambda e: len(e.prompt))
+        cut = gpt2_tokenizer.decode(examples[-1].reference, skip_special_tokens=True).strip()
+        assert cut != LONG and LONG.startswith(cut)  # the block size did cut it
+        assert sorted(e.text for e in examples) == sorted(["yes", LONG])  # the rows' own text
+
+        # a model that answers exactly what the data says: exact match only against the whole
+        by_prompt = {tuple(e.prompt): e.text for e in examples}
+        monkeypatch.setattr(
+            answers,
+            "generate_answers",
+            lambda model, tok, prompts, *a, known=by_prompt, **k: [
+                known[tuple(p)] for p in prompts
+            ],
+        )
+        evaluator = AnswerEvaluator(gpt2_tokenizer, num_prompts=8, max_new_tokens=8)
+        evaluator.update(batch, _Logits(batch), model=None)
+        assert float(evaluator.compute()["exact_match"]) == 1.0
+        rows_out = task.predict(None, batch)
+        assert sorted(r["label"] for r in rows_out) == sorted(["yes", LONG])
+
+
+class _Logits:
+    """Model outputs of the right shape for the loss part of the evaluator."""
+
+    def __init__(self, batch):
+        self.logits = torch.zeros(*batch["input_ids"].shape, 512)
+        self.loss = torch.tensor(1.0)
+
+
+def test_a_chat_cut_before_its_last_turn_is_scored_on_the_last_answer_left(gpt2_tokenizer):
+    import copy
+
+    tokenizer = copy.deepcopy(gpt2_tokenizer)
+    tokenizer.chat_template = None
+    chat = [
+        {"role": "user", "content": "What does len do?"},
+        {"role": "assistant", "content": "It counts."},
+        {"role": "user", "content": LONG},  # the block ends inside this question
+        {"role": "assistant", "content": "Fourteen words."},
+    ]
+    columns = {"messages_column": "messages", "prompt_column": None, "response_column": None}
+    whole = build_task("instruction", tokenizer, columns, 512, chat_template="plain")
+    ids, labels = whole.encode_row({"messages": chat})
+    first_end = next(i for i in range(1, len(labels)) if labels[i - 1] != -100 == labels[i])
+    # the block ends 3 tokens into the second question
+    task = build_task("instruction", tokenizer, columns, first_end + 3, chat_template="plain")
+    processed = task.preprocess(
+        datasets.Dataset.from_dict({"messages": [chat]}),
+        "validation",
+        TaskContext("t", load_from_cache=False),
+    )
+    (example,) = examples_of(task.eval_collate()([processed[0]]))
+    assert example.text == "It counts."
+    assert tokenizer.decode(example.reference).strip() == "It counts.<|endoftext|>"
+    assert example.prompt == ids[: len(example.prompt)]  # the first question

@@ -8,6 +8,7 @@ with its end-of-turn text, nothing else; a template that rewrites earlier turns 
 from __future__ import annotations
 
 import copy
+import json
 import random
 
 import datasets
@@ -205,3 +206,164 @@ def test_packing_reports_its_efficiency(tokenizer):
     assert 0.8 < task.packing_efficiency["train"] <= 1.0
     assert task.report()["packing_efficiency"] == {"train": task.packing_efficiency["train"]}
     assert "packed blocks filled: train" in task.describe()
+
+
+# -- the end of turn: one token, where generation stops ------------------------------------
+def test_a_split_end_of_turn_marker_becomes_one_special_token(tokenizer):
+    # the tiny BPE spells "<|im_end|>" in several pieces: generate() could never stop on it
+    assert len(tokenizer("<|im_end|>", add_special_tokens=False)["input_ids"]) > 1
+    size, plain = len(tokenizer), copy.deepcopy(tokenizer)
+    task = build_task("instruction", tokenizer, COLUMNS, 512, chat_template="chatml")
+    assert len(tokenizer) == size + 1
+    (eot,) = tokenizer("<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert eot == size  # the next id: the model's embeddings grow by one row
+    ids, labels = task.encode_row({"messages": CHAT[1:3]})
+    assert ids.count(eot) == 2 and labels[ids.index(eot, ids.index(eot) + 1)] == eot
+    # the plain template ends turns with EOS, already one token: nothing added
+    build_task("instruction", plain, COLUMNS, 512, chat_template="plain")
+    assert len(plain) == size
+
+
+def _chat_rows(path, count: int = 40):
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Say {words[i % 10]}."},
+                {"role": "assistant", "content": words[i % 10]},
+            ]
+        }
+        for i in range(count)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _chat_run(tmp_path, tiny_tokenizer_dir, *extra) -> list[str]:
+    return [
+        "task=instruction",
+        "task.chat_template=chatml",
+        f"model.name_or_path={tiny_tokenizer_dir}",
+        "model.from_scratch=true",
+        "model.model_type=gpt2",
+        "model.config_overrides={n_layer: 2, n_head: 2, n_embd: 32, n_positions: 64, "
+        "vocab_size: 512, bos_token_id: 0, eos_token_id: 0}",
+        "data=text_files",
+        "data.path=json",
+        f"data.data_files={_chat_rows(tmp_path / 'chats.jsonl')}",
+        "data.messages_column=messages",
+        "data.block_size=64",
+        "data.batch_size=8",
+        "data.validation_split_percentage=20",
+        "trainer.max_steps=2",
+        "trainer.limit_val_batches=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.precision=32-true",  # stated: not the host's `auto`
+        "task.eval_generations=2",
+        "task.eval_max_new_tokens=4",
+        "callbacks.generations.num_prompts=0",
+        "evaluate_before=false",
+        "predict=false",
+        f"paths.output_dir={tmp_path / 'run'}",
+        *extra,
+    ]
+
+
+class _ForceAt:
+    """A logits processor that makes the model write `token` as its `step`-th new token."""
+
+    def __init__(self, prompt_length: int, step: int, token: int):
+        self.at, self.token = prompt_length + step - 1, token
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] == self.at:
+            scores[:, :] = -float("inf")
+            scores[:, self.token] = 0.0
+        return scores
+
+
+def test_an_exported_chat_model_stops_at_the_end_of_its_turn(tmp_path, tiny_tokenizer_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
+
+    import lit_ft
+    from lit_ft.export import export_checkpoint
+
+    # padded to 64: 512 + <|im_end|> = 513 rows grow to 576 in training, cropped on export
+    overrides = _chat_run(tmp_path, tiny_tokenizer_dir, "model.pad_vocab_to_multiple_of=64")
+    results = lit_ft.train_from_overrides(overrides)
+    from_checkpoint = export_checkpoint(results["last_checkpoint"], tmp_path / "from_ckpt")
+    # resuming: the grown vocabulary and the tokenizer's new token are this run's again
+    resumed = lit_ft.train_from_overrides([*overrides, "ckpt_path=last", "trainer.max_steps=3"])
+    assert resumed["resumed_from"] and resumed["metrics"]["train"]
+    for exported in (results["export_dir"], from_checkpoint):
+        tokenizer = AutoTokenizer.from_pretrained(exported)
+        model = AutoModelForCausalLM.from_pretrained(exported).eval()
+        (eot,) = tokenizer("<|im_end|>", add_special_tokens=False)["input_ids"]
+        assert eot == 512 and model.get_input_embeddings().num_embeddings == len(tokenizer) == 513
+        assert model.generation_config.eos_token_id == [tokenizer.eos_token_id, eot]
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Say beta."}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
+        )["input_ids"]
+        n = prompt.shape[1]
+        for step in (1, 3):  # the model writes <|im_end|> as its 1st or 3rd new token...
+            force = LogitsProcessorList([_ForceAt(n, step, eot)])
+            out = model.generate(prompt, max_new_tokens=10, do_sample=False, logits_processor=force)
+            assert out.shape[1] == n + step and out[0, -1] == eot  # ...and stops right there
+
+
+# -- rows longer than the block ---------------------------------------------------------------
+LONG = " ".join(["the standard library documents every function"] * 6)
+SHORT = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+TWO_TURNS = [*SHORT, {"role": "user", "content": "More?"}, {"role": "assistant", "content": LONG}]
+FIRST_LONG = [{"role": "user", "content": "Tell."}, {"role": "assistant", "content": LONG}]
+
+
+def _hf_ids(tokenizer, chat) -> list[int]:
+    """The chat as transformers' own apply_chat_template tokenizes it (the reference)."""
+    return list(tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False))
+
+
+@pytest.mark.parametrize("truncation", ["cut", "drop", "turns"])
+def test_rows_over_the_block_are_counted_and_cut_dropped_or_cut_at_turns(tokenizer, truncation):
+    chats = [SHORT, TWO_TURNS, FIRST_LONG]
+    task = build_task("instruction", tokenizer, COLUMNS, 8, chat_template="chatml")  # adds the eot
+    lengths = [len(_hf_ids(tokenizer, c)) for c in chats]
+    block = len(_hf_ids(tokenizer, TWO_TURNS[:2])) + 2  # the first turn fits, whole chats not
+    assert lengths[0] <= block < min(lengths[1:])
+    task = build_task(
+        "instruction", tokenizer, COLUMNS, block, chat_template="chatml", truncation=truncation
+    )
+    rows = datasets.Dataset.from_dict({"messages": chats})
+    kept = task.preprocess(rows, "train", TaskContext("t", load_from_cache=False))
+    expected = {
+        "cut": [_hf_ids(tokenizer, c)[:block] for c in chats],
+        "drop": [_hf_ids(tokenizer, SHORT)],
+        # the two-turn chat keeps its whole first turn; the long first answer cannot
+        "turns": [_hf_ids(tokenizer, SHORT), _hf_ids(tokenizer, TWO_TURNS[:2])],
+    }[truncation]
+    assert kept["input_ids"] == expected
+    left_out = sum(lengths) - sum(len(ids) for ids in expected)
+    assert task.over_length["train"] == {
+        "rows": 3,
+        "over": 2,
+        "longest": max(lengths),
+        "dropped": 3 - len(expected),
+        "tokens": sum(lengths),
+        "tokens_left_out": left_out,
+    }
+    line = task.describe()
+    assert f"train: 2 of 3 rows exceed {block} tokens (longest {max(lengths)})" in line
+    assert f"data.truncation={truncation} left out {left_out:,} of {sum(lengths)} tokens" in line
+
+
+def test_truncation_is_checked_with_the_config():
+    cfg = compose(["task=instruction", "data.truncation=shorten"])
+    with pytest.raises(LitFtError, match="data.truncation='shorten' is unknown"):
+        validate_config(cfg)
+    cfg = compose(["task=causal_lm", "data.truncation=drop"])
+    with pytest.raises(LitFtError, match="applies to task=instruction only"):
+        validate_config(cfg)
+    validate_config(compose(["task=instruction", "data.truncation=turns"]))

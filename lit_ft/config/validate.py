@@ -30,6 +30,7 @@ def validate_config(cfg: DictConfig) -> None:
     from lit_ft.observe.progress import progress_problems
     from lit_ft.preflight import output_dir_problem
     from lit_ft.tasks import task_problems
+    from lit_ft.tasks.sft import truncation_problems
     from lit_ft.training.optim import optimizer_problems, scheduler_problems, step_problems
     from lit_ft.training.sharded_checkpoint import is_checkpoint_path
 
@@ -43,6 +44,7 @@ def validate_config(cfg: DictConfig) -> None:
     problems += model_problems(cfg.model)
     problems += task_problems(cfg.task.name, cfg.data, cfg.task)
     problems += data_problems(cfg.data)
+    problems += truncation_problems(cfg.data.get("truncation", "cut"), cfg.task.name)
     problems += step_problems(trainer)
     problems += precision_problems(trainer)
     strategy = trainer.get("strategy", "auto")

@@ -26,6 +26,23 @@ def padded_size(vocab_size: int, multiple: int | None) -> int:
     return math.ceil(vocab_size / multiple) * multiple
 
 
+def grow_vocab(model, tokenizer):
+    """Embeddings (and a tied or untied output layer) grown to hold every token id, when the
+    tokenizer gained tokens (a chat template's end-of-turn marker, lit_ft/tasks/chat.py):
+    e.g. 4,096 + <|im_end|> = 4,097 rows. Before `pad_vocab`, so the padding is on top of them
+    and the export crops back to 4,097. The new rows start at the mean of the others
+    (transformers' mean resizing), a token the model already gives average scores to."""
+    current = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > current:  # a model whose vocabulary has room already keeps its size
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return model
+
+
+def grown_size(vocab_size: int, tokenizer) -> int:
+    """The vocabulary `grow_vocab` gives a model of `vocab_size` rows (checked on resume)."""
+    return max(vocab_size, len(tokenizer))
+
+
 def pad_vocab(model, multiple: int | None):
     """Resize the token embeddings (and a tied or untied output layer) up to a multiple."""
     current = model.get_input_embeddings().num_embeddings

@@ -65,11 +65,13 @@ def build_task(
     columns: dict[str, str | None],
     max_length: int,
     add_eos: bool = False,
+    truncation: str = "cut",
     **options,
 ) -> Task:
     """The task `name` with its options (conf/task/<name>.yaml) and the data's column names."""
     task = get_task(name)(tokenizer, columns, max_length, **options)
     task.add_eos = add_eos and tokenizer.eos_token_id is not None
+    task.truncation = truncation
     return task
 
 

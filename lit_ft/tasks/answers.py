@@ -15,17 +15,22 @@ from dataclasses import dataclass
 
 import torch
 
+# A batch's answer texts, one list per row (packed rows hold several examples), in order
+REFERENCES = "_references"
+
 
 @dataclass(frozen=True)
 class Example:
     prompt: list[int]  # what the model sees
     reference: list[int]  # the answer it was trained to give (its end-of-text included)
+    text: str | None = None  # that answer's whole text, as the data holds it (uncut)
 
 
 def examples_of(batch: Mapping[str, torch.Tensor]) -> list[Example]:
     """Every example of a batch, in row order; examples with no prompt or no answer are left out."""
     real = batch.get("attention_mask", batch.get("_real_tokens"))
     positions = batch.get("position_ids")
+    texts = batch.get(REFERENCES)
     examples = []
     for row in range(batch["input_ids"].shape[0]):
         keep = real[row].bool() if real is not None else slice(None)
@@ -33,8 +38,10 @@ def examples_of(batch: Mapping[str, torch.Tensor]) -> list[Example]:
         starts = [0]
         if positions is not None:  # packed: an example starts where the position ids restart
             starts = [i for i, p in enumerate(positions[row][keep].tolist()) if p == 0] or [0]
-        for start, end in zip(starts, [*starts[1:], len(ids)], strict=True):
+        for k, (start, end) in enumerate(zip(starts, [*starts[1:], len(ids)], strict=True)):
             example = split_example(ids[start:end], labels[start:end])
+            if example is not None and texts is not None and k < len(texts[row]):
+                example = Example(example.prompt, example.reference, texts[row][k])
             if example is not None:
                 examples.append(example)
     return examples
@@ -119,6 +126,13 @@ def generate_answers(
     finally:
         model.train(was_training)
     return decode(tokenizer, output[:, longest:], stop)
+
+
+def reference_texts(tokenizer, examples: list[Example], stop: str | None = None) -> list[str]:
+    """What answers are scored against: each answer's whole text from the data, or, where a
+    batch has none, its trained tokens decoded (cut where the block size cut them)."""
+    decoded = decode(tokenizer, [e.reference for e in examples], stop)
+    return [e.text if e.text is not None else d for e, d in zip(examples, decoded, strict=True)]
 
 
 def decode(tokenizer, ids, stop: str | None = None) -> list[str]:

@@ -46,6 +46,7 @@ class Task:
         self.column = {key: columns.get(key) for key in (*self.columns, *self.optional_columns)}
         self.max_length = max_length
         self.add_eos = False  # end each text with EOS (text-block tasks); set by build_task
+        self.truncation = "cut"  # data.truncation (task=instruction reads it); set by build_task
         # How a causal task's training loss is computed (lit_ft/model/chunked_loss.py): set
         # by lit_ft.steps.build_network once the model is known; None: the model's own loss.
         self.loss_choice = None

@@ -12,7 +12,11 @@ is refused, naming the turn, instead of being replaced by another layout.
 
 `resolve_template` picks the template: the tokenizer's own, a named one (`NAMED_TEMPLATES`),
 or a Jinja string. It is set on the tokenizer, so the exported tokenizer carries it and
-inference formats prompts exactly as training did.
+inference formats prompts exactly as training did. Its end-of-turn marker ("<|im_end|>") is
+made one special token when the vocabulary splits it (the bundled GPT-2 spells it in 8
+pieces): `generate` can only stop on a token id, so a marker in pieces would let the model
+run on into the next turn. The model's embeddings grow to match (lit_ft/model/vocab.py) and
+the generation config stops at EOS or that id (`stop_at_end_of_turn`).
 """
 
 from __future__ import annotations
@@ -79,6 +83,79 @@ def resolve_template(tokenizer, setting: str | None) -> str:
         setting = "plain"  # the tokenizer has none: printed in the pre-flight, saved with it
     tokenizer.chat_template = NAMED_TEMPLATES.get(setting, setting)
     return setting if setting in NAMED_TEMPLATES else "a Jinja string"
+
+
+def add_end_of_turn_token(tokenizer) -> str | None:
+    """Make the template's end-of-turn marker one special token when the vocabulary splits
+    it; return the marker when added. task=instruction does this (the model learns to write
+    it); dpo does not: it starts from a chat model, which has the token already. A marker
+    with spaces inside ("### End") is text the data may hold too, so it stays text
+    (generation still stops on it as a stop string)."""
+    marker = end_of_turn(tokenizer)
+    if marker is None or any(c.isspace() for c in marker):
+        return None
+    if len(tokenizer(marker, add_special_tokens=False)["input_ids"]) == 1:
+        return None  # already one token: e.g. Qwen's own <|im_end|>
+    # replace_extra_special_tokens=False: a tokenizer's own extra special tokens stay
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": [marker]}, replace_extra_special_tokens=False
+    )
+    return marker
+
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The id of the end-of-turn marker when it is one token (None: no marker, or pieces)."""
+    marker = _templated_end_of_turn(tokenizer)
+    if marker is None:
+        return None
+    ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
+    return ids[0] if len(ids) == 1 else None
+
+
+def _templated_end_of_turn(tokenizer) -> str | None:
+    """`end_of_turn` of any task's tokenizer: None without a template, or with one that will
+    not render a plain user/assistant exchange (a model's own template may demand more)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    try:
+        return end_of_turn(tokenizer)
+    except Exception:  # jinja's TemplateError, or the template's own raise_exception
+        return None
+
+
+def stop_at_end_of_turn(generation_config, tokenizer):
+    """The generation config told to stop at EOS *or* the end of turn: eos_token_id becomes a
+    list, e.g. [0, 4096] (EOS, <|im_end|>), as Qwen's and Llama 3's own configs have it."""
+    turn = end_of_turn_id(tokenizer)
+    if generation_config is None or turn is None:
+        return generation_config
+    current = generation_config.eos_token_id
+    stops = list(current) if isinstance(current, (list, tuple)) else [current]
+    stops += [tokenizer.eos_token_id, turn]
+    generation_config.eos_token_id = list(dict.fromkeys(s for s in stops if s is not None))
+    return generation_config
+
+
+def chat_settings(tokenizer) -> dict[str, Any]:
+    """What a run changed on its tokenizer, as plain values a checkpoint stores, so an export
+    from the checkpoint alone rebuilds the same tokenizer (`apply_chat_settings`)."""
+    marker = _templated_end_of_turn(tokenizer)
+    added = [marker] if marker in tokenizer.all_special_tokens else []
+    return {"chat_template": getattr(tokenizer, "chat_template", None), "added_tokens": added}
+
+
+def apply_chat_settings(tokenizer, settings: dict[str, Any] | None):
+    """The tokenizer as the run had it: its chat template and added end-of-turn token."""
+    if not settings:
+        return tokenizer
+    if settings.get("chat_template"):
+        tokenizer.chat_template = settings["chat_template"]
+    if settings.get("added_tokens"):
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": settings["added_tokens"]},
+            replace_extra_special_tokens=False,
+        )
+    return tokenizer
 
 
 def end_of_turn(tokenizer) -> str | None:

@@ -208,17 +208,18 @@ class AnswerEvaluator(LanguageModelingEvaluator):
         wanted = self._share() - self.generated
         if wanted <= 0:
             return
-        from lit_ft.tasks.answers import decode, examples_of, generate_answers
+        from lit_ft.tasks.answers import examples_of, generate_answers, reference_texts
 
         started = time.perf_counter()
         examples = examples_of(batch)[:wanted]
         prompts = [e.prompt for e in examples]
         # Twice the longest reference (+4) is plenty: a longer answer scores badly anyway,
         # and a tiny model that never says EOS would otherwise decode the full bound.
-        longest = max((len(e.reference) for e in examples), default=0)
+        references = reference_texts(self.tokenizer, examples, self.stop)  # whole, uncut
+        longest = max((len(self.tokenizer(r)["input_ids"]) for r in references), default=0)
         bound = min(self.max_new_tokens, 2 * longest + 4)
         answers = generate_answers(model, self.tokenizer, prompts, bound, self.stop)
-        self.score(answers, decode(self.tokenizer, [e.reference for e in examples], self.stop))
+        self.score(answers, references)
         self.generated += len(examples)
         self.seconds += time.perf_counter() - started  # decode() read the ids: work is done
 

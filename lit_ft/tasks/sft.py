@@ -7,6 +7,11 @@ lit_ft/tasks/chat.py) and trains every assistant turn (`task.train_on=all_assist
 the last one; system, user and tool messages get label -100. The same template is saved
 with the exported tokenizer, so inference formats prompts as training did.
 
+A row longer than the block (`data.block_size`) is cut there (`data.truncation=cut`),
+dropped (`drop`), or, for chats, cut after its last whole turn that fits (`turns`: the
+leading complete question-answer turns; dropped when even the first answer does not fit).
+The pre-flight says how many rows were over and how many tokens that left out.
+
 `packing=true` fills each block with several examples, best fit decreasing. Each example
 restarts its position ids; with no attention mask and no KV cache, transformers then builds
 a block-diagonal mask, so examples in one block never attend to each other (tested against
@@ -21,10 +26,11 @@ import torch
 
 from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
-from lit_ft.tasks.answers import generation_problems
+from lit_ft.tasks.answers import REFERENCES, generation_problems
 from lit_ft.tasks.base import PadCollator, Task, TaskContext, example_lengths, pad_rows
 from lit_ft.tasks.chat import (
     TRAIN_ON,
+    add_end_of_turn_token,
     answer_spans,
     end_of_turn,
     marked,
@@ -37,6 +43,24 @@ from lit_ft.tasks.packing import (
     keeps_packed_examples_apart,
     packing_efficiency,
 )
+
+TRUNCATION = ("cut", "drop", "turns")
+LENGTH = "_full_length"  # a row's tokens before the block size cut it (for the report)
+
+
+def truncation_problems(truncation: str, task: str) -> Problems:
+    """data.truncation: one of TRUNCATION; other than `cut` only where it is implemented."""
+    problems = Problems()
+    problems.need(
+        truncation in TRUNCATION,
+        f"data.truncation='{truncation}' is unknown; use one of {', '.join(TRUNCATION)}",
+    )
+    problems.need(
+        truncation not in TRUNCATION or truncation == "cut" or task == "instruction",
+        f"data.truncation={truncation} applies to task=instruction only (task={task} cuts rows "
+        "at data.block_size); drop the key or set it to cut",
+    )
+    return problems
 
 
 class InstructionTask(Task):
@@ -62,9 +86,12 @@ class InstructionTask(Task):
         self.prompt_template = prompt_template  # e.g. "{instruction}\n\n{input}"
         # set on the tokenizer, so the exported tokenizer formats prompts the same way
         self.template_source = resolve_template(tokenizer, chat_template)
+        # "<|im_end|>" in 8 pieces cannot stop generate(): one special token can
+        self.added_end_of_turn = add_end_of_turn_token(tokenizer)
         self.train_on = train_on
         self.packing = packing
         self.packing_efficiency: dict[str, float] = {}  # per split, once packed
+        self.over_length: dict[str, dict[str, int]] = {}  # per split: rows over the block
         # Not in options(): they change what is measured, not the processed rows.
         self.eval_generations, self.eval_max_new_tokens = eval_generations, eval_max_new_tokens
         if eval_generations:  # answers are generated: scored, written, and the headline
@@ -90,10 +117,16 @@ class InstructionTask(Task):
             "chat_template": self.tokenizer.chat_template,  # the text: a changed one re-tokenizes
             "train_on": self.train_on,
             "packing": self.packing,
+            "truncation": self.truncation,
+            REFERENCES: 1,  # the rows carry their answers' whole text (a new cache key)
         }
 
     def describe(self) -> str:
         text = f"chat template: {self.template_source}; trains {self.train_on.replace('_', ' ')}"
+        if self.added_end_of_turn:
+            text += f"; {self.added_end_of_turn} added as one token (generation stops on it)"
+        for split, counts in self.over_length.items():
+            text += f"; {over_length_text(split, counts, self.max_length, self.truncation)}"
         if self.packing_efficiency:
             # e.g. 1,200 examples of ~40 tokens in 400 blocks of 128: 48,000 / 51,200 = 94%
             shares = ", ".join(f"{k} {v:.0%}" for k, v in self.packing_efficiency.items())
@@ -105,6 +138,8 @@ class InstructionTask(Task):
             "chat_template": self.template_source,
             "train_on": self.train_on,
             "packing_efficiency": self.packing_efficiency or None,
+            "truncation": self.truncation,
+            "over_length": self.over_length or None,
         }
 
     def check_columns(self, dataset, source: str) -> None:
@@ -130,7 +165,26 @@ class InstructionTask(Task):
 
     # -- rows -> (prompt ids, response ids) -------------------------------------------------
     def preprocess(self, dataset, split: str, context: TaskContext):
-        kept = self.tokenize_keeping_answers(dataset, split, context, "examples")
+        from datasets.fingerprint import Hasher
+
+        encoded = self.cached_map(
+            dataset, self._encode, split, context, "Tokenizing", remove_columns=dataset.column_names
+        )
+        counts = over_length_counts(encoded, self.max_length)
+        if counts["over"] or counts["dropped"]:
+            self.over_length[split] = counts
+        # rows left empty (dropped, or no answer token within the block) go; the fingerprint
+        # follows the tokenized data's, so a second run loads this from the cache too
+        kept = encoded
+        if counts["dropped"]:
+            kept = encoded.filter(
+                _has_tokens,
+                input_columns="input_ids",
+                batched=True,
+                new_fingerprint=Hasher.hash(f"{encoded._fingerprint}-kept"),
+                desc=f"Dropping rows {split}",
+            )
+        kept = kept.remove_columns(LENGTH)
         if self.packing:
             # best fit within each map batch: 10,000 examples give it plenty to choose from
             kept = self.cached_map(kept, self._pack, split, context, "Packing", batch_size=10_000)
@@ -143,15 +197,34 @@ class InstructionTask(Task):
         rows = [
             dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)
         ]
-        input_ids, labels = [], []
+        out: dict[str, list] = {"input_ids": [], "labels": [], REFERENCES: [], LENGTH: []}
         for row in rows:
             ids, targets = self.encode_row(row)
-            ids, targets = ids[: self.max_length], targets[: self.max_length]
-            if all(t == -100 for t in targets):
-                continue  # every answer cut off by the block size: nothing to learn from
-            input_ids.append(ids)
-            labels.append(targets)
-        return {"input_ids": input_ids, "labels": labels}
+            out[LENGTH].append(len(ids))
+            end = fitting_end(targets, self.max_length, self.truncation)
+            ids, targets = ids[:end], targets[:end]
+            if all(t == -100 for t in targets):  # dropped, or every answer cut off: an empty
+                ids, targets = [], []  # row, filtered out once the lengths are counted
+            out["input_ids"].append(ids)
+            out["labels"].append(targets)
+            # a list: packing joins the texts of a block's examples
+            out[REFERENCES].append([self._reference(row, targets)] if ids else [])
+        return out
+
+    def _reference(self, row: dict[str, Any], labels: list[int]) -> str:
+        """The whole text of the answer the example's last trained span belongs to, as the
+        row holds it: the block size may cut that span (or every later turn), and answers
+        are scored against what the answer is, not against its first tokens. E.g. a two-turn
+        chat cut inside the second answer: that answer; cut inside the second question: the
+        first answer (its span is then the last one)."""
+        # trained runs left after the cut, e.g. labels [-100, 5, 6, -100, 9] -> 2
+        runs = sum(
+            1 for i, t in enumerate(labels) if t != -100 and (i == 0 or labels[i - 1] == -100)
+        )
+        answers = [m for m in self._messages(row) if m["role"] == "assistant"]
+        if self.train_on == "last_assistant":
+            answers = answers[-1:]
+        return str(answers[min(runs, len(answers)) - 1]["content"]).strip()
 
     def encode_row(self, row: dict[str, Any]) -> tuple[list[int], list[int]]:
         """Token ids of the rendered row and its labels (-100 outside the trained answers)."""
@@ -190,10 +263,11 @@ class InstructionTask(Task):
     def _pack(self, batch: dict[str, list]) -> dict[str, list]:
         """Best fit decreasing over this map batch's examples (lit_ft/tasks/packing.py)."""
         blocks = best_fit_decreasing([len(ids) for ids in batch["input_ids"]], self.max_length)
-        out: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": []}
+        out: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], REFERENCES: []}
         for members in blocks:
             out["input_ids"].append([t for i in members for t in batch["input_ids"][i]])
             out["labels"].append([t for i in members for t in batch["labels"][i]])
+            out[REFERENCES].append([r for i in members for r in batch[REFERENCES][i]])
             lengths = [len(batch["input_ids"][i]) for i in members]
             out["position_ids"].append([p for n in lengths for p in range(n)])
         return out
@@ -215,6 +289,25 @@ class InstructionTask(Task):
 
         return collate
 
+    def eval_collate(self):
+        """The training collate, plus each row's answer texts (one per example, in order) for
+        scoring generated answers (`examples_of`); never sent to the model ('_' key)."""
+        collate = self.collate()
+
+        def with_references(rows: list[dict[str, Any]]) -> dict[str, Any]:
+            batch = collate(rows)
+            batch[REFERENCES] = [list(row.get(REFERENCES) or []) for row in rows]
+            return batch
+
+        return with_references
+
+    def select_rows(self, batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
+        selected = super().select_rows(batch, keep)
+        if REFERENCES in batch:
+            kept = zip(batch[REFERENCES], keep.tolist(), strict=True)
+            selected[REFERENCES] = [texts for texts, k in kept if k]
+        return selected
+
     def evaluator(self):
         from lit_ft.tasks.metrics import AnswerEvaluator, LanguageModelingEvaluator
 
@@ -229,18 +322,73 @@ class InstructionTask(Task):
 
     def predict(self, model, batch) -> list[dict[str, Any]]:
         """prompt, generated answer and reference of each example (packed rows split apart)."""
-        from lit_ft.tasks.answers import decode, examples_of, generate_answers
+        from lit_ft.tasks.answers import examples_of, generate_answers, reference_texts
 
         examples = examples_of(batch)
         prompts = [e.prompt for e in examples]
         stop = end_of_turn(self.tokenizer)
         answers = generate_answers(model, self.tokenizer, prompts, self.eval_max_new_tokens, stop)
-        references = decode(self.tokenizer, [e.reference for e in examples], stop)
+        references = reference_texts(self.tokenizer, examples, stop)
         inputs = self.tokenizer.batch_decode(prompts)  # special tokens kept: the chat layout
         return [
             {"input": p, "prediction": a, "label": r}
             for p, a, r in zip(inputs, answers, references, strict=True)
         ]
+
+
+def fitting_end(labels: list[int], block: int, truncation: str) -> int:
+    """How many of a row's tokens it keeps within `block` tokens (0: the row is dropped).
+
+    cut: min(length, block). drop: the row if it fits, else nothing. turns: up to the end of
+    the last trained span that ends within the block (a whole answer with its end of turn),
+    e.g. labels [-100, 5, 6, -100, -100, 9, 10] in 6: the first answer ends at 3 -> 3."""
+    if len(labels) <= block:
+        return len(labels)
+    if truncation == "cut":
+        return block
+    if truncation == "drop":
+        return 0
+    ends = [i + 1 for i in range(block) if labels[i] != -100 and labels[i + 1] == -100]
+    return ends[-1] if ends else 0
+
+
+def over_length_counts(encoded, block: int) -> dict[str, int]:
+    """Rows over the block and what that cost, from the tokenized rows' lengths before and
+    after: e.g. lengths [300, 200, 412] in 256 and cut: 2 over, longest 412, 44 + 156 = 200
+    of 912 tokens left out."""
+    import pyarrow.compute as pc
+
+    arrow = encoded.with_format("arrow")
+    full = arrow[LENGTH]
+    kept = pc.list_value_length(arrow["input_ids"])
+    total, left = pc.sum(full).as_py() or 0, pc.sum(kept).as_py() or 0
+    return {
+        "rows": len(encoded),
+        "over": pc.sum(pc.greater(full, block)).as_py() or 0,
+        "longest": pc.max(full).as_py() or 0,
+        "dropped": pc.sum(pc.equal(kept, 0)).as_py() or 0,
+        "tokens": total,
+        "tokens_left_out": total - left,
+    }
+
+
+def over_length_text(split: str, counts: dict[str, int], block: int, truncation: str) -> str:
+    """E.g. "train: 28 of 4,999 rows exceed 256 tokens (longest 412); data.truncation=cut
+    left out 1,210 of 1.3M tokens" (", dropping 3 rows" where rows kept no answer)."""
+    total = counts["tokens"]
+    total_text = f"{total / 1e6:.1f}M" if total >= 1e6 else f"{total:,}"
+    text = (
+        f"{split}: {counts['over']:,} of {counts['rows']:,} rows exceed {block} tokens "
+        f"(longest {counts['longest']:,}); data.truncation={truncation} left out "
+        f"{counts['tokens_left_out']:,} of {total_text} tokens"
+    )
+    if counts["dropped"]:
+        text += f", dropping {counts['dropped']:,} rows"
+    return text
+
+
+def _has_tokens(batch: list[list[int]]) -> list[bool]:
+    return [len(ids) > 0 for ids in batch]
 
 
 def _template_fields(template: str) -> set[str]:

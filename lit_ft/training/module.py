@@ -16,6 +16,7 @@ from lit_ft.model.build import ModelSpec, build_model
 from lit_ft.observe.log import say
 from lit_ft.tasks import Task
 from lit_ft.tasks.base import model_inputs
+from lit_ft.tasks.chat import chat_settings
 from lit_ft.training.optim import warmup_steps_for, weight_decay_groups
 from lit_ft.training.step_loss import StepLoss
 
@@ -203,4 +204,6 @@ class FineTuneModule(L.LightningModule):
             "hf_config": self.model.config.to_dict(),
             # the starting model's metrics, so a resumed life reports them without validating
             "before": self.before_metrics,
+            # the chat template and end-of-turn token the task set on the tokenizer
+            "tokenizer": chat_settings(self.task.tokenizer),
         }

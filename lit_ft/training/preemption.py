@@ -5,6 +5,10 @@ gradient-accumulation window, whose partial gradients no checkpoint holds) the r
 `last.ckpt` and exits with `EXIT_PREEMPTED`, so a job script can tell "preempted, re-queue
 me" from success (0) and errors (1, 2). The same command with `ckpt_path=last` (or `auto`)
 then continues exactly where it stopped.
+
+Ctrl-C (SIGINT) during training is the same request from a person: the first one says what
+will happen and is handled like SIGTERM; a second one, before the save, stops at once (as
+Python's KeyboardInterrupt, which Lightning turns into exit code 1, saving nothing).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from lightning.pytorch import Callback
 from lit_ft.observe.log import say
 
 EXIT_PREEMPTED = 3
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preempted(SystemExit):
@@ -39,6 +43,14 @@ class PreemptionCheckpoint(Callback):
             self._previous[signum] = signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
+        if signum == signal.SIGINT and self.signal_received == signal.SIGINT:
+            say("second Ctrl-C: stopping now, without saving")
+            raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            say(
+                "Ctrl-C: finishing this optimizer step, then saving last.ckpt and stopping "
+                "(press Ctrl-C again to stop at once, without saving)"
+            )
         self.signal_received = signum
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -75,8 +75,9 @@ class FailAt(Callback):
 class KillSoonAfter(Callback):
     """SIGKILLs its own process `delay` seconds after an event, from a timer thread, so the
     kill lands wherever the run happens to be then (mid-step, mid-save, in validation, in the
-    export): `event` is `start` (this callback's creation, before data and model load) or
-    `save` (this life's first checkpoint save)."""
+    export): `event` is `start` (this callback's creation, before data and model load),
+    `save` (this life's first checkpoint save) or `fit_end` (training done: the final
+    evaluation and the export follow)."""
 
     def __init__(self, delay: float, event: str = "save"):
         self.delay, self.event = delay, event
@@ -98,3 +99,17 @@ class KillSoonAfter(Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.event == "fit_end":
             self._arm()
+
+
+class SlowBatches(Callback):
+    """Sleeps before every training batch once `after_step` optimizer steps are done, so a
+    signal sent then arrives mid-step (a tiny model's steps take milliseconds)."""
+
+    def __init__(self, seconds: float, after_step: int = 0):
+        self.seconds, self.after_step = seconds, after_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.after_step:
+            import time
+
+            time.sleep(self.seconds)
