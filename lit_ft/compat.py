@@ -25,3 +25,30 @@ def mark_step_as_saved(checkpoint_callback: Any, global_step: int) -> None:
             "lit_ft.compat.mark_step_as_saved must be updated for this Lightning version"
         )
     checkpoint_callback._last_global_step_saved = global_step
+
+
+def rescale_batch_progress(checkpoint: dict[str, Any], old: int, new: int) -> None:
+    """Lightning's micro-batch counters of a checkpoint, recounted for accumulation `new`.
+
+    Reaches the layout of `checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]`
+    (lightning 2.5-2.6: `total`/`current` of `ready`/`started`/`processed`/`completed`).
+    Lightning ends an accumulation window when the epoch's micro-batch count is a multiple of
+    the accumulation; the checkpoint counts micro-batches of the *old* one. Saved after k
+    optimizer steps of this epoch it holds k x old micro-batches; a resume at accumulation
+    `new` must continue from k x new, or its windows would end mid-step (e.g. 7 steps at
+    accumulation 1 = 7 micro-batches; at accumulation 2 the next window would close after
+    one micro-batch). No public API sets these counters.
+    """
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    if progress.get("is_last_batch"):  # saved at the epoch's end: the next epoch starts at 0
+        return
+    done = progress["current"]["ready"]
+    if done % old:
+        raise ValueError(
+            f"the checkpoint was saved inside an accumulation window ({done} micro-batches at "
+            f"accumulation {old}): it cannot be resumed at another accumulation"
+        )
+    shift = done // old * new - done
+    for counts in (progress["current"], progress["total"]):
+        for key in counts:
+            counts[key] += shift

@@ -54,6 +54,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # The Trainer before the data: a setting this machine cannot run fails in seconds.
         trainer = _make_trainer(cfg, callbacks, precision)
         log_config(trainer.loggers, to_plain(cfg))
+        steps.keep_global_batch(cfg, resume, trainer)  # resumed on other hardware
         data = steps.prepare_data(cfg, spec, resume)
         num_steps = steps.count_optimizer_steps(cfg, data.datamodule, trainer.world_size)
         module = FineTuneModule(

@@ -48,6 +48,7 @@ from lit_ft.observe.throughput import ThroughputLogger
 from lit_ft.plots import plot_run
 from lit_ft.tasks import COLUMN_KEYS, build_task
 from lit_ft.tasks.chat import stop_at_end_of_turn
+from lit_ft.training import elastic
 from lit_ft.training.amp import precision_plugins
 from lit_ft.training.checkpoint import (
     AtomicCheckpointIO,
@@ -56,6 +57,7 @@ from lit_ft.training.checkpoint import (
     check_same_model,
     resolve_resume,
 )
+from lit_ft.training.elastic import GlobalBatch, GlobalBatchRecord
 from lit_ft.training.memory_estimate import (
     MemoryEstimate,
     checkpointing_choice,
@@ -94,7 +96,12 @@ def run_callbacks(configured: list, checkpoint_dir: str, lora) -> tuple[list, Tr
     on (always on, whatever `callbacks/` says), and the recorder behind results.json."""
     quiet_known_noise()  # e.g. Lightning's mid-epoch-resume warning, wrong for our loader
     recorder = TrainingRecorder()
-    always = [RngState(), PreemptionCheckpoint(checkpoint_dir), StopOnNonFiniteLoss(checkpoint_dir)]
+    always = [
+        RngState(),
+        PreemptionCheckpoint(checkpoint_dir),
+        StopOnNonFiniteLoss(checkpoint_dir),
+        GlobalBatchRecord(),  # resuming on other hardware keeps the global batch
+    ]
     adapters = [AdapterCheckpoint(lora)] if lora else []  # adapter-only checkpoints
     return [*configured, recorder, *always, *adapters], recorder
 
@@ -161,6 +168,19 @@ def prepare_data(cfg: DictConfig, spec: ModelSpec, resume: ResumePoint | None) -
     check_same_model(resume, grown, spec)
     check_same_data(resume, datamodule.fingerprint(), force=cfg.force_resume)
     return PreparedData(tokenizer, hf_config, task, datamodule, seconds)
+
+
+def keep_global_batch(cfg: DictConfig, resume: ResumePoint | None, trainer) -> None:
+    """On resume, the batch and accumulation that keep the checkpoint's global batch on this
+    many processes (lit_ft/training/elastic.py); said in the pre-flight when they change."""
+    here = GlobalBatch(cfg.data.batch_size, cfg.trainer.accumulate_grad_batches, trainer.world_size)
+    kept, change = elastic.keep_global_batch(
+        elastic.saved_global_batch(resume.checkpoint if resume else None), here
+    )
+    if change:
+        say(change)
+        cfg.data.batch_size = kept.batch_size
+        cfg.trainer.accumulate_grad_batches = trainer.accumulate_grad_batches = kept.accumulation
 
 
 def count_optimizer_steps(cfg: DictConfig, datamodule, world_size: int) -> int:

@@ -22,6 +22,7 @@ class RngState(Callback):
     def __init__(self) -> None:
         self._to_restore: dict[str, Any] | None = None
         self._own_rank_state: dict[str, Any] | None = None
+        self._new_rank_seed: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return capture_rng()
@@ -40,16 +41,28 @@ class RngState(Callback):
             dist.all_gather_object(states, capture_rng())
             checkpoint["lit_ft_rng_per_rank"] = states
 
+    # Resumed on another process count (lit_ft/training/elastic.py): a rank that existed
+    # takes its own state back; a rank that did not gets a stream of its own, seeded by step
+    # and rank (never a copy of rank 0's, which would repeat its dropout masks).
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        states = checkpoint.get("lit_ft_rng_per_rank")
-        if states and len(states) == trainer.world_size:
-            self._own_rank_state = states[trainer.global_rank]  # preferred at on_train_start
+        states = checkpoint.get("lit_ft_rng_per_rank") or [
+            checkpoint["callbacks"].get(self.state_key)
+        ]
+        rank = trainer.global_rank
+        if rank < len(states) and states[rank] is not None:
+            self._own_rank_state = states[rank]  # preferred at on_train_start
+        elif states[0] is not None:
+            self._new_rank_seed = 1_000_003 * checkpoint["global_step"] + rank
 
     def on_train_start(self, trainer, pl_module) -> None:
         state = self._own_rank_state or self._to_restore
-        if state is not None:
+        if self._new_rank_seed is not None:
+            import lightning as L
+
+            L.seed_everything(self._new_rank_seed, workers=True, verbose=False)
+        elif state is not None:
             restore_rng(state)
-        self._to_restore = self._own_rank_state = None
+        self._to_restore = self._own_rank_state = self._new_rank_seed = None
 
 
 def capture_rng() -> dict[str, Any]:
