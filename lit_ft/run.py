@@ -56,7 +56,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log_config(trainer.loggers, to_plain(cfg))
         steps.keep_global_batch(cfg, resume, trainer)  # resumed on other hardware
         data = steps.prepare_data(cfg, spec, resume)
-        num_steps = steps.count_optimizer_steps(cfg, data.datamodule, trainer.world_size)
+        num_steps = steps.count_optimizer_steps(cfg, data.datamodule, trainer.world_size, resume)
         module = FineTuneModule(
             spec,
             optimizer=hydra.utils.instantiate(cfg.optimizer),

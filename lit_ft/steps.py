@@ -183,8 +183,14 @@ def keep_global_batch(cfg: DictConfig, resume: ResumePoint | None, trainer) -> N
         cfg.trainer.accumulate_grad_batches = trainer.accumulate_grad_batches = kept.accumulation
 
 
-def count_optimizer_steps(cfg: DictConfig, datamodule, world_size: int) -> int:
+def count_optimizer_steps(
+    cfg: DictConfig, datamodule, world_size: int, resume: ResumePoint | None = None
+) -> int:
     """How many optimizer steps the run takes: sizes the schedule and the progress line.
+
+    A run resumed with another split of the same global batch (elastic.py) keeps the
+    original run's count: the epoch's last, padded step can round differently (753 blocks
+    are 95 steps of 8 on 1 process, but 377 + 376 blocks in batches of 4 on 2).
 
     Each of w processes takes ceil(N/w) of the N blocks (lit_ft/data/sampler.py pads), so
     ceil(ceil(N/w)/b) batches of b: equal to ceil(ceil(N/b)/w), which this computes
@@ -192,13 +198,20 @@ def count_optimizer_steps(cfg: DictConfig, datamodule, world_size: int) -> int:
     """
     streamed = cfg.data.get("streaming")  # a stream's length is unknown: max_steps decides
     batches = None if streamed else math.ceil(len(datamodule.train_dataloader()) / world_size)
-    return optimizer_steps(
+    counted = optimizer_steps(
         batches_per_epoch=batches,
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         max_epochs=cfg.trainer.get("max_epochs"),
         max_steps=cfg.trainer.get("max_steps", -1),
         limit_train_batches=cfg.trainer.get("limit_train_batches"),
     )
+    checkpoint = resume.checkpoint if resume else {}
+    saved = checkpoint.get("lit_ft", {}).get("num_training_steps")
+    here = GlobalBatch(cfg.data.batch_size, cfg.trainer.accumulate_grad_batches, world_size)
+    if saved and saved != counted and elastic.saved_global_batch(checkpoint) not in (None, here):
+        say(f"the schedule keeps the original run's {saved} steps (this layout counts {counted})")
+        return saved
+    return counted
 
 
 def build_network(

@@ -204,6 +204,8 @@ class FineTuneModule(L.LightningModule):
             "hf_config": self.model.config.to_dict(),
             # the starting model's metrics, so a resumed life reports them without validating
             "before": self.before_metrics,
+            # the schedule's length: a resume on other hardware keeps it (steps.py)
+            "num_training_steps": self.num_training_steps,
             # the chat template and end-of-turn token the task set on the tokenizer
             "tokenizer": chat_settings(self.task.tokenizer),
         }
