@@ -9,8 +9,9 @@ one-dimensional data-parallel mesh of all N processes); each transformer block i
 Checkpoints are sharded: `step000100.ckpt/` is a directory in torch.distributed.checkpoint's
 format (every rank writes its own shards) plus `meta.pt`, Lightning's loop, data and RNG state
 with lit_ft's own entry, so a run resumes exactly on the same number of processes
-(tests/test_fsdp2.py) and, re-sharded on load, on another (tests/test_elastic.py). A save goes to a staging directory that
-replaces the old one only once complete: a crash mid-save leaves the previous checkpoint whole.
+(tests/test_fsdp2.py) and, re-sharded on load, on another (tests/test_elastic.py). A save
+goes to a staging directory that replaces the old one only once complete: a crash mid-save
+leaves the previous checkpoint whole.
 `lit_ft.training.sharded_checkpoint` reads these directories tensor by tensor, which is how
 the export writes `from_pretrained` shards without the whole model in one process's memory.
 
