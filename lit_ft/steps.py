@@ -133,7 +133,11 @@ def build_task_and_data(cfg: DictConfig, tokenizer, hf_config):
         task_options.pop("name"),
         tokenizer,
         columns={key: data_options.pop(key) for key in COLUMN_KEYS},
-        max_length=clamp_block_size(data_options.pop("block_size"), max_positions(hf_config)),
+        max_length=clamp_block_size(
+            data_options.pop("block_size"),
+            max_positions(hf_config),
+            getattr(tokenizer, "model_max_length", None),
+        ),
         add_eos=data_options.pop("add_eos"),
         **task_options,
     )

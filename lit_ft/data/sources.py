@@ -100,7 +100,23 @@ def expand_files(data_files: DataFiles) -> DataFiles:
     return [str(Path(f).expanduser()) for f in data_files]
 
 
-def clamp_block_size(block_size: int, max_positions: int | None) -> int:
+# data.block_size=null takes the model's length, capped: 1,024 tokens is GPT-2's own length and
+# keeps a default run's activations modest on a model that allows 8K-128K positions.
+DEFAULT_BLOCK_CAP = 1024
+# What transformers sets model_max_length to when a tokenizer names none (int(1e30)): no limit.
+_NO_TOKENIZER_LIMIT = 10**9
+
+
+def clamp_block_size(
+    block_size: int | None, max_positions: int | None, tokenizer_max: int | None = None
+) -> int:
+    """The block length a run uses. null (the text_files default): the longest the model and its
+    tokenizer allow, at most DEFAULT_BLOCK_CAP, and no warning (the user asked for nothing).
+    A value the user set is clamped to the model's positions, with a warning, as HF run_clm does."""
+    if block_size is None:
+        limits = [max_positions, tokenizer_max, DEFAULT_BLOCK_CAP]
+        # e.g. the bundled tiny GPT-2: min(256 positions, 256, 1,024) = 256
+        return min(n for n in limits if isinstance(n, int) and 0 < n < _NO_TOKENIZER_LIMIT)
     if max_positions is not None and block_size > max_positions:
         log.warning(
             "data.block_size=%d exceeds the model's %d positions; using %d",
@@ -131,7 +147,8 @@ def data_problems(data) -> Problems:
     )
     if data.path:
         problems.add(data_path_problem(data.path))
-    problems.positive_int("data.block_size", data.block_size)
+    if data.block_size is not None:  # null: the model's length (clamp_block_size)
+        problems.positive_int("data.block_size", data.block_size)
     problems.positive_int("data.batch_size", data.batch_size)
     pct = data.validation_split_percentage
     problems.need(
