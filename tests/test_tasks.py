@@ -402,12 +402,11 @@ def test_gpt2_classification_pads_with_eos_and_padded_rows_match_unpadded(
     row without one: lit_ft sets pad_token_id (= EOS, what the tokenizer pads with), and the
     exported model keeps it. A padded row's logits must equal a plain HF forward of that row
     alone (no padding at all), so the head reads each row's last real token."""
-    import lit_ft
     from transformers import AutoModelForSequenceClassification
 
-    rows = [
-        {"text": s, "label": int(len(s.split()) > 10)} for s in _sentences(reference_text, 64)
-    ]
+    import lit_ft
+
+    rows = [{"text": s, "label": int(len(s.split()) > 10)} for s in _sentences(reference_text, 64)]
     data = _write_jsonl(tmp_path / "cls.jsonl", rows)
     lit_ft.train_from_overrides(
         [
