@@ -42,6 +42,7 @@ from lit_ft.model.vocab import pad_vocab
 from lit_ft.observe.log import quiet_known_noise, say
 from lit_ft.observe.loggers import finish
 from lit_ft.observe.memory import gigabytes
+from lit_ft.observe.quiet import quiet_libraries
 from lit_ft.observe.recorder import TrainingRecorder
 from lit_ft.observe.throughput import ThroughputLogger
 from lit_ft.plots import plot_run
@@ -91,6 +92,7 @@ def run_callbacks(configured: list, checkpoint_dir: str, lora) -> tuple[list, Tr
     """The configured callbacks plus what exact resumption, preemption and the NaN stop rely
     on (always on, whatever `callbacks/` says), and the recorder behind results.json."""
     quiet_known_noise()  # e.g. Lightning's mid-epoch-resume warning, wrong for our loader
+    quiet_libraries()  # Lightning's INFO lines, progress bars in files (lit_ft/observe/quiet.py)
     recorder = TrainingRecorder()
     always = [RngState(), PreemptionCheckpoint(checkpoint_dir), StopOnNonFiniteLoss(checkpoint_dir)]
     adapters = [AdapterCheckpoint(lora)] if lora else []  # adapter-only checkpoints

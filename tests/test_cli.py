@@ -251,3 +251,31 @@ def test_help_examples_that_can_run_offline_do(run_cli, tmp_path, reference_text
     assert len(list((tmp_path / "outputs" / "multiruns").glob("*/*/results.json"))) == 3
     resumed = json.loads((tmp_path / "outputs/runs/first/results.json").read_text())
     assert resumed["resumed_from"], resumed
+
+
+def test_console_and_run_log_hold_lit_ft_lines_not_library_noise(run_cli, tmp_path):
+    """The bundled model with a new head (transformers' load report), LoRA (peft's deprecated
+    call), output to a pipe as in `> log 2>&1`: no carriage-return progress bars, no load report,
+    no Lightning INFO lines re-stamped by Hydra, no library deprecation warnings."""
+    rows = [("fine and clear", "good"), ("broken and slow", "bad")] * 20
+    with open(tmp_path / "r.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    result = run_cli(
+        [
+            "task=sequence_classification",
+            "data.path=csv",
+            f"data.data_files={tmp_path / 'r.csv'}",
+            "peft=lora",
+            "trainer.max_steps=2",
+            f"paths.output_dir={tmp_path / 'run'}",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_log = (tmp_path / "run" / "run.log").read_text()
+    for text in (result.stdout + result.stderr, run_log):
+        assert "\r" not in text
+        assert "LOAD REPORT" not in text and "\x1b[" not in text  # no escape codes
+        assert "][lightning" not in text  # Hydra's "[time][lightning...][INFO] - ..." lines
+        assert "_pytree" not in text and "is_gradient_checkpointing" not in text
+        assert "Tokenizing train" not in text and "Loading weights" not in text
+    assert "[lit_ft] done in" in result.stdout and "[lit_ft] done in" in run_log
