@@ -335,7 +335,10 @@ def test(trainer, module, datamodule) -> dict[str, float] | None:
     if "test" not in datamodule.datasets:
         return None
     (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
-    return {key: float(value) for key, value in metrics.items()}
+    metrics = {key: float(value) for key, value in metrics.items()}
+    # Printed as the validations are (4 significant digits); results.json keeps full precision.
+    say("test: " + " ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
+    return metrics
 
 
 def write_predictions(trainer, module, datamodule, output_dir: Path) -> Path | None:

@@ -396,7 +396,7 @@ def test_every_experiment_validates(name, tmp_path):
 
 
 def test_gpt2_classification_pads_with_eos_and_padded_rows_match_unpadded(
-    tmp_path, tiny_overrides, reference_text
+    tmp_path, tiny_overrides, reference_text, capsys
 ):
     """GPT-2 has no pad token, and its classification head refuses batches of more than one
     row without one: lit_ft sets pad_token_id (= EOS, what the tokenizer pads with), and the
@@ -407,18 +407,24 @@ def test_gpt2_classification_pads_with_eos_and_padded_rows_match_unpadded(
     import lit_ft
 
     rows = [{"text": s, "label": int(len(s.split()) > 10)} for s in _sentences(reference_text, 64)]
-    data = _write_jsonl(tmp_path / "cls.jsonl", rows)
-    lit_ft.train_from_overrides(
+    data = _write_jsonl(tmp_path / "cls.jsonl", rows[:48])
+    test = _write_jsonl(tmp_path / "test.jsonl", rows[48:])
+    results = lit_ft.train_from_overrides(
         [
             *tiny_overrides,
             "task=sequence_classification",
             "data.path=json",
-            f"data.data_files={data}",
+            f"data.data_files={{train: {data}, test: {test}}}",
             "data.batch_size=4",  # > 1: HF raises without a pad token
             "trainer.max_steps=2",
             "evaluate_before=false",
         ]
     )
+    # the test split's metrics are printed, not only written to results.json
+    tested = results["metrics"]["test"]
+    printed = " ".join(f"{k} {v:.4g}" for k, v in tested.items())
+    assert {"test/loss", "test/accuracy"} <= set(tested)
+    assert f"[lit_ft] test: {printed}\n" in capsys.readouterr().out
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "hf_model")
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "hf_model")
     assert model.config.pad_token_id == tokenizer.eos_token_id == tokenizer.pad_token_id
