@@ -136,10 +136,12 @@ class SweepJobFailed(CompactHydraException):
     sweep's end instead of a traceback, and exits 1."""
 
 
-# Jobs of a grid sweep (Hydra's basic sweeper) stopped by a LitFtError: the sweep goes on,
-# and `main` reports them in one line once it has ended (exit 2).
+# Jobs of a grid sweep run in this process (Hydra's basic sweeper and launcher) stopped by a
+# LitFtError: the sweep goes on, and `main` reports them in one line once it has ended (exit 2).
+# A job launched elsewhere (SLURM) must raise: only its failure status reaches the sweep.
 _failed_jobs: list[str] = []
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
 @contextmanager
@@ -148,7 +150,8 @@ def _user_errors_exit(multirun: bool = False, run_dir: str | None = None, grid: 
 
     In a grid sweep the job is recorded as failed and ends normally: the sweep's other jobs
     still run, its run.log keeps the reason for sweep_report, and `main` exits 2 at the end.
-    Under another sweeper (Optuna) a SweepJobFailed is raised, so the sweeper sees the failure.
+    Under another sweeper (Optuna) or launcher (SLURM) a SweepJobFailed is raised, so the
+    sweeper sees the failure.
     In a single run, `run_dir` is removed when the run stopped before writing anything into
     it (lit_ft/run_dir.py).
     """
@@ -222,6 +225,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         logger.propagate = True  # to Hydra's handlers: console and run.log
     try:
         grid = hydra_cfg.sweeper.get("_target_") == BASIC_SWEEPER
+        grid = grid and hydra_cfg.launcher.get("_target_") == BASIC_LAUNCHER
         with _user_errors_exit(multirun, output_dir, grid):
             require_one_output_dir(hydra_cfg)
             results = train(cfg)
