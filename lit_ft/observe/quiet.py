@@ -36,8 +36,8 @@ LIBRARY_DEPRECATIONS = (
 def quiet_libraries(on_terminal: bool | None = None) -> None:
     """Switch the output above off (idempotent). `on_terminal`: None reads stderr, where the
     libraries write their bars and messages."""
-    if on_terminal is None:
-        on_terminal = sys.stderr.isatty()
+    if on_terminal is None:  # a notebook's output redraws bars in place as a terminal does
+        on_terminal = sys.stderr.isatty() or "ipykernel" in sys.modules
     for name in LIBRARY_INFO_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     for message in LIBRARY_DEPRECATIONS:
