@@ -21,7 +21,7 @@ def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
     Everything is written into a sibling temporary directory first and swapped in at the end,
     so an interrupted export never leaves a half-written directory where a good one stood.
     """
-    from lit_ft.model.peft import for_export
+    from lit_ft.model.peft import for_export, portable_adapter_config
     from lit_ft.model.vocab import unpadded
 
     model = for_export(model)  # LoRA: merged into the weights, or the adapter alone
@@ -31,6 +31,7 @@ def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     padded_generation(getattr(model, "generation_config", None), tokenizer)  # generative only
     model.save_pretrained(staging)
+    portable_adapter_config(staging)  # an adapter export: its base named for other machines
     tokenizer.save_pretrained(staging)
     return _swap_in(staging, out_dir)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.errors import InstantiationException
+from hydra.errors import CompactHydraException, InstantiationException
 from omegaconf import DictConfig
 
 from lit_ft.config import compose, config_dir, to_plain, validate_config
@@ -131,14 +131,30 @@ def _make_trainer(cfg: DictConfig, callbacks: list, precision):
 
 
 # -- command line ----------------------------------------------------------------------------
+class SweepJobFailed(CompactHydraException):
+    """A job of a sweeper that needs a failure raised (Optuna: it counts failures against
+    max_failure_rate) stopped by a LitFtError, already printed: Hydra prints this line at the
+    sweep's end instead of a traceback, and exits 1."""
+
+
+# Jobs of a grid sweep run in this process (Hydra's basic sweeper and launcher) stopped by a
+# LitFtError: the sweep goes on, and `main` reports them in one line once it has ended (exit 2).
+# A job launched elsewhere (SLURM) must raise: only its failure status reaches the sweep.
+_failed_jobs: list[str] = []
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
 @contextmanager
-def _user_errors_exit(keep_going: bool = False, run_dir: str | None = None):
+def _user_errors_exit(multirun: bool = False, run_dir: str | None = None, grid: bool = False):
     """A LitFtError is the user's to fix: print its message, no traceback, exit non-zero.
 
-    In a multirun the error is re-raised instead, so Hydra marks this job failed and the
-    sweep's other jobs still run (and its run.log keeps the reason for sweep_report). In a
-    single run, `run_dir` is removed when the run stopped before writing anything into it
-    (lit_ft/run_dir.py).
+    In a grid sweep the job is recorded as failed and ends normally: the sweep's other jobs
+    still run, its run.log keeps the reason for sweep_report, and `main` exits 2 at the end.
+    Under another sweeper (Optuna) or launcher (SLURM) a SweepJobFailed is raised, so the
+    sweeper sees the failure.
+    In a single run, `run_dir` is removed when the run stopped before writing anything into
+    it (lit_ft/run_dir.py).
     """
     try:
         yield
@@ -146,8 +162,14 @@ def _user_errors_exit(keep_going: bool = False, run_dir: str | None = None):
         from lit_ft.observe.log import error
 
         error(str(err))
-        if keep_going:
-            raise
+        if multirun and grid:
+            _failed_jobs.append(str(run_dir))
+            return
+        if multirun:
+            raise SweepJobFailed(
+                f"lit_ft: sweep job {run_dir} failed (its reason is above and in its run.log); "
+                f"python -m lit_ft.sweep_report {Path(str(run_dir)).parent} lists every job"
+            ) from err
         if run_dir is not None:
             from lit_ft.distributed import is_global_zero
             from lit_ft.run_dir import remove_unused_run_dir
@@ -157,8 +179,25 @@ def _user_errors_exit(keep_going: bool = False, run_dir: str | None = None):
         sys.exit(EXIT_USER_ERROR)
 
 
+def main() -> None:
+    """`python -m lit_ft.run [overrides]`: Hydra's command line (`_hydra_main`). A grid sweep
+    whose jobs failed with a lit_ft error ends with one line naming them, and exit code 2."""
+    _hydra_main()
+    if _failed_jobs:
+        # print, not lit_ft.observe.log.error: the last job's run.log is still attached
+        sweep_dir = Path(_failed_jobs[0]).parent
+        print(
+            f"lit_ft: error: {len(_failed_jobs)} sweep job(s) failed: "
+            f"{', '.join(Path(j).name for j in _failed_jobs)} (each one's reason is above and "
+            f"in its run.log); python -m lit_ft.sweep_report {sweep_dir} lists every job",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(EXIT_USER_ERROR)
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -186,10 +225,16 @@ def main(cfg: DictConfig) -> float | None:
         logger.handlers.clear()
         logger.propagate = True  # to Hydra's handlers: console and run.log
     try:
-        with _user_errors_exit(keep_going=multirun, run_dir=None if multirun else output_dir):
+        grid = hydra_cfg.sweeper.get("_target_") == BASIC_SWEEPER
+        grid = grid and hydra_cfg.launcher.get("_target_") == BASIC_LAUNCHER
+        with _user_errors_exit(multirun, output_dir, grid):
             require_one_output_dir(hydra_cfg)
             results = train(cfg)
             return _sweep_metric(results["metrics"]["after"], cfg.optimized_metric, multirun)
+        # reached only by a grid-sweep job that failed (recorded above): its ranks end here
+        if launched_here:
+            end_child_ranks()
+        return None
     except BaseException:  # a user error (SystemExit), a crash, Ctrl-C: the job has failed
         if launched_here:
             end_child_ranks()  # none may outlive the job (lit_ft.distributed)

@@ -1,8 +1,10 @@
-"""Leave no run directory behind for a run that stopped at its checks.
+"""Leave no run directory behind for a run that stopped before training.
 
 Hydra creates `hydra.run.dir` before `main` runs (.hydra/ with the composed config, run.log)
-and lit_ft adds its lock file and config.yaml; a run refused by its checks has done nothing
-else, and a directory per typo piles up in outputs/runs/. Such a directory is removed, but
+and lit_ft adds its lock file, config.yaml, the loggers' copy of the config (logs/.../
+hparams.yaml) and train_example.txt; a run stopped by its checks or by a lit_ft error while
+preparing (data too small, a file that will not load) has done nothing else, and a directory
+per mistake piles up in outputs/runs/. Such a directory is removed, but
 only when it is new (it did not exist before this run: not a run pointed at again to resume)
 and holds only those start files, so no checkpoint or output of an earlier run can go with it.
 A sweep's failed jobs keep theirs: run.log holds the reason sweep_report shows.
@@ -18,8 +20,10 @@ from pathlib import Path
 from lit_ft.run_lock import LOCK_FILE
 
 # What a run directory holds before any work: Hydra's config copy and log, our lock and
-# resolved config (lit_ft.steps.write_config).
-START_FILES = frozenset({".hydra", "run.log", LOCK_FILE, "config.yaml"})
+# resolved config (lit_ft.steps.write_config), the training example (lit_ft.steps.print_plan);
+# and LOGS_DIR when it holds only CSV loggers' hparams.yaml (lit_ft.observe.loggers.log_config).
+START_FILES = frozenset({".hydra", "run.log", LOCK_FILE, "config.yaml", "train_example.txt"})
+LOGS_DIR, CONFIG_COPY = "logs", "hparams.yaml"
 
 _existed_before: dict[str, bool] = {}
 
@@ -34,10 +38,13 @@ def remove_unused_run_dir(path: str | Path) -> bool:
     path = Path(path)
     if _existed_before.get(str(path.resolve()), True) or not path.is_dir():
         return False  # existed before (or unknown: not started through Hydra's run mode)
-    if not {entry.name for entry in path.iterdir()} <= START_FILES:
+    names = {entry.name for entry in path.iterdir()}
+    if not names - {LOGS_DIR} <= START_FILES:
         return False
+    if LOGS_DIR in names and not _only_config_copies(path / LOGS_DIR):
+        return False  # metrics, event files: the run got further than its start
     _close_log_files(path)
-    for name in START_FILES:
+    for name in START_FILES | {LOGS_DIR}:
         entry = path / name
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -48,6 +55,14 @@ def remove_unused_run_dir(path: str | Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def _only_config_copies(logs: Path) -> bool:
+    if logs.is_symlink() or not logs.is_dir():
+        return False
+    return all(
+        (f.is_dir() and not f.is_symlink()) or f.name == CONFIG_COPY for f in logs.rglob("*")
+    )
 
 
 def _close_log_files(path: Path) -> None:

@@ -43,6 +43,7 @@ from lit_ft.model.vocab import grow_vocab, grown_size, pad_vocab
 from lit_ft.observe.log import quiet_known_noise, say
 from lit_ft.observe.loggers import finish
 from lit_ft.observe.memory import gigabytes
+from lit_ft.observe.quiet import quiet_libraries
 from lit_ft.observe.recorder import TrainingRecorder
 from lit_ft.observe.throughput import ThroughputLogger
 from lit_ft.plots import plot_run
@@ -95,6 +96,7 @@ def run_callbacks(configured: list, checkpoint_dir: str, lora) -> tuple[list, Tr
     """The configured callbacks plus what exact resumption, preemption and the NaN stop rely
     on (always on, whatever `callbacks/` says), and the recorder behind results.json."""
     quiet_known_noise()  # e.g. Lightning's mid-epoch-resume warning, wrong for our loader
+    quiet_libraries()  # Lightning's INFO lines, progress bars in files (lit_ft/observe/quiet.py)
     recorder = TrainingRecorder()
     always = [
         RngState(),
@@ -142,7 +144,11 @@ def build_task_and_data(cfg: DictConfig, tokenizer, hf_config):
         task_options.pop("name"),
         tokenizer,
         columns={key: data_options.pop(key) for key in COLUMN_KEYS},
-        max_length=clamp_block_size(data_options.pop("block_size"), max_positions(hf_config)),
+        max_length=clamp_block_size(
+            data_options.pop("block_size"),
+            max_positions(hf_config),
+            getattr(tokenizer, "model_max_length", None),
+        ),
         add_eos=data_options.pop("add_eos"),
         truncation=data_options.pop("truncation", "cut"),
         **task_options,
@@ -384,7 +390,10 @@ def test(trainer, module, datamodule) -> dict[str, float] | None:
     if "test" not in datamodule.datasets:
         return None
     (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
-    return {key: float(value) for key, value in metrics.items()}
+    metrics = {key: float(value) for key, value in metrics.items()}
+    # Printed as the validations are (4 significant digits); results.json keeps full precision.
+    say("test: " + " ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
+    return metrics
 
 
 def write_predictions(trainer, module, datamodule, output_dir: Path) -> Path | None:

@@ -31,13 +31,21 @@ class Job:
         return self.results is None
 
     def failure(self) -> str:
-        """Why a job failed, from its run.log: the `lit_ft: error:` line, else the last
-        exception line of a traceback, else that it wrote no results."""
+        """Why a job failed, from its run.log: the `lit_ft: error:` message (all of it: a
+        config error lists its problems on the lines below), else the last exception line of a
+        traceback, else that it wrote no results."""
         log = self.path / "run.log"
         lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
-        for line in reversed(lines):
-            if "lit_ft: error:" in line:
-                return line[line.index("lit_ft: error:") + len("lit_ft: error:") :].strip()
+        marker = "lit_ft: error:"
+        starts = [i for i, line in enumerate(lines) if marker in line]
+        if starts:  # the message, with its indented lines (each problem of a config error)
+            first = lines[starts[-1]]
+            parts = [first[first.index(marker) + len(marker) :].strip()]
+            for line in lines[starts[-1] + 1 :]:
+                if not line.strip() or not line[0].isspace():
+                    break  # the next log record
+                parts.append(line.strip().removeprefix("- "))
+            return parts[0] + (" " + "; ".join(parts[1:]) if parts[1:] else "")
         errors = [ln for ln in lines if ln and not ln[0].isspace() and "Error" in ln.split(":")[0]]
         return errors[-1] if errors else "no results.json (killed, or still running?)"
 

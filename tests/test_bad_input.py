@@ -120,6 +120,35 @@ def test_empty_data_file(tiny_tokenizer_dir, text_file, tmp_path):
         lit_ft.train_from_overrides([*args, "data.path=csv"])
 
 
+def test_one_line_file_says_what_would_make_a_validation_split(
+    tiny_tokenizer_dir, text_file, tmp_path
+):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("one line of notes\n")
+    args = tiny_run_overrides(tiny_tokenizer_dir, text_file, tmp_path / "run")
+    args = [a if not a.startswith("data.data_files=") else f"data.data_files={notes}" for a in args]
+    with pytest.raises(LitFtError) as info:
+        lit_ft.train_from_overrides([*args, "data.validation_split_percentage=5"])
+    message = str(info.value)
+    assert "has 1 row(s) and no validation split" in message
+    assert "data.validation_split_percentage=5 needs at least 2 rows" in message
+    assert "add rows or give data.data_files={train: <file>, validation: <file>}" in message
+    assert "set a percentage in (0, 100)" not in message  # 5 is one: not the way out
+
+
+@pytest.mark.slow
+def test_cli_error_while_preparing_data_leaves_no_run_dir(run_cli, tiny_overrides, tmp_path):
+    """A lit_ft error after the run directory was claimed (here: too few rows to split) ends
+    the run with its one line and removes the directory the run created."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("one line of notes\n")
+    args = [a for a in tiny_overrides if not a.startswith(("data.data_files=", "paths."))]
+    result = run_cli([*args, f"data.data_files={notes}", f"paths.root_dir={tmp_path / 'outputs'}"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "has 1 row(s) and no validation split" in result.stderr
+    assert list((tmp_path / "outputs" / "runs").iterdir()) == []
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_overrides, tmp_path):
     poison = "+callbacks.poison={_target_: helpers.callbacks.PoisonAt, step: 5}"
     with pytest.raises(LitFtError) as info:

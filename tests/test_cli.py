@@ -194,3 +194,89 @@ def test_help_is_our_own_page_and_names_only_what_exists(run_cli):
         for part in key.split("."):
             assert part in node, f"--help names {key}, which is not a config key"
             node = node[part]
+
+
+# What the --help examples are run with: a tiny budget, outputs kept in the test's folder.
+EXAMPLE_BUDGET = ["trainer.max_steps=2", "trainer.limit_val_batches=2"]
+
+
+def _help_examples(page: str) -> list[list[str]]:
+    import shlex
+
+    lines = page.split("Examples:")[1].split("More:")[0].strip().splitlines()
+    prefix = ["python", "-m", "lit_ft.run"]
+    examples = [shlex.split(line) for line in lines]
+    assert examples and all(e[:3] == prefix for e in examples), lines
+    return [e[3:] for e in examples]
+
+
+def _runs_offline(args: list[str]) -> bool:
+    """The example's model and data are on this machine (the bundled model, local files)."""
+    from lit_ft.config import compose
+    from lit_ft.hub import LOCAL_DATA_BUILDERS, is_local_model
+
+    one_job = [a.split(",")[0] for a in args if a != "-m"]  # a sweep's first job
+    cfg = compose([a for a in one_job if not a.startswith(("paths.", "ckpt_path"))])
+    return is_local_model(cfg.model.name_or_path) and cfg.data.path in LOCAL_DATA_BUILDERS
+
+
+def test_help_examples_that_can_run_offline_do(run_cli, tmp_path, reference_text):
+    """Every `--help` example whose model and data need no network runs to the end, on a tiny
+    budget, from a folder holding the files it names (notes.txt; r.csv with text,label)."""
+    page = run_cli(["--help"]).stdout
+    # 300 lines: 5% held out = 15 lines, over one block of the model's 256 positions
+    paragraphs = [p for p in reference_text.split("\n\n") if p.strip()][:300]
+    (tmp_path / "notes.txt").write_text("\n".join(p.replace("\n", " ") for p in paragraphs))
+    with open(tmp_path / "r.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for paragraph in paragraphs[:60]:
+            writer.writerow([paragraph[:200], "long" if len(paragraph) > 300 else "short"])
+    # The resume example continues an earlier run: the default run, which --help promises.
+    first = run_cli([*EXAMPLE_BUDGET, "paths.output_dir=outputs/runs/first"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    ran = []
+    for args in _help_examples(page):
+        if not _runs_offline(args):
+            continue
+        args = [a.replace("outputs/runs/<run>", "outputs/runs/first") for a in args]
+        budget = ["trainer.max_steps=4"] if "ckpt_path=last" in args else EXAMPLE_BUDGET
+        args = [a for a in args if a.split("=")[0] not in {b.split("=")[0] for b in budget}]
+        result = run_cli([*args, *budget], cwd=tmp_path)
+        assert result.returncode == 0, f"{args}:\n{result.stderr[-3000:]}"
+        assert "Traceback" not in result.stderr, args
+        ran.append(args)
+    # all but `model=gpt2 data=wikitext` (the Hub's GPT-2 and WikiText)
+    assert len(ran) == len(_help_examples(page)) - 1, ran
+    assert len(list((tmp_path / "outputs" / "multiruns").glob("*/*/results.json"))) == 3
+    resumed = json.loads((tmp_path / "outputs/runs/first/results.json").read_text())
+    assert resumed["resumed_from"], resumed
+
+
+def test_console_and_run_log_hold_lit_ft_lines_not_library_noise(run_cli, tmp_path):
+    """The bundled model with a new head (transformers' load report), LoRA (peft's deprecated
+    call), output to a pipe as in `> log 2>&1`: no carriage-return progress bars, no load report,
+    no Lightning INFO lines re-stamped by Hydra, no library deprecation warnings."""
+    rows = [("fine and clear", "good"), ("broken and slow", "bad")] * 20
+    with open(tmp_path / "r.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    result = run_cli(
+        [
+            "task=sequence_classification",
+            "data.path=csv",
+            f"data.data_files={tmp_path / 'r.csv'}",
+            "peft=lora",
+            "trainer.max_steps=2",
+            f"paths.output_dir={tmp_path / 'run'}",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # bytes: read_text (and the captured output's text mode) would turn a "\r" into "\n"
+    run_log = (tmp_path / "run" / "run.log").read_bytes().decode()
+    assert "\r" not in run_log
+    for text in (result.stdout + result.stderr, run_log):
+        assert "LOAD REPORT" not in text and "\x1b[" not in text  # no escape codes
+        assert "][lightning" not in text  # Hydra's "[time][lightning...][INFO] - ..." lines
+        assert "_pytree" not in text and "is_gradient_checkpointing" not in text
+        assert "Tokenizing train" not in text and "Loading weights" not in text
+    assert "[lit_ft] done in" in result.stdout and "[lit_ft] done in" in run_log

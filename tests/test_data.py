@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -79,6 +81,33 @@ def test_block_size_is_clamped_to_model_positions(caplog):
     assert clamp_block_size(100, 64) == 64
     assert clamp_block_size(32, 64) == 32 and clamp_block_size(4096, None) == 4096
     assert "exceeds the model's 64 positions" in caplog.text
+
+
+def test_default_block_size_is_the_models_length_without_a_warning(caplog, text_file):
+    """data=text_files on the default model: block_size null takes the model's length, and
+    the user, who set nothing, is not warned about it."""
+    import json
+
+    from lit_ft.config import compose, to_plain
+    from lit_ft.model.build import ModelSpec, load_config, load_tokenizer
+    from lit_ft.run import build_task_and_data
+
+    cfg = compose(["data=text_files", f"data.data_files={text_file}"])
+    assert cfg.data.block_size is None
+    spec = ModelSpec(task=cfg.task.name, **to_plain(cfg.model))
+    with caplog.at_level("WARNING"):
+        task, _ = build_task_and_data(cfg, load_tokenizer(spec), load_config(spec))
+    shipped = json.loads((Path(cfg.model.name_or_path) / "config.json").read_text())
+    assert task.max_length == shipped["n_positions"] == 256
+    assert "exceeds" not in caplog.text
+    # null: min(model positions, tokenizer limit, 1,024); an unset tokenizer limit is 1e30
+    assert clamp_block_size(None, 2048, int(1e30)) == 1024
+    assert clamp_block_size(None, 2048, 300) == 300 and clamp_block_size(None, None, None) == 1024
+    # a value the user typed is still clamped, with the warning
+    cfg = compose(["data=text_files", f"data.data_files={text_file}", "data.block_size=512"])
+    with caplog.at_level("WARNING"):
+        task, _ = build_task_and_data(cfg, load_tokenizer(spec), load_config(spec))
+    assert task.max_length == 256 and "data.block_size=512 exceeds the model's 256" in caplog.text
 
 
 def test_missing_text_column_lists_the_columns(tokenizer, text_file):

@@ -116,3 +116,36 @@ def test_adapter_export_and_gradient_checkpointing(tmp_path):
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["r"] == 2 and config["target_modules"] == ["c_attn"]
     assert (tmp_path / "adapter_model.safetensors").is_file()
+
+
+def test_adapter_export_names_the_bundled_base_portably_and_loads_as_documented(tmp_path):
+    """adapter_config.json must not name a directory inside this installation; the README's
+    way of loading (the bundled base, then the adapter) gives the adapted model's logits."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from lit_ft.config import asset_path
+    from lit_ft.export import export_pretrained
+
+    base_dir = asset_path("tiny-gpt2-pystdlib")
+    model = prepare_model(
+        AutoModelForCausalLM.from_pretrained(base_dir), lora=LoraSettings(r=2, export="adapter")
+    )
+    with torch.no_grad():  # a non-zero B, so the adapter changes the logits
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    export_pretrained(model, AutoTokenizer.from_pretrained(base_dir), tmp_path / "hf_model")
+    config = json.loads((tmp_path / "hf_model" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "lit_ft/assets/tiny-gpt2-pystdlib"
+    assert str(Path(base_dir).parent) not in json.dumps(config)
+    loaded = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "hf_model"
+    )
+    input_ids = torch.randint(0, 4096, (2, 16))
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        expected = model(input_ids=input_ids).logits
+        torch.testing.assert_close(loaded(input_ids=input_ids).logits, expected)
+        with loaded.disable_adapter():
+            assert not torch.allclose(loaded(input_ids=input_ids).logits, expected)

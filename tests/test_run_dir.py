@@ -39,3 +39,28 @@ def test_an_existing_run_dir_is_kept_even_when_it_holds_only_start_files(tmp_pat
     unknown = tmp_path / "not_noted"  # not started through Hydra's run: never removed
     _start_files(unknown)
     assert not remove_unused_run_dir(unknown)
+
+
+def test_a_run_stopped_while_preparing_leaves_no_dir(tmp_path):
+    """Stopped after the loggers copied the config and the training example was written (a
+    data error, a refused memory estimate): still nothing of the run's own work."""
+    run_dir = tmp_path / "runs" / "2026-01-01_00-00-00"
+    note_run_dir(run_dir)
+    _start_files(run_dir)
+    (run_dir / "config.yaml").write_text("seed: 42\n")
+    (run_dir / "logs" / "version_0").mkdir(parents=True)
+    (run_dir / "logs" / "version_0" / "hparams.yaml").write_text("seed: 42\n")
+    (run_dir / "train_example.txt").write_text("«def f(): pass»\n")
+    assert remove_unused_run_dir(run_dir)
+    assert not run_dir.exists()
+
+
+def test_a_run_dir_with_logged_metrics_is_kept(tmp_path):
+    run_dir = tmp_path / "run"
+    note_run_dir(run_dir)
+    _start_files(run_dir)
+    (run_dir / "logs" / "version_0").mkdir(parents=True)
+    (run_dir / "logs" / "version_0" / "hparams.yaml").write_text("seed: 42\n")
+    (run_dir / "logs" / "version_0" / "metrics.csv").write_text("step,train/loss\n1,2.0\n")
+    assert not remove_unused_run_dir(run_dir)
+    assert (run_dir / "logs" / "version_0" / "metrics.csv").is_file()

@@ -58,6 +58,27 @@ def test_grid_sweep_runs_every_job_in_its_own_dir_and_reports(
     assert (sweep / "comparison.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
+def test_grid_sweep_with_a_bad_job_runs_the_rest_and_exits_2_with_one_line_per_job(
+    run_cli, tiny_tokenizer_dir, text_file, tmp_path
+):
+    overrides = _sweep_overrides(tiny_tokenizer_dir, text_file, tmp_path)
+    result = run_cli(["-m", *overrides, "optimizer.lr=-1,0.003"])
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Error executing job" not in result.stderr
+    assert result.stderr.count("optimizer.lr must be a positive number, got -1") == 1
+    sweep = tmp_path / "sweep"
+    assert result.stderr.rstrip().endswith(
+        f"lit_ft: error: 1 sweep job(s) failed: 0 (each one's reason is above and in its "
+        f"run.log); python -m lit_ft.sweep_report {sweep} lists every job"
+    )
+    assert (sweep / "1" / "results.json").is_file()  # the good job still ran
+    report = run_cli([str(sweep)], module="lit_ft.sweep_report")
+    assert report.returncode == 0, report.stderr
+    assert (
+        "job 0 failed: the config has 1 problem(s): optimizer.lr must be a positive number, got -1"
+    ) in report.stdout
+
+
 def test_optuna_sweep_of_two_trials_completes(run_cli, tiny_tokenizer_dir, text_file, tmp_path):
     overrides = _sweep_overrides(tiny_tokenizer_dir, text_file, tmp_path)
     result = run_cli([*overrides, "hparams_search=optuna", "hydra.sweeper.n_trials=2"])
@@ -89,6 +110,18 @@ def test_report_says_why_each_failed_job_failed(tmp_path):
         "[2026-12-01][lightning][INFO] - Seed set to 42\n"
         "lit_ft: error: the training loss is nan at optimizer step 5\n"
     )
+    (tmp_path / "2" / "run.log").write_text(
+        "[2026-12-01][lit_ft][ERROR] - lit_ft: error: the config has 2 problem(s):\n"
+        "  - optimizer.lr must be a positive number, got -1\n"
+        "  - data.batch_size must be a positive integer, got 0\n"
+        "[2026-12-01][lightning][INFO] - something after\n"
+    )
     text = table(load_jobs(tmp_path), "val/loss", maximize=False)
+    assert (
+        "job 2 failed: the config has 2 problem(s): optimizer.lr must be a positive number, "
+        "got -1; data.batch_size must be a positive integer, got 0\n"
+    ) in text + "\n"
     assert "job 1 failed: the training loss is nan at optimizer step 5" in text
+    (tmp_path / "2" / "run.log").unlink()
+    text = table(load_jobs(tmp_path), "val/loss", maximize=False)
     assert "job 2 failed: no results.json" in text

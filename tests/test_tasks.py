@@ -393,3 +393,51 @@ def test_checkpoints_with_the_old_task_spelling_still_read():
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_validates(name, tmp_path):
     validate_config(compose([f"experiment={name}", f"paths.output_dir={tmp_path}"]))
+
+
+def test_gpt2_classification_pads_with_eos_and_padded_rows_match_unpadded(
+    tmp_path, tiny_overrides, reference_text, capsys
+):
+    """GPT-2 has no pad token, and its classification head refuses batches of more than one
+    row without one: lit_ft sets pad_token_id (= EOS, what the tokenizer pads with), and the
+    exported model keeps it. A padded row's logits must equal a plain HF forward of that row
+    alone (no padding at all), so the head reads each row's last real token."""
+    from transformers import AutoModelForSequenceClassification
+
+    import lit_ft
+
+    rows = [{"text": s, "label": int(len(s.split()) > 10)} for s in _sentences(reference_text, 64)]
+    data = _write_jsonl(tmp_path / "cls.jsonl", rows[:48])
+    test = _write_jsonl(tmp_path / "test.jsonl", rows[48:])
+    results = lit_ft.train_from_overrides(
+        [
+            *tiny_overrides,
+            "task=sequence_classification",
+            "data.path=json",
+            f"data.data_files={{train: {data}, test: {test}}}",
+            "data.batch_size=4",  # > 1: HF raises without a pad token
+            "trainer.max_steps=2",
+            "evaluate_before=false",
+        ]
+    )
+    # the test split's metrics are printed, not only written to results.json
+    tested = results["metrics"]["test"]
+    printed = " ".join(f"{k} {v:.4g}" for k, v in tested.items())
+    assert {"test/loss", "test/accuracy"} <= set(tested)
+    assert f"[lit_ft] test: {printed}\n" in capsys.readouterr().out
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "hf_model")
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "hf_model")
+    assert model.config.pad_token_id == tokenizer.eos_token_id == tokenizer.pad_token_id
+    model.eval()
+    texts = [rows[0]["text"], rows[1]["text"] + " " + rows[2]["text"], rows[3]["text"][:12]]
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    assert len({len(i) for i in ids}) == 3  # three lengths: two rows are padded
+    from lit_ft.tasks.base import PadCollator  # what sequence_classification batches with
+
+    batch = PadCollator(tokenizer.pad_token_id, labels="per_row")(
+        [{"input_ids": i, "labels": 0} for i in ids]
+    )
+    with torch.no_grad():
+        batched = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        alone = [model(input_ids=torch.tensor([i])).logits[0] for i in ids]
+    torch.testing.assert_close(batched.logits, torch.stack(alone), rtol=1e-5, atol=1e-5)

@@ -203,13 +203,18 @@ class FineTuneDataModule(L.LightningDataModule):
 
     def _split_validation(self, train) -> dict[str, Any]:
         """Hold out `validation_split_percentage` of the rows, chosen with `split_seed`."""
-        fraction = self.validation_split_percentage / 100
-        if fraction <= 0 or len(train) < 2:
+        fraction, pct = self.validation_split_percentage / 100, self.validation_split_percentage
+        give_file = "data.data_files={train: <file>, validation: <file>}"
+        if fraction <= 0:
             raise LitFtError(
-                f"{self._source} has no validation split and "
-                f"data.validation_split_percentage={self.validation_split_percentage} "
-                f"(rows: {len(train)}) cannot make one; set a percentage in (0, 100) or give "
-                "data.data_files={train: ..., validation: ...}"
+                f"{self._source} has no validation split and data.validation_split_percentage="
+                f"{pct} holds none out; set a percentage in (0, 100) or give {give_file}"
+            )
+        if len(train) < 2:  # one row held out would leave none to train on
+            raise LitFtError(
+                f"{self._source} has {len(train)} row(s) and no validation split: "
+                f"data.validation_split_percentage={pct} needs at least 2 rows (one to train on, "
+                f"one to validate; a text file gives a row per line); add rows or give {give_file}"
             )
         parts = train.train_test_split(test_size=fraction, seed=self.split_seed, shuffle=True)
         return {"train": parts["train"], "validation": parts["test"]}

@@ -30,7 +30,7 @@ def load_source(
     """`datasets.load_dataset` for `data.*`; a missing or empty source becomes a LitFtError."""
     import datasets
 
-    kwargs = dict(load_kwargs)
+    kwargs = builder_kwargs(path, load_kwargs)
     files = corpora.files_to_read(data_files, corpus, corpus_dir)
     if files:
         kwargs["data_files"] = expand_files(files)
@@ -39,11 +39,57 @@ def load_source(
         return datasets.load_dataset(path, name, streaming=streaming, **kwargs)
     except FileNotFoundError as err:
         raise LitFtError(f"data.path='{path}' data.data_files={data_files}: {err}") from err
+    except TypeError as err:  # a load_kwargs key the builder's config does not take
+        raise LitFtError(
+            f"data.load_kwargs={dict(kwargs)} for data.path='{path}': {err}; remove that key "
+            "(the builder's options are its BuilderConfig fields in the datasets docs)"
+        ) from err
     except ValueError as err:
         message = f"could not {how} data.path='{path}' ({name}): {err}"
         if "corresponds to no data" in str(err):  # datasets' words for zero rows
             message = f"data.path='{path}' ({data_files}) has no rows: it is empty"
         raise LitFtError(message) from err
+
+
+def builder_options(builder: str) -> frozenset[str]:
+    """The keyword options of a local `datasets` builder (text, csv, ...): its config's fields."""
+    import dataclasses
+    import importlib
+
+    import datasets
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    module = importlib.import_module(_PACKAGED_DATASETS_MODULES[builder][0])
+    config = next(
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, datasets.BuilderConfig)
+        and value is not datasets.BuilderConfig
+    )
+    return frozenset(field.name for field in dataclasses.fields(config))
+
+
+def builder_kwargs(path: str, load_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`load_kwargs` less the options that belong to another local builder than `path`.
+
+    A data config written for one builder keeps its options when the user switches builder:
+    python_reference's `sample_by: paragraph` (a text-builder option) reached the csv builder
+    of `data.path=csv data.data_files=r.csv` and crashed it. Such a key is left out; a key no
+    local builder knows still goes to `load_dataset` (a Hub dataset's own option, or a typo
+    that load_source turns into a message).
+    """
+    from lit_ft.hub import LOCAL_DATA_BUILDERS
+
+    kwargs = dict(load_kwargs or {})
+    if path not in LOCAL_DATA_BUILDERS:
+        return kwargs
+    own = builder_options(path)
+    others = set().union(*(builder_options(b) for b in LOCAL_DATA_BUILDERS if b != path))
+    for key in [k for k in kwargs if k not in own and k in others]:
+        log.debug("data.load_kwargs.%s is not an option of the %s builder; left out", key, path)
+        del kwargs[key]
+    return kwargs
 
 
 def expand_files(data_files: DataFiles) -> DataFiles:
@@ -54,7 +100,23 @@ def expand_files(data_files: DataFiles) -> DataFiles:
     return [str(Path(f).expanduser()) for f in data_files]
 
 
-def clamp_block_size(block_size: int, max_positions: int | None) -> int:
+# data.block_size=null takes the model's length, capped: 1,024 tokens is GPT-2's own length and
+# keeps a default run's activations modest on a model that allows 8K-128K positions.
+DEFAULT_BLOCK_CAP = 1024
+# What transformers sets model_max_length to when a tokenizer names none (int(1e30)): no limit.
+_NO_TOKENIZER_LIMIT = 10**9
+
+
+def clamp_block_size(
+    block_size: int | None, max_positions: int | None, tokenizer_max: int | None = None
+) -> int:
+    """The block length a run uses. null (the text_files default): the longest the model and its
+    tokenizer allow, at most DEFAULT_BLOCK_CAP, and no warning (the user asked for nothing).
+    A value the user set is clamped to the model's positions, with a warning, as HF run_clm does."""
+    if block_size is None:
+        limits = [max_positions, tokenizer_max, DEFAULT_BLOCK_CAP]
+        # e.g. the bundled tiny GPT-2: min(256 positions, 256, 1,024) = 256
+        return min(n for n in limits if isinstance(n, int) and 0 < n < _NO_TOKENIZER_LIMIT)
     if max_positions is not None and block_size > max_positions:
         log.warning(
             "data.block_size=%d exceeds the model's %d positions; using %d",
@@ -85,7 +147,8 @@ def data_problems(data) -> Problems:
     )
     if data.path:
         problems.add(data_path_problem(data.path))
-    problems.positive_int("data.block_size", data.block_size)
+    if data.block_size is not None:  # null: the model's length (clamp_block_size)
+        problems.positive_int("data.block_size", data.block_size)
     problems.positive_int("data.batch_size", data.batch_size)
     pct = data.validation_split_percentage
     problems.need(

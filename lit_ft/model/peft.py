@@ -14,7 +14,9 @@ The run touches this file at three points:
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -192,6 +194,26 @@ def for_export(model):
         return model
     # A merged copy: the trained model itself stays as it is (the run may still evaluate it).
     return copy.deepcopy(model).merge_and_unload()
+
+
+def portable_adapter_config(directory: str | Path) -> None:
+    """An exported adapter's adapter_config.json names its base model so that the name means
+    the same on another machine. peft writes the path the base was loaded from: for the bundled
+    model, a directory inside this installation (e.g. .../site-packages/lit_ft/assets/...),
+    wrong for anyone else. It becomes `lit_ft/assets/<name>` (what it is, relative to where
+    lit_ft is installed; README: loading an adapter). Hub ids and the user's own directories
+    stay as given."""
+    from lit_ft.config.compose import ASSETS_DIR
+
+    path = Path(directory) / "adapter_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    base = Path(config.get("base_model_name_or_path") or "")
+    if base.is_absolute() and base.resolve().is_relative_to(ASSETS_DIR.resolve()):
+        bundled = base.resolve().relative_to(ASSETS_DIR.resolve())
+        config["base_model_name_or_path"] = f"lit_ft/assets/{bundled.as_posix()}"
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 class AdapterCheckpoint(L.Callback):

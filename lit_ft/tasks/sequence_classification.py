@@ -18,6 +18,28 @@ class SequenceClassificationTask(LabelledTask):
     columns = ("text_column", "label_column")
     optional_columns = ("text_pair_column",)
     label_key = "label_column"
+    pad_note: str | None = None  # set by configure_model when the model had no pad token
+
+    def configure_model(self, hf_config) -> None:
+        super().configure_model(hf_config)
+        # The classification heads of causal LMs (GPT2ForSequenceClassification, Llama's, ...)
+        # read the logits at each row's last token that is not pad_token_id; with none set they
+        # refuse batches of more than one row. GPT-2 has no pad token: reuse the one the
+        # tokenizer pads with (EOS, lit_ft.model.build.load_tokenizer), as the HF docs do for
+        # GPT-2 classification. Written into the config, it is saved with the exported model.
+        if (
+            getattr(hf_config, "pad_token_id", None) is None
+            and self.tokenizer.pad_token_id is not None
+        ):
+            hf_config.pad_token_id = self.tokenizer.pad_token_id
+            self.pad_note = (
+                f"the model has no pad token; pad_token_id={self.tokenizer.pad_token_id} "
+                f"({self.tokenizer.pad_token}) set in its config, so each row is classified at "
+                "its last real token"
+            )
+
+    def describe(self) -> str | None:
+        return self.pad_note
 
     def _encode(self, batch: dict[str, list]) -> dict[str, list]:
         pair = self.column["text_pair_column"]
