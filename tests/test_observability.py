@@ -160,3 +160,90 @@ def test_sample_prompts_and_answers_fit_the_model_positions():
     prompt, new = fit_positions(list(range(60)), 32, config)
     assert new == 32 and prompt == list(range(28, 60)) and len(prompt) + new <= 64
     assert fit_positions([1, 2, 3], 32, config) == ([1, 2, 3], 32)
+
+
+# -- the figures behind MFU ------------------------------------------------------------------
+def _real_flops_per_token(model, seq_len: int) -> float:
+    """The reference: torch's FLOP counter over a real forward + backward of the model itself
+    (not a meta copy), per token."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ids = torch.randint(0, model.config.vocab_size, (1, seq_len))
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=ids).logits.float().sum().backward()
+    return counter.get_total_flops() / seq_len
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_flops_per_token_match_a_real_forward_and_backward(lora):
+    """Under LoRA the frozen weights still cost their forward and input-gradient matmuls:
+    the count is the real model's, not 6 x the trainable parameters."""
+    from helpers.tiny_models import gpt2
+
+    from lit_ft.model.peft import LoraSettings, apply_lora
+    from lit_ft.observe.throughput import count_flops_per_token
+
+    model = gpt2()
+    # Attention as explicit matmuls: torch's counter does not see the CPU's fused attention
+    # kernel, so the real pass would leave attention out (2 layers x 393,216 FLOPs at 32).
+    model.set_attn_implementation("eager")
+    if lora:
+        model = apply_lora(model, LoraSettings(r=4, dropout=0.0, target_modules=["c_attn"]))
+    flops, method = count_flops_per_token(model, seq_len=32)
+    assert method == "measured"
+    assert flops == pytest.approx(_real_flops_per_token(model, 32), rel=1e-6)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if lora:
+        assert flops > 20 * 6 * trainable  # the old fallback's 6 x trainable is far off
+
+
+def test_flops_fallback_counts_frozen_weights_forward_and_input_gradient(monkeypatch):
+    """A model the meta device cannot build: 4 x frozen + 6 x trainable parameters, by hand."""
+    import torch
+
+    from lit_ft.observe import throughput
+
+    def refuse(model):
+        raise RuntimeError("no meta copy")
+
+    monkeypatch.setattr(throughput, "_meta_copy", refuse)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 10))  # 110 each
+    model[0].requires_grad_(False)
+    flops, method = throughput.count_flops_per_token(model, seq_len=8)
+    assert flops == 4 * 110 + 6 * 110 and "frozen" in method
+
+
+@pytest.mark.parametrize(
+    "flag,dtype,name",
+    [
+        ("bf16-mixed", "bfloat16", "bf16"),
+        ("bf16-true", "bfloat16", "bf16"),
+        ("16-mixed", "float16", "fp16"),
+        ("32-true", "float32", "fp32"),
+    ],
+)
+def test_cpu_peak_is_timed_in_the_dtype_the_matmuls_run_in(monkeypatch, flag, dtype, name):
+    """Under bf16-mixed the matmuls run in bf16 (on an AMX CPU ~4x fp32's rate): an fp32
+    peak would read MFU ~4x too high. The timing is faked: each dtype its own rate."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from lit_ft.observe import throughput
+    from lit_ft.training.amp import ClippingMixedPrecision
+
+    fake_rate = {torch.float32: 1e11, torch.bfloat16: 4e11, torch.float16: 2e11}
+    monkeypatch.setattr(throughput, "matmul_flops_per_s", lambda d: fake_rate[d])
+    if flag.endswith("-mixed"):  # lit_ft's own plugin, as the run builds it on a CPU
+        plugin = ClippingMixedPrecision(flag, "cpu")
+    else:
+        plugin = SimpleNamespace(precision=flag)
+    trainer = SimpleNamespace(
+        precision_plugin=plugin, strategy=SimpleNamespace(root_device=torch.device("cpu"))
+    )
+    peak, source, shown = throughput.peak_flops(trainer, configured=None)
+    assert peak == fake_rate[getattr(torch, dtype)]
+    assert shown == name and source == f"measured {name} matmul on this CPU"
+    configured = throughput.peak_flops(trainer, configured=5e12)
+    assert configured == (5e12, "configured", name)
