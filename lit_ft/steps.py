@@ -42,6 +42,7 @@ from lit_ft.model.vocab import pad_vocab
 from lit_ft.observe.log import quiet_known_noise, say
 from lit_ft.observe.loggers import finish
 from lit_ft.observe.memory import gigabytes
+from lit_ft.observe.model_size import model_size
 from lit_ft.observe.recorder import TrainingRecorder
 from lit_ft.observe.throughput import ThroughputLogger
 from lit_ft.plots import plot_run
@@ -227,9 +228,7 @@ def print_plan(
     # data.streaming: the length is unknown until the stream has been read
     train_data = "streamed" if train is None else f"{len(train):,}"
     per_epoch = "" if train is None else f" ({token_count(train):,} tokens per epoch)"
-    params = sum(p.numel() for p in module.model.parameters())
-    # fp32 weights + AdamW's two moments: 12 bytes per parameter (plus small loop state)
-    checkpoint_mb = params * 12 / 2**20
+    size = model_size(module.model, adapters_only=bool(cfg.get("peft")))  # LoRA: adapters
     rows, per_row = data.task.row_name, data.task.sequences_per_row  # dpo: pairs, 2
     say(
         f"task {data.task.name}: {train_data} train / {len(validation):,} "
@@ -239,10 +238,8 @@ def print_plan(
         f"step: {batch} {rows} x {accumulate} accumulation x {world_size} devices = "
         f"{sequences} {rows} = up to {sequences * per_row * length:,} tokens per optimizer step"
     )
-    say(
-        f"schedule: {num_steps:,} optimizer steps, {module.warmup_steps:,} warmup; "
-        f"{params / 1e6:.2f}M parameters; checkpoint ~{checkpoint_mb:,.0f} MB"
-    )
+    say(f"schedule: {num_steps:,} optimizer steps, {module.warmup_steps:,} warmup")
+    say(f"model: {size.text()}")
     say(f"precision: {precision}; output: {cfg.paths.output_dir}")
     say(f"data prepared in {data.seconds:.2f}s")
     if data.task.describe():

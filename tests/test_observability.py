@@ -247,3 +247,34 @@ def test_cpu_peak_is_timed_in_the_dtype_the_matmuls_run_in(monkeypatch, flag, dt
     assert shown == name and source == f"measured {name} matmul on this CPU"
     configured = throughput.peak_flops(trainer, configured=5e12)
     assert configured == (5e12, "configured", name)
+
+
+def test_bf16_run_prints_true_model_size_and_no_lightning_summary(
+    tiny_overrides, tmp_path, capsys, caplog, recwarn
+):
+    """Lightning's summary table ("Total FLOPs: 0", and its bf16-mixed size warning) is off;
+    the pre-flight's own counts match a hand count of the tiny GPT-2 and the checkpoint."""
+    overrides = [o for o in tiny_overrides if not o.startswith("trainer.precision")]
+    lit_ft.train_from_overrides(
+        [
+            *overrides,
+            "trainer.precision=bf16-mixed",
+            "trainer.max_steps=2",
+            "evaluate_before=false",
+            "export=false",
+            "callbacks.generations.num_prompts=0",
+        ]
+    )
+    captured = capsys.readouterr()
+    console = captured.out + captured.err + caplog.text + " ".join(str(w.message) for w in recwarn)
+    assert "Total FLOPs" not in console
+    assert "is not supported by the model summary" not in console
+    # By hand, GPT-2 with 2 layers, width 32, 64 positions, 512 tokens (the head is tied to
+    # the embedding): 512x32 + 64x32 + 2 x (2x64 + 32x96+96 + 32x32+32 + 32x128+128
+    # + 128x32+32) + 64 = 16,384 + 2,048 + 2 x 12,704 + 64 = 43,904.
+    assert "model: 43,904 parameters (all trainable); checkpoint ~" in captured.out
+    # fp32 weights + AdamW's two moments: 43,904 x 12 bytes = 526,848 = 514 KB
+    assert "checkpoint ~514 KB" in captured.out
+    # the file really is about that: the weights and moments plus a little loop state
+    saved = (tmp_path / "run" / "checkpoints" / "last.ckpt").stat().st_size
+    assert 526_848 <= saved <= 1.25 * 526_848, saved
