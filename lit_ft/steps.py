@@ -44,6 +44,7 @@ from lit_ft.observe.loggers import finish
 from lit_ft.observe.memory import gigabytes
 from lit_ft.observe.model_size import model_size
 from lit_ft.observe.recorder import TrainingRecorder
+from lit_ft.observe.step_numbers import StepNumbers, without_step
 from lit_ft.observe.throughput import ThroughputLogger
 from lit_ft.plots import plot_run
 from lit_ft.tasks import COLUMN_KEYS, build_task
@@ -94,6 +95,7 @@ def run_callbacks(configured: list, checkpoint_dir: str, lora) -> tuple[list, Tr
     quiet_known_noise()  # e.g. Lightning's mid-epoch-resume warning, wrong for our loader
     recorder = TrainingRecorder()
     always = [RngState(), PreemptionCheckpoint(checkpoint_dir), StopOnNonFiniteLoss(checkpoint_dir)]
+    always.append(StepNumbers())  # one step numbering in console, logs and plots
     adapters = [AdapterCheckpoint(lora)] if lora else []  # adapter-only checkpoints
     return [*configured, recorder, *always, *adapters], recorder
 
@@ -308,7 +310,8 @@ def show_training_example(task, train, output_dir: Path) -> None:
 def evaluate(trainer, module, datamodule, ckpt_path: str | None = None) -> dict[str, float]:
     found = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     # trainer.limit_val_batches=0: Lightning validates nothing and returns no metrics
-    return {key: float(value) for key, value in (found[0] if found else {}).items()}
+    found = without_step(found[0]) if found else {}
+    return {key: float(value) for key, value in found.items()}
 
 
 def evaluate_final(trainer, module, datamodule) -> tuple[dict[str, float], str | None]:
@@ -326,7 +329,7 @@ def test(trainer, module, datamodule) -> dict[str, float] | None:
     if "test" not in datamodule.datasets:
         return None
     (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
-    return {key: float(value) for key, value in metrics.items()}
+    return {key: float(value) for key, value in without_step(metrics).items()}
 
 
 def write_predictions(trainer, module, datamodule, output_dir: Path) -> Path | None:

@@ -147,8 +147,11 @@ def test_learning_rate_is_logged_through_the_warmup(tiny_overrides, tmp_path):
     series = read_metrics(tmp_path / "run")
     (name, *_) = sorted(n for n in series if n.startswith("lr-"))
     steps = sorted(series[name])
-    assert steps[:5] == [0, 1, 2, 3, 4], steps  # every warmup step, then the cadence
-    assert series[name][0] < series[name][2] < series[name][4]  # rising: the warmup shows
+    # every warmup step (the rate of step k logged at k, steps counted from 1), then the cadence
+    assert steps[:5] == [1, 2, 3, 4, 5], steps
+    assert series[name][1] < series[name][3] < series[name][5]  # rising: the warmup shows
+    # the linear warmup by hand: step k (from 1) trains at lr x (k - 1) / 4
+    assert series[name][3] == pytest.approx(3e-3 * 2 / 4)
 
 
 def test_sample_prompts_and_answers_fit_the_model_positions():
@@ -278,3 +281,42 @@ def test_bf16_run_prints_true_model_size_and_no_lightning_summary(
     # the file really is about that: the weights and moments plus a little loop state
     saved = (tmp_path / "run" / "checkpoints" / "last.ckpt").stat().st_size
     assert 526_848 <= saved <= 1.25 * 526_848, saved
+
+
+def test_one_step_numbering_in_console_metrics_csv_and_plots(tiny_overrides, tmp_path, capsys):
+    """The console's "step N loss x" is metrics.csv's row N, and "validation (step N)" its
+    validation row N, N counted by hand: the N-th training batch (no accumulation: one
+    optimizer step each), recorded by a test callback that knows nothing of Lightning's
+    counters."""
+    losses = tmp_path / "losses.jsonl"
+    results = lit_ft.train_from_overrides(
+        [
+            *_short(tiny_overrides),
+            "trainer.enable_progress_bar=true",
+            "callbacks.progress.every_n_steps=5",
+            "callbacks.generations.num_prompts=0",
+            f"+callbacks.losses={{_target_: helpers.callbacks.LossLog, path: '{losses}'}}",
+        ]
+    )
+    out = capsys.readouterr().out
+    by_hand = {
+        n: json.loads(line)["loss"]
+        for n, line in enumerate(losses.read_text().splitlines(), start=1)
+    }
+    assert len(by_hand) == 10
+    series = read_metrics(results["output_dir"])
+
+    console = dict(re.findall(r"\[lit_ft\] step (\d+)/10 loss (\S+) ", out))
+    assert sorted(int(n) for n in console) == [5, 10]
+    for n, shown in console.items():
+        assert float(shown) == pytest.approx(by_hand[int(n)], rel=1e-3)  # shown to 4 digits
+        assert series["train/loss"][int(n)] == pytest.approx(by_hand[int(n)], rel=1e-6)
+    assert sorted(series["train/loss"]) == [5, 10]  # the rows of log_every_n_steps=5
+
+    validations = dict(re.findall(r"\[lit_ft\] validation \(step (\d+)\): val/loss (\S+)", out))
+    assert sorted(validations) == ["10", "5"]
+    for n, shown in validations.items():
+        assert series["val/loss"][int(n)] == pytest.approx(float(shown), rel=1e-3)
+    assert 0 in series["val/loss"]  # the evaluation before training: step 0
+    # the evaluation's return and results.json hold no row number among the metrics
+    assert "step" not in results["metrics"]["after"] and "step" not in results["metrics"]["before"]
