@@ -89,10 +89,16 @@ def resume_point(cfg: DictConfig) -> ResumePoint | None:
 
 
 # -- callbacks, precision ----------------------------------------------------------------------
-def run_callbacks(configured: list, checkpoint_dir: str, lora) -> tuple[list, TrainingRecorder]:
+def run_callbacks(
+    configured: list, checkpoint_dir: str, lora, started: float | None = None
+) -> tuple[list, TrainingRecorder]:
     """The configured callbacks plus what exact resumption, preemption and the NaN stop rely
-    on (always on, whatever `callbacks/` says), and the recorder behind results.json."""
+    on (always on, whatever `callbacks/` says), and the recorder behind results.json.
+    `started`: the run's start (time.perf_counter()), which time to first step counts from."""
     quiet_known_noise()  # e.g. Lightning's mid-epoch-resume warning, wrong for our loader
+    for callback in configured:
+        if isinstance(callback, ThroughputLogger) and started is not None:
+            callback.run_started = started  # the same start as results.json's wall_time_s
     recorder = TrainingRecorder()
     always = [RngState(), PreemptionCheckpoint(checkpoint_dir), StopOnNonFiniteLoss(checkpoint_dir)]
     always.append(StepNumbers())  # one step numbering in console, logs and plots

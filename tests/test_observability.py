@@ -320,3 +320,14 @@ def test_one_step_numbering_in_console_metrics_csv_and_plots(tiny_overrides, tmp
     assert 0 in series["val/loss"]  # the evaluation before training: step 0
     # the evaluation's return and results.json hold no row number among the metrics
     assert "step" not in results["metrics"]["after"] and "step" not in results["metrics"]["before"]
+
+
+def test_time_to_first_step_counts_from_the_run_start(tiny_overrides):
+    """Not from what /proc says the process started at (a container's clock can put that
+    before the run by minutes): from train()'s start, so within the run's wall time, and
+    after the data preparation that comes before any step."""
+    results = lit_ft.train_from_overrides(
+        [*tiny_overrides, "trainer.max_steps=3", "export=false", "evaluate_before=false"]
+    )
+    first_step = results["throughput"]["time_to_first_step_s"]
+    assert results["data_prep_s"] <= first_step <= results["wall_time_s"]

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -37,6 +39,24 @@ import torch
 from lit_ft.observe.tokens import real_tokens
 
 log = logging.getLogger(__name__)
+
+
+def process_start_time() -> float | None:
+    """Wall-clock time (time.time()) at which this process started, or None where unknown; for
+    the benchmarks, which time other frameworks' processes too (a run's own time to first step
+    counts from train()'s start instead).
+
+    Linux: field 22 of /proc/self/stat is the start in clock ticks after boot, on the same
+    clock as CLOCK_BOOTTIME, so the age is that clock now minus the start; not via /proc/stat's
+    `btime`, a wall-clock boot time in whole seconds that a container's clock can put far off.
+    """
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        ticks = int(stat.rpartition(")")[2].split()[19])  # field 22; the split starts at field 3
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):  # AttributeError: not Linux
+        return None
+    return time.time() - age if age >= 0 else None
 
 
 def count_flops_per_token(model: torch.nn.Module, seq_len: int) -> tuple[float, str]:
