@@ -107,7 +107,9 @@ def test_resume_from_last_continues_the_run(finished_run, run_cli, run_overrides
     results = json.loads((run_dir / "results.json").read_text())
     # the newest checkpoint: last.ckpt or the best one, both written at step 30
     assert Path(results["resumed_from"]).parent == run_dir / "checkpoints"
-    assert results["metrics"]["train"]["steps"] == 10  # only the remaining steps ran
+    # the whole run: 30 steps before the resume and 10 after (the record rides in the checkpoint)
+    assert results["metrics"]["train"]["steps"] == 40
+    assert results["metrics"]["train"]["resumed_at_step"] == 30
     # The resumed part logs next to the first part's metrics, which stay intact.
     first, resumed = (run_dir / "logs" / v / "metrics.csv" for v in ("version_0", "version_1"))
     with open(first) as f:

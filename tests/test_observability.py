@@ -331,3 +331,21 @@ def test_time_to_first_step_counts_from_the_run_start(tiny_overrides):
     )
     first_step = results["throughput"]["time_to_first_step_s"]
     assert results["data_prep_s"] <= first_step <= results["wall_time_s"]
+
+
+def test_a_resumed_run_reports_the_whole_run(tiny_overrides, tmp_path):
+    """Resumed at step 4 and run to 8: results.json counts 8 steps from 0, the first step's
+    loss is the original run's, and the tokens are both parts' (8 steps x 8 rows x 32)."""
+    quiet = ["export=false", "evaluate_before=false", "callbacks.generations.num_prompts=0"]
+    quiet.append("trainer.val_check_interval=4")  # last.ckpt at step 4, from a validation
+    overrides = [o for o in tiny_overrides if not o.startswith("trainer.max_steps")]
+    first = lit_ft.train_from_overrides([*overrides, *quiet, "trainer.max_steps=4"])
+    whole = lit_ft.train_from_overrides(
+        [*overrides, *quiet, "trainer.max_steps=8", "ckpt_path=last"]
+    )
+    part, train = first["metrics"]["train"], whole["metrics"]["train"]
+    assert part["steps"] == 4 and part["resumed_at_step"] is None
+    assert train["steps"] == 8 and train["resumed_at_step"] == 4
+    assert train["loss_first_step"] == part["loss_first_step"]
+    assert train["tokens"] == 8 * 8 * 32  # every LM block is full: no padding
+    assert train["train_seconds"] > part["train_seconds"]

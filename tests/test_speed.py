@@ -107,7 +107,11 @@ def test_run_logs_mfu_compiles_and_exports_unpadded(tiny_overrides, tmp_path):
     throughput = results["throughput"]
     assert throughput["measured_steps"] == 10 and throughput["flops_counted_by"] == "measured"
     assert throughput["tokens_per_s"] > 0 and 0 < throughput["mfu"] < 1
-    assert throughput["time_to_first_step_s"] is None or throughput["time_to_first_step_s"] > 0
+    # one window for all the rates: MFU = tokens/s x FLOPs per token / peak (4 digits kept)
+    flops_per_s = throughput["tokens_per_s"] * throughput["flops_per_token"]
+    assert throughput["flops_per_s"] == pytest.approx(flops_per_s, rel=2e-3)
+    assert throughput["mfu"] == pytest.approx(flops_per_s / 1e11, rel=2e-3)
+    assert 0 < throughput["time_to_first_step_s"] <= results["wall_time_s"]
     assert throughput["peak_flops_per_s"] == 1e11 and throughput["peak_flops_from"] == "configured"
     run_dir = tmp_path / "run"
     assert json.loads((run_dir / "results.json").read_text())["throughput"] == throughput
