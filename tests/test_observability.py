@@ -73,7 +73,9 @@ def test_run_writes_plots_every_logger_progress_lines_and_samples(
     assert "tok/s" in lines[0] and " lr " in lines[0]
     # ... the peak memory so far (lit_ft/observe/memory.py), then elapsed and ~time left
     assert re.search(r" \d+(\.\d)?[MG] \d+:\d\d ~\d+:\d\d left$", lines[0]), lines[0]
-    assert all(len(line) <= 80 for line in lines), lines  # an 80-column terminal, unwrapped
+    # Not a terminal: the same fields on every line, in the same order (read by column)
+    fields = r"\[lit_ft\] step \d+/10 loss \S+ lr \S+ \S+ tok/s mfu \S+ \S+ \d+:\d\d ~\S+ left"
+    assert all(re.fullmatch(fields, line) for line in lines), lines
     assert "[lit_ft] validation (step 10): val/loss" in out
 
     samples = [json.loads(x) for x in (run_dir / "generations.jsonl").read_text().splitlines()]
