@@ -351,3 +351,5 @@ def test_a_resumed_run_reports_the_whole_run(tiny_overrides, tmp_path):
     assert train["loss_first_step"] == part["loss_first_step"]
     assert train["tokens"] == 8 * 8 * 32  # every LM block is full: no padding
     assert train["train_seconds"] > part["train_seconds"]
+    # the resumed part's rows on the cadence of the run's one numbering (every 5 steps)
+    assert sorted(read_metrics(whole["output_dir"])["train/loss"]) == [5]

@@ -18,6 +18,23 @@ import lightning as L
 
 
 class StepNumbers(L.Callback):
+    def __init__(self) -> None:
+        self._aligned = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._aligned = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # Lightning decides which steps write a row (every `log_every_n_steps`) from a counter
+        # of its own, which it saves and restores apart from global_step and which a resume
+        # can leave off it (measured: resumed at 30, rows came at 31 and 36, not 35 and 40).
+        # The counter is for logging only; aligned once the loop has restored it (at the first
+        # batch: Lightning adjusts it after on_train_start), rows land on multiples of N
+        # whether or not the run was resumed.
+        if not self._aligned:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+            self._aligned = True
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Runs before Lightning writes the step's metrics; after the optimizer step, so
         # global_step is the steps done (with accumulation the last micro-batch's value counts).
