@@ -32,7 +32,7 @@ class StepNumbers(L.Callback):
         # batch: Lightning adjusts it after on_train_start), rows land on multiples of N
         # whether or not the run was resumed.
         if not self._aligned:
-            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+            align_logging_counter(trainer)
             self._aligned = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -56,6 +56,22 @@ class StepNumbers(L.Callback):
             reduce_fx="max",
             sync_dist=trainer.world_size > 1,
         )
+
+
+def align_logging_counter(trainer) -> None:
+    """Set Lightning's logging counter to the optimizer steps done.
+
+    Reaches `trainer.fit_loop.epoch_loop._batches_that_stepped` (lightning 2.5-2.6): the
+    counter `should_update_logs` reads for the `log_every_n_steps` cadence. It is saved and
+    restored apart from global_step and no public setting sets it.
+    """
+    loop = trainer.fit_loop.epoch_loop
+    if not hasattr(loop, "_batches_that_stepped"):
+        raise AttributeError(
+            "lightning's training epoch loop no longer has _batches_that_stepped: "
+            "lit_ft.observe.step_numbers.align_logging_counter must be updated"
+        )
+    loop._batches_that_stepped = trainer.global_step
 
 
 def without_step(metrics: dict) -> dict:
