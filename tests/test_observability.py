@@ -353,3 +353,16 @@ def test_a_resumed_run_reports_the_whole_run(tiny_overrides, tmp_path):
     assert train["train_seconds"] > part["train_seconds"]
     # the resumed part's rows on the cadence of the run's one numbering (every 5 steps)
     assert sorted(read_metrics(whole["output_dir"])["train/loss"]) == [5]
+
+
+def test_mfu_that_cannot_be_computed_is_left_out_with_the_reason():
+    from lit_ft.observe.throughput import ThroughputLogger
+
+    counter = ThroughputLogger()
+    counter.flops_per_token, counter.peak_source = 1e6, "cuda:0 is not in Lightning's table"
+    counter._measured.update(tokens=5_120, samples=160, seconds=2.0, steps=10)
+    summary = counter.summary()
+    assert "mfu" not in summary and summary["tokens_per_s"] == 2_560  # 5,120 tokens / 2 s
+    assert summary["mfu_left_out"] == "no peak FLOP/s (cuda:0 is not in Lightning's table)"
+    counter.peak = 1e10  # by hand: 2,560 tok/s x 1e6 FLOPs per token / 1e10 = 0.256
+    assert counter.summary()["mfu"] == 0.256 and "mfu_left_out" not in counter.summary()

@@ -314,7 +314,8 @@ class ThroughputLogger(L.Callback):
         found = self._rates(m["tokens"], m["samples"], m["seconds"])
         left_out = {}
         if "mfu" not in found:  # never a 0: the figure is absent, with the reason
-            left_out["mfu_left_out"] = self.mfu_missing_reason() or "no training step measured"
+            reason = self.mfu_missing_reason() or "no steps measured after the warm-up"
+            left_out["mfu_left_out"] = reason
         return {
             **{k: _round(v) for k, v in found.items()},
             **left_out,
