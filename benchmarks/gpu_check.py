@@ -412,8 +412,8 @@ def step_compile(step: Step) -> Outcome:
     if not ran.ok or results is None:
         return fail(ran)
     first = (results.get("throughput") or {}).get("time_to_first_step_s")
-    figure = f"{speed(results)}; first step done {_num(first, '.0f', 's')} after start"
-    figure += " (imports and compilation included)"
+    figure = f"{speed(results)}; first step done {_num(first, '.0f', 's')} after the run's start"
+    figure += " (train(): data, model and compilation included)"
     return Outcome("pass" if finite_losses(results) else "fail", figure, {"results": results})
 
 

@@ -52,3 +52,19 @@ def rescale_batch_progress(checkpoint: dict[str, Any], old: int, new: int) -> No
     for counts in (progress["current"], progress["total"]):
         for key in counts:
             counts[key] += shift
+
+
+def align_logging_counter(trainer) -> None:
+    """Set Lightning's logging counter to the optimizer steps done.
+
+    Reaches `trainer.fit_loop.epoch_loop._batches_that_stepped` (lightning 2.5-2.6): the
+    counter `should_update_logs` reads for the `log_every_n_steps` cadence. It is saved and
+    restored apart from global_step and no public setting sets it.
+    """
+    loop = trainer.fit_loop.epoch_loop
+    if not hasattr(loop, "_batches_that_stepped"):
+        raise AttributeError(
+            "lightning's training epoch loop no longer has _batches_that_stepped: "
+            "lit_ft.compat.align_logging_counter must be updated"
+        )
+    loop._batches_that_stepped = trainer.global_step

@@ -48,7 +48,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         resume = steps.resume_point(cfg)  # read once; checked against model and data below
         lora = hydra.utils.instantiate(cfg.peft) if cfg.get("peft") else None  # peft=lora
         callbacks, recorder = steps.run_callbacks(
-            _instantiate_all(cfg.callbacks), cfg.paths.checkpoint_dir, lora
+            _instantiate_all(cfg.callbacks), cfg.paths.checkpoint_dir, lora, started
         )
         precision = steps.choose_precision(cfg.trainer)
         # The Trainer before the data: a setting this machine cannot run fails in seconds.

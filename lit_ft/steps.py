@@ -43,8 +43,10 @@ from lit_ft.model.vocab import grow_vocab, grown_size, pad_vocab
 from lit_ft.observe.log import quiet_known_noise, say
 from lit_ft.observe.loggers import finish
 from lit_ft.observe.memory import gigabytes
+from lit_ft.observe.model_size import model_size
 from lit_ft.observe.quiet import quiet_libraries
 from lit_ft.observe.recorder import TrainingRecorder
+from lit_ft.observe.step_numbers import StepNumbers, without_step
 from lit_ft.observe.throughput import ThroughputLogger
 from lit_ft.plots import plot_run
 from lit_ft.tasks import COLUMN_KEYS, build_task
@@ -92,17 +94,24 @@ def resume_point(cfg: DictConfig) -> ResumePoint | None:
 
 
 # -- callbacks, precision ----------------------------------------------------------------------
-def run_callbacks(configured: list, checkpoint_dir: str, lora) -> tuple[list, TrainingRecorder]:
+def run_callbacks(
+    configured: list, checkpoint_dir: str, lora, started: float | None = None
+) -> tuple[list, TrainingRecorder]:
     """The configured callbacks plus what exact resumption, preemption and the NaN stop rely
-    on (always on, whatever `callbacks/` says), and the recorder behind results.json."""
+    on (always on, whatever `callbacks/` says), and the recorder behind results.json.
+    `started`: the run's start (time.perf_counter()), which time to first step counts from."""
     quiet_known_noise()  # e.g. Lightning's mid-epoch-resume warning, wrong for our loader
     quiet_libraries()  # Lightning's INFO lines, progress bars in files (lit_ft/observe/quiet.py)
+    for callback in configured:
+        if isinstance(callback, ThroughputLogger) and started is not None:
+            callback.run_started = started  # the same start as results.json's wall_time_s
     recorder = TrainingRecorder()
     always = [
         RngState(),
         PreemptionCheckpoint(checkpoint_dir),
         StopOnNonFiniteLoss(checkpoint_dir),
         GlobalBatchRecord(),  # resuming on other hardware keeps the global batch
+        StepNumbers(),  # one step numbering in console, logs and plots
     ]
     adapters = [AdapterCheckpoint(lora)] if lora else []  # adapter-only checkpoints
     return [*configured, recorder, *always, *adapters], recorder
@@ -274,9 +283,7 @@ def print_plan(
     # data.streaming: the length is unknown until the stream has been read
     train_data = "streamed" if train is None else f"{len(train):,}"
     per_epoch = "" if train is None else f" ({token_count(train):,} tokens per epoch)"
-    params = sum(p.numel() for p in module.model.parameters())
-    # fp32 weights + AdamW's two moments: 12 bytes per parameter (plus small loop state)
-    checkpoint_mb = params * 12 / 2**20
+    size = model_size(module.model, adapters_only=bool(cfg.get("peft")))  # LoRA: adapters
     rows, per_row = data.task.row_name, data.task.sequences_per_row  # dpo: pairs, 2
     say(
         f"task {data.task.name}: {train_data} train / {len(validation):,} "
@@ -286,10 +293,8 @@ def print_plan(
         f"step: {batch} {rows} x {accumulate} accumulation x {world_size} devices = "
         f"{sequences} {rows} = up to {sequences * per_row * length:,} tokens per optimizer step"
     )
-    say(
-        f"schedule: {num_steps:,} optimizer steps, {module.warmup_steps:,} warmup; "
-        f"{params / 1e6:.2f}M parameters; checkpoint ~{checkpoint_mb:,.0f} MB"
-    )
+    say(f"schedule: {num_steps:,} optimizer steps, {module.warmup_steps:,} warmup")
+    say(f"model: {size.text()}")
     say(f"precision: {precision}; output: {cfg.paths.output_dir}")
     say(f"data prepared in {data.seconds:.2f}s")
     if data.task.describe():
@@ -358,7 +363,8 @@ def show_training_example(task, train, output_dir: Path) -> None:
 def evaluate(trainer, module, datamodule, ckpt_path: str | None = None) -> dict[str, float]:
     found = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     # trainer.limit_val_batches=0: Lightning validates nothing and returns no metrics
-    return {key: float(value) for key, value in (found[0] if found else {}).items()}
+    found = without_step(found[0]) if found else {}
+    return {key: float(value) for key, value in found.items()}
 
 
 def evaluate_start(trainer, module, datamodule, resume, enabled: bool) -> dict[str, float] | None:
@@ -390,7 +396,7 @@ def test(trainer, module, datamodule) -> dict[str, float] | None:
     if "test" not in datamodule.datasets:
         return None
     (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
-    metrics = {key: float(value) for key, value in metrics.items()}
+    metrics = {key: float(value) for key, value in without_step(metrics).items()}
     # Printed as the validations are (4 significant digits); results.json keeps full precision.
     say("test: " + " ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
     return metrics

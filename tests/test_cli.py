@@ -53,7 +53,8 @@ def test_run_trains_and_writes_complete_results(finished_run):
     assert any(r.get("train/loss") for r in rows) and any(r.get("val/ppl") for r in rows)
     # The linear schedule was sized from the real step count: it has decayed at the last step.
     lrs = [float(r["lr-AdamW/pg1"]) for r in rows if r.get("lr-AdamW/pg1")]
-    # logged at steps 4, 9, ..., 29 of a linear decay from 3e-3 that reaches 0 at step 30
+    # the rates of steps 5, 10, ..., 30 (logged under those numbers) of a linear decay from
+    # 3e-3: step k trains at 3e-3 x (31 - k) / 30, so 26/30 at step 5 and 1/30 at step 30
     assert max(lrs) == pytest.approx(3e-3 * 26 / 30) and lrs[-1] == pytest.approx(3e-3 / 30)
     assert (run_dir / "config.yaml").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
 
@@ -106,13 +107,15 @@ def test_resume_from_last_continues_the_run(finished_run, run_cli, run_overrides
     results = json.loads((run_dir / "results.json").read_text())
     # the newest checkpoint: last.ckpt or the best one, both written at step 30
     assert Path(results["resumed_from"]).parent == run_dir / "checkpoints"
-    assert results["metrics"]["train"]["steps"] == 10  # only the remaining steps ran
+    # the whole run: 30 steps before the resume and 10 after (the record rides in the checkpoint)
+    assert results["metrics"]["train"]["steps"] == 40
+    assert results["metrics"]["train"]["resumed_at_step"] == 30
     # The resumed part logs next to the first part's metrics, which stay intact.
     first, resumed = (run_dir / "logs" / v / "metrics.csv" for v in ("version_0", "version_1"))
     with open(first) as f:
-        assert max(int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")) < 30
+        assert max(int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")) == 30
     with open(resumed) as f:
-        assert max(int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")) >= 34
+        assert max(int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")) == 40
 
 
 def test_early_stopping_stops_the_run(run_cli, tiny_overrides, tmp_path):

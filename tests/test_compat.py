@@ -55,3 +55,12 @@ def test_checkpoint_batch_progress_has_the_layout_we_rescale(tmp_path):
     assert progress["current"]["ready"] == 6  # 3 steps x accumulation 2
     rescale_batch_progress(checkpoint, old=2, new=1)
     assert progress["current"]["ready"] == 3 and progress["total"]["ready"] == 3
+
+
+def test_the_logging_counter_we_align_exists_and_is_read(tmp_path):
+    from lit_ft.compat import align_logging_counter
+
+    trainer = _fit(tmp_path, [], max_steps=3)  # accumulation 2: 6 micro-batches, 3 steps
+    trainer.fit_loop.epoch_loop._batches_that_stepped = 99
+    align_logging_counter(trainer)
+    assert trainer.fit_loop.epoch_loop._batches_that_stepped == trainer.global_step == 3

@@ -83,7 +83,9 @@ def test_lora_run_resumes_from_an_adapter_checkpoint(lora_run, text_file, tmp_pa
     resumed = lit_ft.train_from_overrides(
         [*_lora_overrides(text_file, tmp_path / "resumed"), f"ckpt_path={step4}"]
     )
-    assert resumed["metrics"]["train"]["steps"] == 4
+    # results.json describes the whole run: 4 steps from the checkpoint's record, 4 run here
+    assert resumed["metrics"]["train"]["steps"] == 8
+    assert resumed["metrics"]["train"]["resumed_at_step"] == 4
     finished, again = (
         _adapter_state(lora_run["last_checkpoint"]),
         _adapter_state(resumed["last_checkpoint"]),

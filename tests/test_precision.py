@@ -35,11 +35,41 @@ def test_gpu_choice_follows_bf16_support(monkeypatch):
     assert precision.resolve_precision("auto", "auto")[0] == "bf16-mixed"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert precision.resolve_precision("auto", "gpu")[0] == "32-true"
-    assert precision.resolve_precision("auto", "cpu")[0] in ("32-true", "bf16-mixed")  # CPU path
+    # accelerator=cpu takes the CPU path even beside a GPU: the CPU's flags decide, both ways
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    assert precision.resolve_precision("auto", "cpu")[0] == "32-true"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert precision.resolve_precision("auto", "cpu") == ("bf16-mixed", "the CPU has avx512_bf16")
 
 
-def test_this_machine_reads_its_flags():
-    assert isinstance(precision.cpu_flags(), set)
+# The start of a real /proc/cpuinfo (two processors; the flags line is the same for each).
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu vme sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile
+bugs\t\t: spectre_v1 spectre_v2
+
+processor\t: 1
+flags\t\t: fpu vme sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile
+"""
+
+
+def test_cpu_flags_are_read_from_the_flags_line(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO)
+    flags = precision.cpu_flags(cpuinfo)
+    assert flags == {"fpu", "vme", "sse2", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+    # no flags line (an ARM kernel says "Features"), or no file at all: none
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd\n")
+    assert precision.cpu_flags(cpuinfo) == set()
+    assert precision.cpu_flags(tmp_path / "missing") == set()
+    # and what auto makes of those flags, the file being what the machine has
+    cpuinfo.write_text(CPUINFO)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    read = precision.cpu_flags
+    monkeypatch.setattr(precision, "cpu_flags", lambda: read(cpuinfo))
+    chosen = precision.resolve_precision("auto", "auto")
+    assert chosen == ("bf16-mixed", "the CPU has amx_bf16, avx512_bf16")
 
 
 # -- the precision matrix: every combination trains, saves, reloads, exports and generates ----

@@ -369,9 +369,71 @@ def test_every_task_config_builds_its_task(name):
     tokenizer = AutoTokenizer.from_pretrained(MINILM)
     columns = {key: cfg.data.get(key) for key in COLUMN_KEYS}
     task = build_task(options.pop("name"), tokenizer, columns, 64, **options)
-    assert task.name == cfg.task.name == name and task.collate() is not None  # task=<name>
+    assert task.name == cfg.task.name == name  # task=<name>
+    rows, expected = _rows_and_batch(name, tokenizer.pad_token_id)
+    torch.manual_seed(0)  # masked LM draws its masks
+    batch = task.collate()(rows)
+    if name == "masked_lm":  # random masks: the rules they follow, checked below
+        _check_masked_lm_batch(batch, expected)
+        expected = {k: v for k, v in expected.items() if k != "labels"}
+        batch = {**batch, "input_ids": expected["input_ids"]}  # masked inputs checked above
+    assert set(batch) >= set(expected), set(batch)
+    for key, value in expected.items():
+        assert torch.equal(batch[key], value), (key, batch[key], value)
     if not hasattr(task, "labels"):  # label tasks size their metrics after reading the data
-        assert task.evaluator() is not None
+        task.evaluator()  # builds from the config alone
+
+
+def _rows_and_batch(task: str, pad: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Two processed rows of lengths 3 and 2 as the task keeps them, and the batch a correct
+    collate makes of them by hand: right padding with the pad id, mask 0 there, labels -100
+    there."""
+    ids = [[5, 6, 7], [8, 9]]
+    padded = torch.tensor([[5, 6, 7], [8, 9, pad]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    if task in ("causal_lm", "masked_lm"):
+        rows = [{"input_ids": r} for r in ids]
+        labels = torch.tensor([[5, 6, 7], [8, 9, -100]])
+    elif task in ("instruction", "token_classification"):  # a label per token, -100: not learned
+        rows = [
+            {"input_ids": ids[0], "labels": [-100, 6, 7]},
+            {"input_ids": ids[1], "labels": [-100, 9]},
+        ]
+        labels = torch.tensor([[-100, 6, 7], [-100, 9, -100]])
+    elif task == "sequence_classification":  # one label per row
+        rows = [{"input_ids": ids[0], "labels": 1}, {"input_ids": ids[1], "labels": 0}]
+        labels = torch.tensor([1, 0])
+    elif task == "seq2seq":  # the target's own length, padded with -100
+        rows = [{"input_ids": ids[0], "labels": [11, 12]}, {"input_ids": ids[1], "labels": [13]}]
+        labels = torch.tensor([[11, 12], [13, -100]])
+    elif task == "dpo":  # both answers of a pair in one batch: the chosen rows, then the rejected
+        rows = [
+            {"chosen_input_ids": [5, 6, 7], "chosen_labels": [-100, 6, 7],
+             "rejected_input_ids": [5, 6], "rejected_labels": [-100, 6]},
+            {"chosen_input_ids": [8, 9], "chosen_labels": [-100, 9],
+             "rejected_input_ids": [8, 9, 4, 3], "rejected_labels": [-100, 9, 4, 3]},
+        ]  # fmt: skip
+        p = pad
+        return rows, {
+            "input_ids": torch.tensor([[5, 6, 7, p], [8, 9, p, p], [5, 6, p, p], [8, 9, 4, 3]]),
+            "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0], [1] * 4]),
+            "labels": torch.tensor(
+                [[-100, 6, 7, -100], [-100, 9, -100, -100], [-100, 6, -100, -100], [-100, 9, 4, 3]]
+            ),
+        }
+    else:
+        raise AssertionError(f"no hand-made batch for task {task}: add one")
+    return rows, {"input_ids": padded, "attention_mask": mask, "labels": labels}
+
+
+def _check_masked_lm_batch(batch: dict, expected: dict) -> None:
+    """Masked LM: a label only where a token was chosen (its original id, else -100, and
+    always -100 on padding); an input changed only where a label was set."""
+    original, mask = expected["input_ids"], expected["attention_mask"]
+    chosen = batch["labels"] != -100
+    assert torch.equal(batch["labels"][chosen], original[chosen])
+    assert not chosen[mask == 0].any()
+    assert torch.equal(batch["input_ids"][~chosen], original[~chosen])
 
 
 def test_checkpoints_with_the_old_task_spelling_still_read():

@@ -14,9 +14,10 @@ from lit_ft.config.problems import Problems
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-def cpu_flags() -> set[str]:
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags: the first `flags : ...` line of /proc/cpuinfo."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = cpuinfo.read_text()
     except OSError:  # not Linux: no cheap way to know, assume none
         return set()
     line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")

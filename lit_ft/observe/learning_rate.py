@@ -1,9 +1,11 @@
-"""The learning rate in the logs from step 0, so the warmup shows in learning_rate.png.
+"""The learning rate in the logs from the first step, so the warmup shows in learning_rate.png.
 
 Lightning's LearningRateMonitor logs at the `log_every_n_steps` cadence, so with the default
-of 10 a warmup of 9 steps is never seen (the first point is step 9, already at the peak).
-This one also logs every optimizer step of the warmup (`FineTuneModule.warmup_steps`), then
-goes on at the cadence.
+of 10 a warmup of 9 steps is never seen (the first point is already at the peak). This one
+logs every optimizer step of the warmup (`FineTuneModule.warmup_steps`), then goes on at the
+cadence. Each value is logged under the number of the step it is used for, in the run's one
+numbering (lit_ft/observe/step_numbers.py: the steps done, from 1): the rate read before
+step k is taken is the rate of step k, so it is logged at k (Lightning logs it at k - 1).
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ class WarmupAwareLearningRateMonitor(LearningRateMonitor):
         self._logged_step: int | None = None
 
     def on_train_batch_start(self, trainer, *args: Any, **kwargs: Any) -> None:
-        step = trainer.global_step
-        warmup = getattr(trainer.lightning_module, "warmup_steps", 0)
-        if not warmup or step > warmup:  # no warmup to show: Lightning's cadence alone
-            return super().on_train_batch_start(trainer, *args, **kwargs)
+        if not trainer.loggers or self.logging_interval == "epoch" or not trainer.log_every_n_steps:
+            return
+        step = trainer.global_step + 1  # the step this batch belongs to, counted from 1
         if step == self._logged_step:  # the other micro-batches of an accumulation window
             return
+        warmup = getattr(trainer.lightning_module, "warmup_steps", 0) or 0
+        if step > warmup and step % trainer.log_every_n_steps:
+            return
         self._logged_step = step
-        stats = self._extract_stats(trainer, "any")
+        stats = self._extract_stats(trainer, "step" if self.logging_interval is None else "any")
         for logger in trainer.loggers:
             logger.log_metrics(stats, step=step)

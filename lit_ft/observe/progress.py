@@ -5,7 +5,10 @@ thousands of carriage-return fragments. So `progress_bar(style="auto")` redraws 
 in place when stdout is a terminal (LiveProgress) and otherwise prints it every
 `every_n_steps` optimizer steps (LineProgress). Both show the same text: the optimizer step of
 the run's total, the training loss, the learning rate, one tokens/s, MFU in % and the time
-left for the whole run.
+left for the whole run. tokens/s and MFU are one computation over one window (the same
+tokens, the same seconds; lit_ft.observe.throughput.rates). In a log file every line holds
+the same fields in the same order, so a log can be read by column; only the live terminal
+line drops fields to fit its width.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from lightning.pytorch.callbacks import ProgressBar
 
 from lit_ft.config.problems import Problems
 from lit_ft.observe.memory import peak_bytes, short
+from lit_ft.observe.throughput import ThroughputLogger, rates
 from lit_ft.observe.tokens import real_tokens
 
 STYLES = ("auto", "live", "lines", "tqdm")
@@ -28,15 +32,16 @@ _ALIASES = {"rich": "live"}
 
 
 class _Speed:
-    """Tokens/s over the last window of training batches.
+    """tokens/s and MFU over the last window of training batches.
 
     The token count stays a device tensor and is read at most once per `window_s` seconds, so
-    the bar adds no per-step host sync on a GPU.
+    the bar adds no per-step host sync on a GPU. MFU comes from the same tokens over the same
+    seconds, with the throughput logger's FLOPs per token and peak FLOP/s.
     """
 
     def __init__(self, window_s: float = 1.0) -> None:
         self.window_s = window_s
-        self.tokens_per_s: float | None = None
+        self.rates: dict[str, float] = {}
         self._tokens: torch.Tensor | int = 0
         self._since = time.perf_counter()
 
@@ -47,12 +52,12 @@ class _Speed:
         if isinstance(batch, dict) and "input_ids" in batch:
             self._tokens = self._tokens + real_tokens(batch)
 
-    def read(self) -> float | None:
+    def read(self, flops_per_token: float | None, peak: float | None) -> dict[str, float]:
         elapsed = time.perf_counter() - self._since
-        if elapsed >= self.window_s:
-            self.tokens_per_s = float(self._tokens) / elapsed
+        if elapsed >= self.window_s and elapsed > 0:
+            self.rates = rates(int(self._tokens), 0, elapsed, flops_per_token, peak)
             self.restart()
-        return self.tokens_per_s
+        return self.rates
 
 
 def _learning_rate(trainer) -> float | None:
@@ -61,28 +66,36 @@ def _learning_rate(trainer) -> float | None:
 
 
 def _extra_metrics(trainer, speed: _Speed) -> dict[str, str]:
-    extra = {}
+    """lr, tok/s and MFU as shown; "-" for a figure that cannot be computed (never a 0)."""
     lr = _learning_rate(trainer)
-    if lr is not None:
-        extra["lr"] = f"{lr:.2e}"
-    rate = speed.read()
-    if rate is not None:
-        extra["tok/s"] = f"{rate:,.0f}"
-    # MFU from the throughput logger's last window, as a percentage (one tokens/s shown: ours)
-    mfu = next((cb.last.get("mfu") for cb in trainer.callbacks if hasattr(cb, "last")), None)
-    if mfu is not None:
-        extra["mfu"] = f"{100 * mfu:.1f}%"
-    return extra
+    counter = next((cb for cb in trainer.callbacks if isinstance(cb, ThroughputLogger)), None)
+    flops, peak = (counter.flops_per_token, counter.peak) if counter else (None, None)
+    found = speed.read(flops, peak)
+    rate, mfu = found.get("tokens_per_s"), found.get("mfu")
+    return {
+        "lr": f"{lr:.2e}" if lr is not None else "-",
+        "tok/s": f"{rate:,.0f}" if rate is not None else "-",
+        "mfu": _percent(mfu) if mfu is not None else "-",
+    }
+
+
+def _percent(share: float) -> str:
+    # two significant digits below 10%, so a small MFU never reads as 0%: 0.0041 -> 0.41%
+    pct = 100 * share
+    return f"{pct:.0f}%" if pct >= 10 else f"{pct:.2g}%"
 
 
 class LineProgress(ProgressBar):
-    """One line per `every_n_steps` optimizer steps and one per validation, within 80 columns:
+    """One line per `every_n_steps` optimizer steps and one per validation, every step line
+    with the same fields in the same order (a log file can be read by column):
 
-    [lit_ft] step 20/180 loss 3.214 lr 1.90e-03 5,120 tok/s 1.2G 0:12 ~1:36 left
+    [lit_ft] step 20/180 loss 3.214 lr 1.90e-03 5,120 tok/s mfu 38% 1.2G 0:12 ~1:36 left
 
-    The step is the optimizer step out of the run's total (the count the schedule uses), 1.2G
-    the peak memory so far (lit_ft/observe/memory.py), and ~1:36 the time left for the whole
-    run, not the epoch.
+    The step is the optimizer steps done out of the run's total (the count the schedule uses;
+    after the first optimizer step it is step 1, as in metrics.csv), 1.2G the peak memory so
+    far (lit_ft/observe/memory.py), and ~1:36 the time left for the whole run, not the epoch.
+    tok/s and MFU are over the steps since the previous line; a figure that cannot be computed
+    yet (MFU before the FLOPs are counted) shows as "-".
     """
 
     def __init__(self, every_n_steps: int = 10) -> None:
@@ -138,10 +151,11 @@ class LineProgress(ProgressBar):
     # -- text ------------------------------------------------------------------------------
     def _print_step_line(self, trainer, pl_module) -> None:
         self._printed_step = trainer.global_step
-        self.print(fit_line(self._step_parts(trainer, pl_module), self._columns()))
+        self.print(self._fit(self._step_parts(trainer, pl_module)))
 
-    def _columns(self) -> int:
-        return 80  # a log file has no width; 80 reads unwrapped in any viewer
+    def _fit(self, parts: list[tuple[str, str]]) -> str:
+        # A log file has no width: every field stays, so each line has the same columns.
+        return " ".join(text for _, text in parts)
 
     def _step_parts(self, trainer, pl_module) -> list[tuple[str, str]]:
         """The step line as (name, text) parts, in the order shown."""
@@ -149,10 +163,9 @@ class LineProgress(ProgressBar):
         shown = {k.removeprefix("train/"): v for k, v in shown.items() if not k.startswith("val/")}
         extra = _extra_metrics(trainer, self._speed)
         parts = [("prefix", "[lit_ft]"), ("step", f"step {self._step_text(trainer)}")]
-        parts += [("loss", _format(shown))] if shown else []
-        parts += [("lr", f"lr {extra['lr']}")] if "lr" in extra else []
-        parts += [("tok/s", f"{extra['tok/s']} tok/s")] if "tok/s" in extra else []
-        parts += [("mfu", f"mfu {extra['mfu'].split('.')[0]}%")] if "mfu" in extra else []
+        parts += [("loss", _format(shown) if shown else "loss -")]
+        parts += [("lr", f"lr {extra['lr']}"), ("tok/s", f"{extra['tok/s']} tok/s")]
+        parts += [("mfu", f"mfu {extra['mfu']}")]
         parts += [("memory", short(peak_bytes()))]  # the peak so far (lit_ft/observe/memory.py)
         return [*parts, ("time", self._time_text(trainer))]
 
@@ -213,12 +226,12 @@ class LiveProgress(LineProgress):
         if now - self._drawn_at < self.min_redraw_s:
             return
         self._drawn_step, self._drawn_at = step, now
-        self._write(_CLEAR_LINE + fit_line(self._live_parts(trainer, pl_module), self._columns()))
+        self._write(_CLEAR_LINE + fit_line(self._live_parts(trainer, pl_module), _width()))
         self._live = True
 
-    def _columns(self) -> int:
+    def _fit(self, parts: list[tuple[str, str]]) -> str:
         # The permanent step lines fit the terminal too: a narrow one does not split them.
-        return _width()
+        return fit_line(parts, _width())
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._clear()  # validation's own output (samples) starts on a clean line
@@ -235,7 +248,8 @@ class LiveProgress(LineProgress):
         super().print(*args, **kwargs)
 
     def _live_parts(self, trainer, pl_module) -> list[tuple[str, str]]:
-        parts = self._step_parts(trainer, pl_module)
+        # The live line is read by eye, not by column: a figure not known yet takes no room.
+        parts = [p for p in self._step_parts(trainer, pl_module) if "-" not in p[1].split()]
         total = self._total_steps(trainer)
         if total:
             # e.g. 20/180 = 11%, on a 10-cell bar: 1 cell filled
