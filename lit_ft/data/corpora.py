@@ -164,9 +164,9 @@ def _python_docstring_preferences() -> Iterator[str]:
     of number". Each rejected answer is unique to its pair.
 
     Why not another function's summary as the rejected answer (the first version): each
-    summary was then chosen in one pair and rejected in another, so a random 90/10 split put
-    most held-out chosen answers among the training's rejected ones, and training taught the
-    model to lower exactly them: held-out reward accuracy 0.34, below chance (README). Telling
+    summary was then chosen in one pair and rejected in another: 91% of the chosen answers
+    held out by the random 90/10 split were rejected answers in training, which taught the
+    model to lower exactly them (held-out reward accuracy 0.34, below chance; README). Telling
     which real summary fits which name is also beyond a 1.35M-parameter model; word order is
     something it knows from pretraining and can learn to weigh."""
     seen = set()
