@@ -5,6 +5,7 @@ step for step on the same model, pairs and optimizer."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 from functools import partial
 
@@ -284,3 +285,72 @@ def test_per_step_loss_and_reward_accuracy_match_trl(tokenizer, tmp_path):
         assert a["accuracy"] == pytest.approx(b["accuracy"])
         assert a["margin"] == pytest.approx(b["margin"], abs=1e-4)
     assert ours[-1]["loss"] < ours[0]["loss"]  # and it learns
+
+
+# -- the offline example -------------------------------------------------------------------
+def test_offline_pairs_reject_the_chosen_words_shuffled(monkeypatch):
+    """The built-in pairs, on hand-made docstring rows: the rejected answer is the chosen
+    summary's own words in another order; short summaries and repeats are left out."""
+    from lit_ft.data import corpora
+
+    def row(name, summary):
+        return {"module": "m", "name": name, "signature": "(x)", "summary": summary}
+
+    rows = [
+        row("f", "Return the number of items in x."),
+        row("g", "Too short here."),  # 3 words: left out
+        row("f", "Return the number of items in x."),  # the same prompt and answer again
+        row("h", "Read a line from the stream and return it."),
+    ]
+    monkeypatch.setattr(corpora, "docstring_rows", lambda min_paragraphs: iter(rows))
+    pairs = [json.loads(line) for line in corpora.CORPORA["python_docstring_preferences"]()]
+    assert [p["prompt"] for p in pairs] == [
+        "One-line docstring for m.f(x):",
+        "One-line docstring for m.h(x):",
+    ]
+    for pair in pairs:
+        assert sorted(pair["rejected"].split()) == sorted(pair["chosen"].split())
+        assert pair["rejected"] != pair["chosen"]
+    again = [json.loads(line) for line in corpora.CORPORA["python_docstring_preferences"]()]
+    assert again == pairs  # seeded by the name: the same pairs on every run
+
+
+@pytest.mark.slow
+def test_offline_example_runs_and_reports_reward_accuracy(run_cli, tmp_path):
+    """`experiment=tiny_gpt2_docstring_dpo` on a tiny budget (4 steps, 2 validation batches of
+    16 pairs): it runs, and the reward accuracy and margin it reports equal a plain HF count
+    with its exported weights against the bundled model on the same 32 held-out pairs."""
+    from helpers.preference_check import held_out_rows, reward_margins
+
+    from lit_ft.config.compose import asset_path
+    from lit_ft.data.corpora import corpus_file
+
+    corpora, run_dir = tmp_path / "corpora", tmp_path / "run"
+    result = run_cli(
+        [
+            "experiment=tiny_gpt2_docstring_dpo",
+            "trainer.max_steps=4",
+            "trainer.limit_val_batches=2",
+            "trainer.precision=32-true",  # stated: auto depends on the host's CPU
+            "trainer.enable_progress_bar=false",
+            f"data.corpus_dir={corpora}",  # written here: the test sees the pairs it trained on
+            f"paths.output_dir={run_dir}",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    before, after = results["metrics"]["before"], results["metrics"]["after"]
+    # Before training the policy is the reference: every reward is 0 and no pair is won.
+    assert before["val/reward_accuracy"] == 0.0
+    assert before["val/loss"] == pytest.approx(math.log(2))
+    assert results["metrics"]["train"]["steps"] == 4
+    assert "validation reward accuracy 0.0000 ->" in result.stdout
+
+    rows = held_out_rows(corpus_file("python_docstring_preferences", corpora), 0.1, 42, 2 * 16)
+    margins = reward_margins(run_dir / "hf_model", asset_path("tiny-gpt2-pystdlib"), rows)
+    won = sum(m > 0 for m in margins) / len(margins)
+    assert after["val/reward_accuracy"] == pytest.approx(won)
+    beta = 0.1  # the example's task.beta
+    assert after["val/reward_margin"] == pytest.approx(beta * sum(margins) / len(margins), rel=1e-3)
+    # Measured: 1.0 (margin 1.58) after these 4 steps; the shuffled words are told apart early.
+    assert won > 0.5

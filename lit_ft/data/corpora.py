@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import random
 import re
 import sysconfig
 from collections.abc import Callable, Iterator
@@ -158,19 +159,32 @@ def _python_docstring_chats() -> Iterator[str]:
 
 def _python_docstring_preferences() -> Iterator[str]:
     """Preference pairs: for "One-line docstring for <module>.<name><signature>:", the
-    function's real summary line is chosen over the summary of the next documented function
-    of the same package (plausible, on topic, and wrong)."""
-    by_package: dict[str, list[dict]] = {}
+    function's real summary line is chosen over the same words in a shuffled order (a fluent
+    sentence over a garbled one), e.g. "Return the number of items." over "items. the Return
+    of number". Each rejected answer is unique to its pair.
+
+    Why not another function's summary as the rejected answer (the first version): each
+    summary was then chosen in one pair and rejected in another: 91% of the chosen answers
+    held out by the random 90/10 split were rejected answers in training, which taught the
+    model to lower exactly them (held-out reward accuracy 0.34, below chance; README). Telling
+    which real summary fits which name is also beyond a 1.35M-parameter model; word order is
+    something it knows from pretraining and can learn to weigh."""
+    seen = set()
     for row in docstring_rows(min_paragraphs=1):
-        by_package.setdefault(row["package"], []).append(row)
-    for rows in by_package.values():
-        for i, row in enumerate(rows if len(rows) > 1 else []):
-            other = rows[(i + 1) % len(rows)]
-            if other["summary"] == row["summary"]:
-                continue
-            prompt = f"One-line docstring for {row['module']}.{row['name']}{row['signature']}:"
-            pair = {"prompt": prompt, "chosen": row["summary"], "rejected": other["summary"]}
-            yield json.dumps(pair) + "\n"
+        words = row["summary"].split()
+        if len(words) < 4:  # 1-3 words: too few orders that read as wrong
+            continue
+        # Seeded by the function's name: the same pairs on every machine and every run.
+        shuffled = list(words)
+        random.Random(f"{row['module']}.{row['name']}").shuffle(shuffled)
+        if shuffled == words:
+            continue
+        prompt = f"One-line docstring for {row['module']}.{row['name']}{row['signature']}:"
+        if (prompt, row["summary"]) in seen:  # a repeat would sit on both sides of the split
+            continue
+        seen.add((prompt, row["summary"]))
+        pair = {"prompt": prompt, "chosen": row["summary"], "rejected": " ".join(shuffled)}
+        yield json.dumps(pair) + "\n"
 
 
 CORPORA: dict[str, Callable[[], Iterator[str]]] = {
@@ -190,7 +204,8 @@ CORPUS_FILES = {
     "python_docstrings": "python_docstrings.jsonl",
     "python_docstring_topics": "python_docstring_topics.jsonl",
     "python_docstring_chats": "python_docstring_chats.jsonl",
-    "python_docstring_preferences": "python_docstring_preferences.jsonl",
+    # v2: the shuffled-summary pairs; a new name so that a cached first version is not reused
+    "python_docstring_preferences": "python_docstring_preferences_v2.jsonl",
 }
 
 
