@@ -68,3 +68,18 @@ def align_logging_counter(trainer) -> None:
             "lit_ft.compat.align_logging_counter must be updated"
         )
     loop._batches_that_stepped = trainer.global_step
+
+
+def reopen_epoch(checkpoint: dict[str, Any]) -> None:
+    """Mark a checkpoint's epoch as still running.
+
+    Reaches `checkpoint["loops"]["fit_loop"]["epoch_progress"]` (lightning 2.5-2.6). A run
+    stopped by `max_steps` mid-epoch still runs the epoch-end hooks, and a checkpoint saved
+    there (Lightning's ModelCheckpoint saves at train-epoch end when no validation ran)
+    counts the epoch as processed: resumed with a larger `max_steps`, Lightning would close
+    the epoch, reach `max_epochs` and train nothing more. Rewinding `processed` to
+    `completed` makes Lightning continue the epoch from the batch it stopped at, as it does
+    for any mid-epoch checkpoint.
+    """
+    for counts in checkpoint["loops"]["fit_loop"]["epoch_progress"].values():
+        counts["processed"] = counts["completed"]

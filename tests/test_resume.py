@@ -198,3 +198,29 @@ def test_resume_onto_changed_data_is_refused(run_cli, tiny_tokenizer_dir, text_f
     forced = run_cli([*changed, "trainer.max_steps=12", "ckpt_path=last", "force_resume=true"])
     assert forced.returncode == 0, forced.stderr[-2000:]
     assert "force_resume=true: resuming although" in forced.stderr
+
+
+def test_a_finished_run_resumed_with_more_steps_trains_them(
+    run_cli, tiny_tokenizer_dir, text_file, tmp_path
+):
+    """4 steps (stopped mid-epoch by max_steps, saved at the epoch-end hook), then resumed
+    with max_steps=8: steps 5-8 are trained, on the 8-step schedule from step 5 on."""
+    from lit_ft.plots import read_metrics
+
+    run_dir = tmp_path / "run"
+    args = [
+        *tiny_run_overrides(tiny_tokenizer_dir, text_file, run_dir),
+        "trainer.log_every_n_steps=1",
+        "evaluate_before=false",
+        "scheduler=linear",
+    ]
+    assert run_cli([*args, "trainer.max_steps=4"]).returncode == 0
+    result = run_cli([*args, "trainer.max_steps=8", "ckpt_path=last"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = json.loads((run_dir / "results.json").read_text())["metrics"]["train"]
+    assert train["steps"] == 8 and train["resumed_at_step"] == 4
+    metrics = read_metrics(run_dir)
+    assert sorted(metrics["train/loss"]) == list(range(1, 9))
+    # linear decay over 8 steps, no warmup: step 5 trains at 3e-3 x (8 - 4) / 8
+    (lr,) = [name for name in metrics if name.startswith("lr-")][:1]
+    assert metrics[lr][5] == pytest.approx(3e-3 * 4 / 8)

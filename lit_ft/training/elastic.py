@@ -28,7 +28,7 @@ from typing import Any
 
 from lightning.pytorch import Callback
 
-from lit_ft.compat import rescale_batch_progress
+from lit_ft.compat import reopen_epoch, rescale_batch_progress
 from lit_ft.errors import LitFtError
 
 CHECKPOINT_KEY = "lit_ft_global_batch"
@@ -117,14 +117,19 @@ def _refusal(saved: GlobalBatch, here: GlobalBatch) -> str:
 
 
 class GlobalBatchRecord(Callback):
-    """Writes the run's global batch into every checkpoint, and on resume rescales Lightning's
-    micro-batch counters when the accumulation changed (the data position, counted in
-    sequences over all processes, needs nothing)."""
+    """Writes the run's global batch into every checkpoint, and on resume makes Lightning's
+    loop counters agree with the data position (counted in sequences over all processes):
+    micro-batch counts rescaled when the accumulation changed, and an epoch that `max_steps`
+    cut short continued rather than closed (lit_ft.compat.reopen_epoch)."""
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = asdict(running_global_batch(trainer))
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        position = checkpoint.get(type(trainer.datamodule).__name__, {})
+        size = trainer.datamodule.train_sampler.dataset_size if trainer.datamodule else 0
+        if 0 < position.get("samples_done", size) < size:  # mid-epoch, whatever hook saved
+            reopen_epoch(checkpoint)
         saved = saved_global_batch(checkpoint)
         if saved is not None and saved.accumulation != trainer.accumulate_grad_batches:
             rescale_batch_progress(checkpoint, saved.accumulation, trainer.accumulate_grad_batches)

@@ -168,6 +168,19 @@ class FineTuneModule(L.LightningModule):
                 row[ROW_KEY] = index
         return rows
 
+    def on_train_start(self) -> None:
+        # A resume restores each parameter group's learning rate as the checkpoint left it,
+        # from the schedule of *that* run: resumed with a larger max_steps, the first step
+        # would train at the old schedule's end (0.0 after linear decay). The rate of the
+        # step about to run is recomputed from this run's schedule (identical when unchanged).
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                groups, step = scheduler.optimizer.param_groups, scheduler.last_epoch
+                rates = zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+                for group, base, rate in rates:
+                    group["lr"] = base * rate(step)
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(weight_decay_groups(self.model))
         if self.scheduler_factory is None:
