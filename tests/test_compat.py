@@ -7,7 +7,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from lit_ft.compat import mark_step_as_saved, rescale_batch_progress
+from lit_ft.compat import mark_step_as_saved, reopen_epoch, rescale_batch_progress
 
 
 def _fit(tmp_path, callbacks, max_steps=4, ckpt_path=None):
@@ -55,6 +55,18 @@ def test_checkpoint_batch_progress_has_the_layout_we_rescale(tmp_path):
     assert progress["current"]["ready"] == 6  # 3 steps x accumulation 2
     rescale_batch_progress(checkpoint, old=2, new=1)
     assert progress["current"]["ready"] == 3 and progress["total"]["ready"] == 3
+
+
+def test_an_epoch_cut_by_max_steps_is_saved_processed_and_reopens(tmp_path):
+    import torch
+
+    # no validation: ModelCheckpoint saves at the epoch-end hook that max_steps=3 still runs
+    _fit(tmp_path, [ModelCheckpoint(dirpath=tmp_path, filename="s")], max_steps=3)
+    checkpoint = torch.load(tmp_path / "s.ckpt", weights_only=True)
+    epochs = checkpoint["loops"]["fit_loop"]["epoch_progress"]
+    assert epochs["current"]["processed"] == 1 and epochs["current"]["completed"] == 0
+    reopen_epoch(checkpoint)
+    assert epochs["current"]["processed"] == epochs["current"]["completed"] == 0
 
 
 def test_the_logging_counter_we_align_exists_and_is_read(tmp_path):

@@ -126,10 +126,11 @@ class GlobalBatchRecord(Callback):
         checkpoint[CHECKPOINT_KEY] = asdict(running_global_batch(trainer))
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        position = checkpoint.get(type(trainer.datamodule).__name__, {})
-        size = trainer.datamodule.train_sampler.dataset_size if trainer.datamodule else 0
-        if 0 < position.get("samples_done", size) < size:  # mid-epoch, whatever hook saved
-            reopen_epoch(checkpoint)
+        sampler = getattr(trainer.datamodule, "train_sampler", None)  # none when streaming
+        if sampler is not None:
+            position = checkpoint.get(type(trainer.datamodule).__name__, {})
+            if 0 < position.get("samples_done", 0) < sampler.dataset_size:  # mid-epoch
+                reopen_epoch(checkpoint)
         saved = saved_global_batch(checkpoint)
         if saved is not None and saved.accumulation != trainer.accumulate_grad_batches:
             rescale_batch_progress(checkpoint, saved.accumulation, trainer.accumulate_grad_batches)
