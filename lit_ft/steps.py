@@ -524,8 +524,9 @@ def write_results(results: dict[str, Any], task) -> None:
             f"memory: {estimated}measured {gigabytes(memory['measured_peak_mb'] * 2**20)} "
             f"({memory['measured_by']})"
         )
+    rate = results["tokens_per_s"]  # None: no training step was timed (nothing to train)
+    rate = f"{rate:,.1f} tokens/s" if rate is not None else "no training step timed"
     say(
-        f"done in {results['wall_time_s']:.1f}s: {headline}; "
-        f"{results['tokens_per_s']} tokens/s; model: {results['export_dir']}; "
-        f"results: {output_dir}/results.json"
+        f"done in {results['wall_time_s']:.1f}s: {headline}; {rate}; "
+        f"model: {results['export_dir']}; results: {output_dir}/results.json"
     )
