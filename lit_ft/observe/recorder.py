@@ -89,7 +89,9 @@ class TrainingRecorder(L.Callback):
         tokens = self._tokens
         if trainer.world_size > 1:
             device = trainer.strategy.root_device
-            tokens = trainer.strategy.reduce(torch.as_tensor(tokens, device=device), "sum")
+            tokens = trainer.strategy.reduce(
+                torch.as_tensor(tokens, device=device), reduce_op="sum"
+            )
         seconds = self.train_seconds
         if self._started is not None:  # mid-fit: the training time so far
             seconds += time.perf_counter() - self._started - self._val_seconds
