@@ -9,6 +9,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from helpers.config import tiny_model_overrides
 
 import lit_ft
 from lit_ft.tasks import TaskContext, build_task
@@ -99,11 +100,7 @@ def _instruction_run(tmp_path: Path, tiny_tokenizer_dir, reference_text, *extra)
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return [
         "task=instruction",
-        f"model.name_or_path={tiny_tokenizer_dir}",
-        "model.from_scratch=true",
-        "model.model_type=gpt2",
-        "model.config_overrides={n_layer: 2, n_head: 2, n_embd: 32, n_positions: 64, "
-        "vocab_size: 512, bos_token_id: 0, eos_token_id: 0}",
+        *tiny_model_overrides(tiny_tokenizer_dir),
         "data=text_files",
         "data.path=json",
         f"data.data_files={data}",

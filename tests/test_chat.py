@@ -13,6 +13,7 @@ import random
 
 import datasets
 import pytest
+from helpers.config import tiny_model_overrides
 
 from lit_ft.config import compose
 from lit_ft.config.validate import validate_config
@@ -243,11 +244,7 @@ def _chat_run(tmp_path, tiny_tokenizer_dir, *extra) -> list[str]:
     return [
         "task=instruction",
         "task.chat_template=chatml",
-        f"model.name_or_path={tiny_tokenizer_dir}",
-        "model.from_scratch=true",
-        "model.model_type=gpt2",
-        "model.config_overrides={n_layer: 2, n_head: 2, n_embd: 32, n_positions: 64, "
-        "vocab_size: 512, bos_token_id: 0, eos_token_id: 0}",
+        *tiny_model_overrides(tiny_tokenizer_dir),
         "data=text_files",
         "data.path=json",
         f"data.data_files={_chat_rows(tmp_path / 'chats.jsonl')}",

@@ -12,11 +12,7 @@ def tiny_run_overrides(tokenizer_dir: Path, text_file: Path, output_dir: Path) -
     of 8, so 30 steps stay inside the first epoch.
     """
     return [
-        f"model.name_or_path={tokenizer_dir}",
-        "model.from_scratch=true",
-        "model.model_type=gpt2",
-        "model.config_overrides={n_layer: 2, n_head: 2, n_embd: 32, n_positions: 64, "
-        "vocab_size: 512, bos_token_id: 0, eos_token_id: 0}",
+        *tiny_model_overrides(tokenizer_dir),
         "data=text_files",
         f"data.data_files={text_file}",
         "data.block_size=32",
@@ -31,4 +27,15 @@ def tiny_run_overrides(tokenizer_dir: Path, text_file: Path, output_dir: Path) -
         # tests both of its outcomes and every precision this run can take).
         "trainer.precision=32-true",
         f"paths.output_dir={output_dir}",
+    ]
+
+
+def tiny_model_overrides(tokenizer_dir: Path) -> list[str]:
+    """A 2-layer, 32-wide GPT-2 from a config, with the tests' tiny tokenizer."""
+    return [
+        f"model.name_or_path={tokenizer_dir}",
+        "model.from_scratch=true",
+        "model.model_type=gpt2",
+        "model.config_overrides={n_layer: 2, n_head: 2, n_embd: 32, n_positions: 64, "
+        "vocab_size: 512, bos_token_id: 0, eos_token_id: 0}",
     ]
