@@ -114,6 +114,7 @@ def test_resumed_on_other_hardware_matches(
     want_losses, want_weights = reference
     losses = read_metrics(out)["train/loss"]
     assert sorted(losses) == sorted(want_losses)  # every step logged once, none skipped
+    loss_gap = max(abs(losses[step] - loss) / abs(loss) for step, loss in want_losses.items())
     for step, loss in want_losses.items():
         assert losses[step] == pytest.approx(loss, rel=1e-5), step
     weights = _final_weights(out / "checkpoints" / "last.ckpt")
@@ -121,6 +122,13 @@ def test_resumed_on_other_hardware_matches(
     assert len(want_weights.keys() - weights.keys()) <= 1, want_weights.keys() - weights.keys()
     for name in want_weights.keys() & weights.keys():
         torch.testing.assert_close(weights[name], want_weights[name], rtol=1e-5, atol=1e-5)
+    weight_gap = max(
+        float((weights[n] - want_weights[n]).abs().max())
+        for n in want_weights.keys() & weights.keys()
+    )
+    print(
+        f"{case}: largest step-loss difference {loss_gap:.1e} (relative), weights {weight_gap:.1e}"
+    )
 
 
 @pytest.mark.slow
