@@ -211,3 +211,13 @@ def multiply_all_in_place(tensors: list, factor: Any) -> None:
     import torch
 
     torch._foreach_mul_(tensors, factor)
+
+
+def attention_implementation(config: Any) -> str | None:
+    """The attention a Hugging Face config asks for ("eager", "sdpa", ...; None: not chosen).
+
+    Reaches `PretrainedConfig._attn_implementation` (transformers 4.40-5.25), where
+    `from_pretrained(attn_implementation=...)` and `from_config` record it; the config offers
+    no public reader (`attn_implementation` is only a constructor argument).
+    """
+    return getattr(config, "_attn_implementation", None)

@@ -267,3 +267,12 @@ def test_supported_model_types_are_the_auto_classes_own():
     assert "t5" in supported_model_types(get_task("seq2seq"))
     tiny = GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16)
     assert AutoModelForCausalLM.from_config(tiny).config.model_type in causal
+
+
+def test_the_attention_a_config_records():
+    from transformers import GPT2Config
+
+    from lit_ft.compat import attention_implementation
+
+    assert attention_implementation(GPT2Config(attn_implementation="eager")) == "eager"
+    assert attention_implementation(GPT2Config(attn_implementation="sdpa")) == "sdpa"
