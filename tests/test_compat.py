@@ -276,3 +276,13 @@ def test_the_attention_a_config_records():
 
     assert attention_implementation(GPT2Config(attn_implementation="eager")) == "eager"
     assert attention_implementation(GPT2Config(attn_implementation="sdpa")) == "sdpa"
+
+
+def test_a_model_type_without_the_head_is_refused_naming_the_supported_ones():
+    """In process, what tests/test_tasks.py checks through the CLI in the full suite."""
+    from lit_ft.errors import LitFtError
+    from lit_ft.tasks import check_architecture, get_task
+
+    with pytest.raises(LitFtError, match="model type 'bert' has no AutoModelForSeq2SeqLM") as err:
+        check_architecture(get_task("seq2seq"), "bert")
+    assert "bart" in str(err.value) and "t5" in str(err.value)

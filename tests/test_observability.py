@@ -132,6 +132,7 @@ def test_instruction_samples_prompt_with_the_whole_prompt_and_generate_the_answe
     assert prompt_of({"input_ids": list(range(40))}, prompt_tokens=16) == list(range(16))
 
 
+@pytest.mark.slow
 def test_learning_rate_is_logged_through_the_warmup(tiny_overrides, tmp_path):
     from lit_ft.plots import read_metrics
 
@@ -335,6 +336,7 @@ def test_time_to_first_step_counts_from_the_run_start(tiny_overrides):
     assert results["data_prep_s"] <= first_step <= results["wall_time_s"]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_reports_the_whole_run(tiny_overrides, tmp_path):
     """Resumed at step 4 and run to 8: results.json counts 8 steps from 0, the first step's
     loss is the original run's, and the tokens are both parts' (8 steps x 8 rows x 32)."""
