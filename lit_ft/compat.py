@@ -221,3 +221,16 @@ def attention_implementation(config: Any) -> str | None:
     no public reader (`attn_implementation` is only a constructor argument).
     """
     return getattr(config, "_attn_implementation", None)
+
+
+def fused_kernel_devices() -> list[str]:
+    """The device types torch's fused optimizer kernels run on ("cuda", "cpu", "mps", ...).
+
+    Reaches `torch.utils._foreach_utils._get_fused_kernels_supported_devices` (torch
+    2.4-2.13). Trying `AdamW(..., fused=True)` is no public substitute: torch 2.13's
+    constructor accepts any tensor and refuses an unsupported one only at the first step,
+    when the optimizer state is made (`_device_dtype_check_for_fused`), far into a run.
+    """
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    return list(_get_fused_kernels_supported_devices())

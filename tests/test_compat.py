@@ -286,3 +286,22 @@ def test_a_model_type_without_the_head_is_refused_naming_the_supported_ones():
     with pytest.raises(LitFtError, match="model type 'bert' has no AutoModelForSeq2SeqLM") as err:
         check_architecture(get_task("seq2seq"), "bert")
     assert "bart" in str(err.value) and "t5" in str(err.value)
+
+
+def test_the_fused_kernel_devices_are_where_torch_runs_and_refuses_fused_steps():
+    """The list matches what a fused AdamW step does: it runs on the CPU (listed), and torch
+    refuses it, at the first step, for a tensor the kernel does not take."""
+    import torch
+
+    from lit_ft.compat import fused_kernel_devices
+
+    assert "cpu" in fused_kernel_devices()
+    weight = torch.nn.Parameter(torch.ones(3))
+    weight.grad = torch.ones(3)
+    torch.optim.AdamW([weight], lr=0.1, fused=True).step()
+    assert torch.all(weight < 1)  # it stepped
+    ints = torch.zeros(3, dtype=torch.long)
+    ints.grad = torch.zeros(3, dtype=torch.long)
+    refused = torch.optim.AdamW([ints], lr=0.1, fused=True)  # accepted here...
+    with pytest.raises(RuntimeError, match="fused=True"):
+        refused.step()  # ...refused only now: why lit_ft asks the device list up front

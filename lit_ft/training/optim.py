@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from lit_ft.compat import fused_kernel_devices
 from lit_ft.config.problems import Problems
 
 
@@ -39,15 +40,19 @@ def adamw(
     `fused="auto"` picks it when every parameter is a floating tensor on a supported device.
     """
     groups = list(params)
-    kwargs = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
     if fused == "auto":
-        # Ask torch itself: its constructor refuses `fused=True` (RuntimeError) when a
-        # parameter is not a floating tensor on a device with the fused kernel.
-        try:
-            return torch.optim.AdamW(groups, fused=True, **kwargs)
-        except RuntimeError:
-            fused = False
-    return torch.optim.AdamW(groups, fused=bool(fused), **kwargs)
+        fused = _fused_supported(groups)
+    return torch.optim.AdamW(
+        groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps, fused=bool(fused)
+    )
+
+
+def _fused_supported(groups: list) -> bool:
+    supported = set(fused_kernel_devices())
+    tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    return bool(tensors) and all(
+        p.device.type in supported and torch.is_floating_point(p) for p in tensors
+    )
 
 
 def warmup_steps_for(
