@@ -83,3 +83,169 @@ def reopen_epoch(checkpoint: dict[str, Any]) -> None:
     """
     for counts in checkpoint["loops"]["fit_loop"]["epoch_progress"].values():
         counts["processed"] = counts["completed"]
+
+
+def stop_child_process_observer() -> list:
+    """End the watch Lightning's launcher keeps on the ranks it started; return their Popens.
+
+    Reaches the `_child_processes` list of Lightning's "child-process-observer" thread
+    (lightning 2.5-2.6, `lightning.fabric.strategies.launchers.subprocess_script`). The thread
+    polls the ranks every 5 s and, when one exits non-zero, SIGKILLs them and this process:
+    right for a single run, but in a sweep the failed job's ranks (ended by lit_ft, so
+    non-zero) would take the sweep down during the next job. Emptying its list ends the
+    thread's watch; Lightning offers no public handle on the thread or its list.
+    """
+    import threading
+
+    launched = []
+    for thread in threading.enumerate():
+        if thread.name != "child-process-observer":
+            continue
+        watched = getattr(thread, "_child_processes", None)
+        if not isinstance(watched, list):
+            raise AttributeError(
+                "lightning's child-process-observer thread no longer keeps a "
+                "_child_processes list: lit_ft.compat.stop_child_process_observer must be "
+                "updated"
+            )
+        launched += watched
+        watched.clear()
+    return launched
+
+
+def run_before_optimizer_step_hooks(precision_plugin: Any, model: Any, optimizer: Any) -> None:
+    """Run what Lightning's precision plugin runs between the closure and the optimizer step.
+
+    Reaches `Precision._after_closure(model, optimizer)` (lightning 2.5-2.6): it calls the
+    `on_before_optimizer_step` hooks of the callbacks and the module, then clips the
+    gradients. lit_ft's `ClippingMixedPrecision.optimizer_step` replaces Lightning's
+    (to unscale before the hooks) and must run these in the same place; the public
+    `optimizer_step` cannot be called without also stepping.
+    """
+    after_closure = getattr(precision_plugin, "_after_closure", None)
+    if after_closure is None:
+        raise AttributeError(
+            "lightning's Precision plugin no longer has _after_closure: "
+            "lit_ft.compat.run_before_optimizer_step_hooks must be updated"
+        )
+    after_closure(model, optimizer)
+
+
+def set_data_parallel_size(strategy: Any, size: int) -> None:
+    """Make Lightning's `ModelParallelStrategy` shard over `size` processes.
+
+    Reaches `ModelParallelStrategy._data_parallel_size` (lightning 2.5-2.6). The public
+    `data_parallel_size="auto"` means the number of nodes (it pairs with tensor parallelism
+    inside a node), and an integer cannot be given at construction: the process count is
+    known only once the Trainer has set the strategy up (1 node x 4 GPUs -> 4).
+    """
+    if not hasattr(strategy, "_data_parallel_size"):
+        raise AttributeError(
+            "lightning's ModelParallelStrategy no longer has _data_parallel_size: "
+            "lit_ft.compat.set_data_parallel_size must be updated"
+        )
+    strategy._data_parallel_size = size
+
+
+def no_split_module_names(root: Any) -> set[str]:
+    """The block class names the Hugging Face models inside `root` list as never to split.
+
+    Reaches `PreTrainedModel._no_split_modules` (transformers 4.40-5.25): the classes
+    `device_map="auto"` keeps whole, which are the transformer blocks FSDP should wrap.
+    transformers has no public accessor (its `_get_no_split_modules` is private too).
+    """
+    return {
+        name
+        for module in root.modules()
+        for name in (getattr(module, "_no_split_modules", None) or ())
+    }
+
+
+def wrap_policy_decided_at_wrap(classes_of: Any) -> Any:
+    """A torch FSDP `ModuleWrapPolicy` whose classes are `classes_of(root)`, found at wrap time.
+
+    Reaches `ModuleWrapPolicy._run_policy` (the hook FSDP calls with the root module) and its
+    `_module_classes` / `_module_classes_str` (torch 2.4-2.13). The public `ModuleWrapPolicy`
+    takes its classes up front, but the config names the policy before the model exists;
+    `CustomPolicy` would decide module by module without seeing the root.
+    """
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    class RootDecidedPolicy(ModuleWrapPolicy):
+        def __init__(self) -> None:
+            super().__init__(())
+            if not hasattr(self, "_module_classes"):
+                raise AttributeError(
+                    "torch's ModuleWrapPolicy no longer has _module_classes: "
+                    "lit_ft.compat.wrap_policy_decided_at_wrap must be updated"
+                )
+
+        def _run_policy(self, root_module, ignored_modules, root_kwargs):
+            self._module_classes = set(classes_of(root_module))
+            self._module_classes_str = str(self._module_classes)
+            return super()._run_policy(root_module, ignored_modules, root_kwargs)
+
+    return RootDecidedPolicy()
+
+
+def dataset_fingerprint(dataset: Any) -> str:
+    """The content hash `datasets` keeps for a `Dataset` through its map/filter chain.
+
+    Reaches `Dataset._fingerprint` (datasets 2.x-5.2): the key of its own cache files, which
+    lit_ft uses to key its tokenization cache and to tell a resumed run its data changed.
+    `datasets` sets it (`new_fingerprint=`) publicly but has no public reader.
+    """
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    if not isinstance(fingerprint, str):
+        raise AttributeError(
+            "datasets' Dataset no longer has a _fingerprint string: "
+            "lit_ft.compat.dataset_fingerprint must be updated"
+        )
+    return fingerprint
+
+
+def packaged_builder_module(builder: str) -> str:
+    """The module of one of `datasets`' packaged builders ("text", "csv", "json", ...).
+
+    Reaches `datasets.packaged_modules._PACKAGED_DATASETS_MODULES` (datasets 2.x-5.2), the
+    table `load_dataset` resolves those names with; lit_ft reads the builder's config class
+    there to know which `load_kwargs` belong to it. No public table lists them.
+    """
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    return _PACKAGED_DATASETS_MODULES[builder][0]
+
+
+def multiply_all_in_place(tensors: list, factor: Any) -> None:
+    """Multiply every tensor of `tensors` (one device and dtype) by the 0-d tensor `factor`.
+
+    Reaches `torch._foreach_mul_` (torch 2.1-2.13): one fused kernel for the whole list, the
+    path torch's own optimizers and `clip_grad_norm_` take. A Python loop of `mul_` is the
+    public route but launches one kernel per tensor (GPT-2 small: 148 gradients per step).
+    """
+    import torch
+
+    torch._foreach_mul_(tensors, factor)
+
+
+def attention_implementation(config: Any) -> str | None:
+    """The attention a Hugging Face config asks for ("eager", "sdpa", ...; None: not chosen).
+
+    Reaches `PretrainedConfig._attn_implementation` (transformers 4.40-5.25), where
+    `from_pretrained(attn_implementation=...)` and `from_config` record it; the config offers
+    no public reader (`attn_implementation` is only a constructor argument).
+    """
+    return getattr(config, "_attn_implementation", None)
+
+
+def fused_kernel_devices() -> list[str]:
+    """The device types torch's fused optimizer kernels run on ("cuda", "cpu", "mps", ...).
+
+    Reaches `torch.utils._foreach_utils._get_fused_kernels_supported_devices` (torch
+    2.4-2.13). Trying `AdamW(..., fused=True)` is no public substitute: torch 2.13's
+    constructor accepts any tensor and refuses an unsupported one only at the first step,
+    when the optimizer state is made (`_device_dtype_check_for_fused`), far into a run.
+    """
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    return list(_get_fused_kernels_supported_devices())

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from lit_ft.compat import stop_child_process_observer
+
 # Set by Lightning's launcher in rank 0 when it starts the children (read at the next launch).
 _LAUNCHER_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -80,7 +82,7 @@ def end_child_ranks(grace_s: float = 5.0) -> list[int]:
     then SIGTERM, then SIGKILL. Returns the pids that had to be signalled. Linux (/proc)
     only; elsewhere there is nothing to look at and the children are left to their timeout.
     """
-    launched = _stop_lightning_watch()
+    launched = stop_child_process_observer()
     ranks = _child_ranks()
     deadline = time.monotonic() + grace_s
     while ranks and time.monotonic() < deadline:
@@ -99,26 +101,6 @@ def end_child_ranks(grace_s: float = 5.0) -> list[int]:
         with contextlib.suppress(Exception):
             proc.wait(timeout=1)
     return signalled
-
-
-def _stop_lightning_watch() -> list:
-    """End the watch Lightning's launcher keeps on the ranks it started; return their Popens.
-
-    A "child-process-observer" thread polls them every 5 s and, when one exits non-zero,
-    SIGKILLs them and this process: right for a single run, but in a sweep the failed job's
-    ranks (ended here, so non-zero) would take the sweep down during the next job. The job is
-    over, so its watch is too: the thread finishes once its list of processes is empty.
-    (Lightning 2.6 has no public handle on it; without the thread nothing is stopped.)
-    """
-    import threading
-
-    launched = []
-    for thread in threading.enumerate():
-        watched = getattr(thread, "_child_processes", None)
-        if thread.name == "child-process-observer" and isinstance(watched, list):
-            launched += watched
-            watched.clear()
-    return launched
 
 
 def _child_ranks() -> list[int]:

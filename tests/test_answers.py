@@ -120,6 +120,7 @@ def _instruction_run(tmp_path: Path, tiny_tokenizer_dir, reference_text, *extra)
     ]
 
 
+@pytest.mark.slow
 def test_a_run_scores_its_answers_and_writes_them(
     tmp_path, tiny_tokenizer_dir, reference_text, capsys
 ):

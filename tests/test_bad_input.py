@@ -190,6 +190,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tiny_overrides, tmp
     assert checkpoint_problem(run / "checkpoints" / "last.ckpt") is None
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_refused_naming_both(tiny_overrides, tmp_path):
     lit_ft.train_from_overrides([*tiny_overrides, *QUICK, "trainer.max_steps=2", "export=false"])
     before = _checkpoints(tmp_path / "run")
@@ -240,6 +241,7 @@ def test_own_data_files_replace_the_built_in_corpus(tmp_path, text_file):
     assert not typo.exists()
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_live_run_dir_is_refused(run_cli, tiny_overrides, tmp_path):
     from lit_ft.run_lock import hold_run_dir
 

@@ -233,6 +233,7 @@ def test_config_rule_names_bad_values():
     assert not chunked_loss_problems(OmegaConf.create({"chunked_loss": "auto"}))
 
 
+@pytest.mark.slow
 def test_a_run_with_chunked_loss_says_so_trains_and_reports_memory(tiny_overrides, capsys):
     import lit_ft
 

@@ -218,12 +218,12 @@ def test_fsdp_policy_wraps_the_models_own_blocks():
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.models.gpt2.modeling_gpt2 import GPT2Block
 
-    from lit_ft.model.strategy import TransformerBlockPolicy, block_classes
+    from lit_ft.model.strategy import block_classes, transformer_block_policy
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=16, n_head=2, vocab_size=64))
     wrapper = torch.nn.ModuleDict({"model": model})  # as inside the LightningModule
     assert block_classes(wrapper) == {GPT2Block}
-    wrapped = TransformerBlockPolicy()._run_policy(wrapper, set(), {"device_id": None})
+    wrapped = transformer_block_policy()._run_policy(wrapper, set(), {"device_id": None})
     assert list(wrapped) == list(model.transformer.h)  # the 3 blocks, nothing else
 
 

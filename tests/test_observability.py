@@ -132,6 +132,7 @@ def test_instruction_samples_prompt_with_the_whole_prompt_and_generate_the_answe
     assert prompt_of({"input_ids": list(range(40))}, prompt_tokens=16) == list(range(16))
 
 
+@pytest.mark.slow
 def test_learning_rate_is_logged_through_the_warmup(tiny_overrides, tmp_path):
     from lit_ft.plots import read_metrics
 
@@ -254,13 +255,18 @@ def test_cpu_peak_is_timed_in_the_dtype_the_matmuls_run_in(monkeypatch, flag, dt
     assert configured == (5e12, "configured", name)
 
 
-def test_bf16_run_prints_true_model_size_and_no_lightning_summary(
+def test_bf16_run_prints_true_model_size_no_lightning_summary_and_time_to_first_step(
     tiny_overrides, tmp_path, capsys, caplog, recwarn
 ):
     """Lightning's summary table ("Total FLOPs: 0", and its bf16-mixed size warning) is off;
-    the pre-flight's own counts match a hand count of the tiny GPT-2 and the checkpoint."""
+    the pre-flight's own counts match a hand count of the tiny GPT-2 and the checkpoint.
+
+    The same run's time to the first step counts from the run's start: not from what /proc
+    says the process started at (a container's clock can put that before the run by
+    minutes), so within the run's wall time, and after the data preparation that comes
+    before any step."""
     overrides = [o for o in tiny_overrides if not o.startswith("trainer.precision")]
-    lit_ft.train_from_overrides(
+    results = lit_ft.train_from_overrides(
         [
             *overrides,
             "trainer.precision=bf16-mixed",
@@ -283,6 +289,8 @@ def test_bf16_run_prints_true_model_size_and_no_lightning_summary(
     # the file really is about that: the weights and moments plus a little loop state
     saved = (tmp_path / "run" / "checkpoints" / "last.ckpt").stat().st_size
     assert 526_848 <= saved <= 1.25 * 526_848, saved
+    first_step = results["throughput"]["time_to_first_step_s"]
+    assert results["data_prep_s"] <= first_step <= results["wall_time_s"]
 
 
 def test_one_step_numbering_in_console_metrics_csv_and_plots(tiny_overrides, tmp_path, capsys):
@@ -324,17 +332,7 @@ def test_one_step_numbering_in_console_metrics_csv_and_plots(tiny_overrides, tmp
     assert "step" not in results["metrics"]["after"] and "step" not in results["metrics"]["before"]
 
 
-def test_time_to_first_step_counts_from_the_run_start(tiny_overrides):
-    """Not from what /proc says the process started at (a container's clock can put that
-    before the run by minutes): from train()'s start, so within the run's wall time, and
-    after the data preparation that comes before any step."""
-    results = lit_ft.train_from_overrides(
-        [*tiny_overrides, "trainer.max_steps=3", "export=false", "evaluate_before=false"]
-    )
-    first_step = results["throughput"]["time_to_first_step_s"]
-    assert results["data_prep_s"] <= first_step <= results["wall_time_s"]
-
-
+@pytest.mark.slow
 def test_a_resumed_run_reports_the_whole_run(tiny_overrides, tmp_path):
     """Resumed at step 4 and run to 8: results.json counts 8 steps from 0, the first step's
     loss is the original run's, and the tokens are both parts' (8 steps x 8 rows x 32)."""

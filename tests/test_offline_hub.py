@@ -11,7 +11,10 @@ UNREACHABLE = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
 
 
 @pytest.mark.parametrize(
-    "env", [UNREACHABLE, {"HF_HUB_OFFLINE": "1"}], ids=["unreachable", "offline"]
+    "env",
+    # the offline case stays in the fast tier: one subprocess proves the exit code and message
+    [pytest.param(UNREACHABLE, marks=pytest.mark.slow), {"HF_HUB_OFFLINE": "1"}],
+    ids=["unreachable", "offline"],
 )
 def test_hub_job_offline_fails_fast_and_clearly(run_cli, tmp_path, env):
     started = time.monotonic()
@@ -28,6 +31,7 @@ def test_hub_job_offline_fails_fast_and_clearly(run_cli, tmp_path, env):
     assert elapsed < 60  # no half-minute retry loops (typically ~5 s, mostly imports)
 
 
+@pytest.mark.slow
 def test_local_model_with_hub_data_names_only_the_data(run_cli, tiny_overrides, tmp_path):
     result = run_cli([*tiny_overrides, "data=wikitext"], env=UNREACHABLE)
     assert result.returncode == 2

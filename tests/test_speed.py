@@ -59,6 +59,8 @@ def test_adamw_is_fused_where_the_device_has_the_kernel():
     param = torch.nn.Parameter(torch.zeros(3))
     assert adamw([{"params": [param]}], lr=1e-3).defaults["fused"] is True  # CPU has one
     assert adamw([param], lr=1e-3, fused=False).defaults["fused"] is False
+    # an integer tensor has no fused kernel: auto leaves it to the per-tensor path
+    assert adamw([torch.zeros(3, dtype=torch.long)], lr=1e-3).defaults["fused"] is False
 
 
 def test_vocab_padding_and_the_cropped_copy():

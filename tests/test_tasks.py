@@ -326,6 +326,7 @@ def test_instruction_tuning_on_chats(run_cli, tmp_path, tiny_tokenizer_dir, refe
     assert AutoTokenizer.from_pretrained(results["export_dir"]).chat_template
 
 
+@pytest.mark.slow
 def test_missing_task_column_lists_the_columns(run_cli, tmp_path):
     data = _write_jsonl(tmp_path / "d.jsonl", [{"sentence": "a b", "y": 1}] * 10)
     args = [
@@ -343,6 +344,7 @@ def test_missing_task_column_lists_the_columns(run_cli, tmp_path):
     assert "columns: sentence, y" in result.stderr
 
 
+@pytest.mark.slow
 def test_architecture_without_the_head_names_the_supported_ones(run_cli, tmp_path, text_file):
     args = ["task=seq2seq", *TINY_BERT, *_common(tmp_path, 5), f"data.data_files={text_file}"]
     result = run_cli(args)

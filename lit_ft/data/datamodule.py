@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from lit_ft.compat import dataset_fingerprint
 from lit_ft.data.eval_rows import marked_for_evaluation
 from lit_ft.data.row_index import IndexedRows, collate_with_rows
 from lit_ft.data.sampler import ResumableRandomSampler
@@ -141,7 +142,7 @@ class FineTuneDataModule(L.LightningDataModule):
         if self._fingerprint is None:
             self.setup("fit")
             self._fingerprint = {
-                "train_data": self.datasets["train"]._fingerprint,
+                "train_data": dataset_fingerprint(self.datasets["train"]),
                 "tokenizer": self._tokenizer_hash,
                 "sampler_seed": self.seed,
                 "group_by_length": self.group_by_length,  # another order of the same data

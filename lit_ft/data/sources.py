@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lit_ft.compat import packaged_builder_module
 from lit_ft.config.problems import Problems
 from lit_ft.data import corpora
 from lit_ft.errors import LitFtError
@@ -57,9 +58,8 @@ def builder_options(builder: str) -> frozenset[str]:
     import importlib
 
     import datasets
-    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
-    module = importlib.import_module(_PACKAGED_DATASETS_MODULES[builder][0])
+    module = importlib.import_module(packaged_builder_module(builder))
     config = next(
         value
         for value in vars(module).values()

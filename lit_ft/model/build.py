@@ -6,7 +6,6 @@ stored in a checkpoint and loaded with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -110,15 +109,13 @@ def build_model(spec: ModelSpec, config=None, pretrained: bool | None = None, **
                 config, trust_remote_code=spec.trust_remote_code, **kwargs
             )
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                model = auto_class.from_pretrained(
-                    spec.name_or_path,
-                    config=config,
-                    revision=spec.revision,
-                    trust_remote_code=spec.trust_remote_code,
-                    **kwargs,
-                )
+            model = auto_class.from_pretrained(
+                spec.name_or_path,
+                config=config,
+                revision=spec.revision,
+                trust_remote_code=spec.trust_remote_code,
+                **kwargs,
+            )
     except (OSError, ValueError) as err:
         raise LitFtError(f"could not load model '{spec.name_or_path}': {err}") from err
     # transformers picks the loss from the class name and warns, for class names such as

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from lightning.pytorch.strategies import ModelParallelStrategy
 
+from lit_ft.compat import set_data_parallel_size
 from lit_ft.model.strategy import block_classes, strategy_target
 
 
@@ -39,7 +40,7 @@ class FullyShardedStrategy(ModelParallelStrategy):
     def setup_environment(self) -> None:
         # Lightning's "auto" data-parallel size is the number of nodes (it pairs with tensor
         # parallelism inside a node); here every process shards: 1 node x 4 GPUs -> 4.
-        self._data_parallel_size = self.num_nodes * self.num_processes
+        set_data_parallel_size(self, self.num_nodes * self.num_processes)
         super().setup_environment()
 
     def save_checkpoint(self, checkpoint, filepath, storage_options=None) -> None:

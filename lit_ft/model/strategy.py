@@ -12,18 +12,14 @@ import importlib.util
 from typing import Any
 
 from torch import nn
-from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
+from lit_ft.compat import no_split_module_names, wrap_policy_decided_at_wrap
 from lit_ft.errors import LitFtError
 
 
 def block_classes(root: nn.Module) -> set[type[nn.Module]]:
     """The classes of `root`'s submodules that its Hugging Face models list as blocks."""
-    names = {
-        name
-        for module in root.modules()
-        for name in (getattr(module, "_no_split_modules", None) or ())
-    }
+    names = no_split_module_names(root)
     found = {type(m) for m in root.modules() if type(m).__name__ in names}
     if not found:
         raise LitFtError(
@@ -33,16 +29,9 @@ def block_classes(root: nn.Module) -> set[type[nn.Module]]:
     return found
 
 
-class TransformerBlockPolicy(ModuleWrapPolicy):
-    """`ModuleWrapPolicy` over the model's own block classes, found when FSDP wraps it."""
-
-    def __init__(self) -> None:
-        super().__init__(())
-
-    def _run_policy(self, root_module: nn.Module, ignored_modules, root_kwargs: dict[str, Any]):
-        self._module_classes = block_classes(root_module)
-        self._module_classes_str = str(self._module_classes)
-        return super()._run_policy(root_module, ignored_modules, root_kwargs)
+def transformer_block_policy():
+    """FSDP's wrap policy over the model's own block classes, found when FSDP wraps it."""
+    return wrap_policy_decided_at_wrap(block_classes)
 
 
 def strategy_target(strategy: Any) -> str:

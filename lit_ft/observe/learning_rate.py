@@ -30,6 +30,22 @@ class WarmupAwareLearningRateMonitor(LearningRateMonitor):
         if step > warmup and step % trainer.log_every_n_steps:
             return
         self._logged_step = step
-        stats = self._extract_stats(trainer, "step" if self.logging_interval is None else "any")
+        stats = self._rates(trainer)
         for logger in trainer.loggers:
             logger.log_metrics(stats, step=step)
+
+    def _rates(self, trainer) -> dict[str, float]:
+        """Each parameter group's rate under the name Lightning's monitor gives it.
+
+        `self.lrs` (public, filled in `on_train_start`) holds those names, one per parameter
+        group in the optimizers' order ("lr-AdamW", or "lr-AdamW/pg1", "lr-AdamW/pg2"); the
+        rate is the group's `"lr"`, which the scheduler sets before each step.
+        """
+        names = list(self.lrs)
+        groups = [group for optimizer in trainer.optimizers for group in optimizer.param_groups]
+        if len(names) != len(groups):
+            raise RuntimeError(
+                f"LearningRateMonitor names {len(names)} learning rates but the optimizers "
+                f"have {len(groups)} parameter groups: update lit_ft/observe/learning_rate.py"
+            )
+        return {name: group["lr"] for name, group in zip(names, groups, strict=True)}

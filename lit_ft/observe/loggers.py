@@ -114,12 +114,17 @@ def log_config(loggers: list, config: dict[str, Any]) -> None:
 
 
 def finish(loggers: list) -> None:
-    """Close W&B's run: the next job of a sweep in this process then starts its own."""
+    """Close W&B's run: the next job of a sweep in this process then starts its own.
+
+    `wandb.run` is the process's active run (None when no logger started one); asking the
+    logger for `.experiment` instead would start a run just to finish it."""
     from lightning.pytorch.loggers import WandbLogger
 
-    for logger in loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger.experiment.finish()
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.run.finish()
 
 
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -17,16 +17,16 @@ import time
 from collections import deque
 from typing import Any
 
-import lightning as L
 import torch
 
 from lit_ft.observe.memory import how_measured, peak_bytes, reset_peak
+from lit_ft.observe.step_end import StepEndCallback
 from lit_ft.observe.tokens import real_tokens
 
 RECORD_KEY = "lit_ft_training_record"  # the checkpoint's entry for the record so far
 
 
-class TrainingRecorder(L.Callback):
+class TrainingRecorder(StepEndCallback):
     def __init__(self) -> None:
         # All results.json needs of the loss curve: its first step, its last ten, the count.
         # Kept as device tensors (no per-step host sync); read once in summary().
@@ -73,7 +73,7 @@ class TrainingRecorder(L.Callback):
     # -- counting --------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._tokens = self._tokens + real_tokens(batch)
-        if trainer.fit_loop._should_accumulate():
+        if not self.took_step():  # inside an accumulation window
             return
         # One optimizer step: the module's token-weighted loss over all its micro-batches
         # (lit_ft/training/step_loss.py), the number the logs show too.

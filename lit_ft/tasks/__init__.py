@@ -82,9 +82,22 @@ def get_task(name: str) -> type[Task]:
         raise LitFtError(f"unknown task '{name}'; available: {', '.join(TASKS)}") from None
 
 
+# Each Auto class's table of model types, by the public name transformers gives it in
+# `transformers.models.auto.modeling_auto` (the Auto class's own copy is private).
+MAPPING_NAMES = {
+    "AutoModelForCausalLM": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    "AutoModelForMaskedLM": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
+    "AutoModelForSeq2SeqLM": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+    "AutoModelForSequenceClassification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+    "AutoModelForTokenClassification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+}
+
+
 def supported_model_types(task: type[Task]) -> list[str]:
     """Model types (`config.model_type`) that the task's Auto class can build."""
-    return sorted(task.model_class()._model_mapping._model_mapping)
+    from transformers.models.auto import modeling_auto
+
+    return sorted(getattr(modeling_auto, MAPPING_NAMES[task.auto_class]))
 
 
 def check_architecture(task: type[Task], model_type: str) -> None:

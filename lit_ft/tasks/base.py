@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from lit_ft.compat import dataset_fingerprint
 from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
 
@@ -209,7 +210,7 @@ class Task:
         # The name as it was spelt when these keys were first made (causal-lm): a rename must
         # not invalidate the processed-data cache nor the data fingerprint checkpoints hold.
         name = self.previous_name or self.name
-        key = [dataset._fingerprint, name, step, context.tokenizer_hash, self.options()]
+        key = [dataset_fingerprint(dataset), name, step, context.tokenizer_hash, self.options()]
         return dataset.map(
             function,
             batched=True,

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from lit_ft.compat import dataset_fingerprint
 from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
 from lit_ft.tasks.base import Task, TaskContext, model_inputs, pad_rows
@@ -242,7 +243,7 @@ class PreferenceTask(Task):
                 if dataset is None or split not in ("train", "validation"):
                     continue
                 key = [
-                    dataset._fingerprint,
+                    dataset_fingerprint(dataset),
                     "reference",
                     weights,
                 ]  # the data already keys the tokenizer

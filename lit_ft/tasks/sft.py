@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from lit_ft.compat import dataset_fingerprint
 from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
 from lit_ft.tasks.answers import REFERENCES, generation_problems
@@ -181,7 +182,7 @@ class InstructionTask(Task):
                 _has_tokens,
                 input_columns="input_ids",
                 batched=True,
-                new_fingerprint=Hasher.hash(f"{encoded._fingerprint}-kept"),
+                new_fingerprint=Hasher.hash(f"{dataset_fingerprint(encoded)}-kept"),
                 desc=f"Dropping rows {split}",
             )
         kept = kept.remove_columns(LENGTH)

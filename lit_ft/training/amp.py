@@ -14,6 +14,8 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities import GradClipAlgorithmType
 
+from lit_ft.compat import run_before_optimizer_step_hooks
+
 
 class ClippingMixedPrecision(MixedPrecision):
     """Lightning's `MixedPrecision`, with clipping allowed for every optimizer.
@@ -34,7 +36,7 @@ class ClippingMixedPrecision(MixedPrecision):
         skipped = closure_result is None and model.automatic_optimization
         if not skipped:
             self.scaler.unscale_(optimizer)
-        self._after_closure(model, optimizer)
+        run_before_optimizer_step_hooks(self, model, optimizer)
         if skipped:
             return closure_result
         step_output = self.scaler.step(optimizer, **kwargs)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lit_ft.compat import attention_implementation
 from lit_ft.model.chunked_loss import output_layer
 from lit_ft.observe.memory import current_bytes, gigabytes, on_gpu
 
@@ -100,7 +101,7 @@ def activation_bytes(config, tokens: int, seq_len: int, mixed: bool, checkpointi
         return 0
     size = 2 if mixed else 4
     per_layer = tokens * hidden * 31 * size
-    eager = getattr(config, "_attn_implementation", "sdpa") == "eager"
+    eager = attention_implementation(config) == "eager"
     if eager or not on_gpu():  # the scores: 3 x heads x seq x 4 bytes per token
         per_layer += tokens * heads * seq_len * 3 * 4
     if checkpointing:  # every layer's input kept, one layer rebuilt at a time

@@ -11,20 +11,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback
 
 from lit_ft.errors import LitFtError
+from lit_ft.observe.step_end import StepEndCallback
 
 
 class NonFiniteLossError(LitFtError):
     """Training diverged; the message names the step and the last good checkpoint."""
 
 
-class StopOnNonFiniteLoss(Callback):
+class StopOnNonFiniteLoss(StepEndCallback):
     def __init__(self, checkpoint_dir: str | Path):
         self.checkpoint_dir = Path(checkpoint_dir)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        stepped = self.took_step()  # read at every batch end, so the flag never goes stale
         loss = getattr(pl_module, "last_train_loss", None)
         if loss is None:
             return
@@ -36,7 +37,7 @@ class StopOnNonFiniteLoss(Callback):
             return
         # global_step counts finished optimizer steps, this batch's included if it stepped;
         # a batch inside an accumulation window belongs to the next step.
-        step = trainer.global_step + (1 if trainer.fit_loop._should_accumulate() else 0)
+        step = trainer.global_step + (0 if stepped else 1)
         raise NonFiniteLossError(
             f"the training loss is {float(loss)} at optimizer step {step} (epoch "
             f"{trainer.current_epoch}, batch {batch_idx}); stopped without saving it. "

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from lit_ft.compat import fused_kernel_devices
 from lit_ft.config.problems import Problems
 
 
@@ -47,9 +48,7 @@ def adamw(
 
 
 def _fused_supported(groups: list) -> bool:
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-
-    supported = set(_get_fused_kernels_supported_devices())
+    supported = set(fused_kernel_devices())
     tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
     return bool(tensors) and all(
         p.device.type in supported and torch.is_floating_point(p) for p in tensors

@@ -16,9 +16,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from lightning.pytorch import Callback
-
 from lit_ft.observe.log import say
+from lit_ft.observe.step_end import StepEndCallback
 
 EXIT_PREEMPTED = 3
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -30,7 +29,7 @@ class Preempted(SystemExit):
         self.checkpoint = checkpoint
 
 
-class PreemptionCheckpoint(Callback):
+class PreemptionCheckpoint(StepEndCallback):
     def __init__(self, checkpoint_dir: str | Path):
         self.checkpoint_dir = Path(checkpoint_dir)
         self.signal_received: int | None = None
@@ -54,7 +53,7 @@ class PreemptionCheckpoint(Callback):
         self.signal_received = signum
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.fit_loop._should_accumulate():
+        if not self.took_step():  # inside an accumulation window
             return
         stop = self.signal_received is not None
         if trainer.world_size > 1:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from lit_ft.compat import multiply_all_in_place
+
 
 class StepLoss:
     def __init__(self, scale: float) -> None:
@@ -58,7 +60,7 @@ class StepLoss:
             if p.grad is not None:
                 groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
         for (device, dtype), grads in groups.items():
-            torch._foreach_mul_(grads, factor.to(device=device, dtype=dtype))
+            multiply_all_in_place(grads, factor.to(device=device, dtype=dtype))
         self.value = loss_sum / targets
         self.reset()
         return self.value
