@@ -293,14 +293,7 @@ class InstructionTask(Task):
     def eval_collate(self):
         """The training collate, plus each row's answer texts (one per example, in order) for
         scoring generated answers (`examples_of`); never sent to the model ('_' key)."""
-        collate = self.collate()
-
-        def with_references(rows: list[dict[str, Any]]) -> dict[str, Any]:
-            batch = collate(rows)
-            batch[REFERENCES] = [list(row.get(REFERENCES) or []) for row in rows]
-            return batch
-
-        return with_references
+        return WithReferences(self.collate())
 
     def select_rows(self, batch: dict[str, Any], keep: torch.Tensor) -> dict[str, Any]:
         selected = super().select_rows(batch, keep)
@@ -396,3 +389,16 @@ def _template_fields(template: str) -> set[str]:
     import string
 
     return {field for _, field, _, _ in string.Formatter().parse(template) if field}
+
+
+class WithReferences:
+    """`collate`, plus each row's answer texts. A class, not a closure: a DataLoader's collate
+    is pickled into the processes of `ddp_spawn` and of worker processes."""
+
+    def __init__(self, collate) -> None:
+        self.collate = collate
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collate(rows)
+        batch[REFERENCES] = [list(row.get(REFERENCES) or []) for row in rows]
+        return batch
