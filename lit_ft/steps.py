@@ -295,7 +295,7 @@ def print_plan(
     )
     say(f"schedule: {num_steps:,} optimizer steps, {module.warmup_steps:,} warmup")
     say(f"model: {size.text()}")
-    say(f"precision: {precision}; output: {cfg.paths.output_dir}")
+    say(f"output: {cfg.paths.output_dir}")  # the precision was said when it was chosen
     say(f"data prepared in {data.seconds:.2f}s")
     if data.task.describe():
         say(f"{data.task.name}: {data.task.describe()}")
