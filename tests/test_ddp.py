@@ -86,7 +86,10 @@ def test_ddp_matches_one_process_and_resumes_exactly(
     ]
     assert (run_dir / "hf_model").is_dir()
     train = json.loads((run_dir / "results.json").read_text())["metrics"]["train"]
-    assert train["steps"] == 6 and train["tokens"] == 6 * 8 * 32  # both ranks' tokens
+    # the whole run (results.json describes it, not only the resumed part): 12 steps of
+    # 8 sequences x 32 tokens, both ranks' tokens added
+    assert train["steps"] == 12 and train["resumed_at_step"] == 6
+    assert train["tokens"] == 12 * 8 * 32
 
     single, ddp = _by_step(single_log), _by_step(ddp_log)
     diffs = []

@@ -89,8 +89,9 @@ class TrainingRecorder(StepEndCallback):
         tokens = self._tokens
         if trainer.world_size > 1:
             device = trainer.strategy.root_device
+            # a copy: the all-reduce works in place, and self._tokens must stay this rank's
             tokens = trainer.strategy.reduce(
-                torch.as_tensor(tokens, device=device), reduce_op="sum"
+                torch.as_tensor(tokens, device=device).clone(), reduce_op="sum"
             )
         seconds = self.train_seconds
         if self._started is not None:  # mid-fit: the training time so far
