@@ -154,7 +154,7 @@ def test_failed_ddp_jobs_of_a_sweep_leave_no_process(
     # Job 1 ran too: the failed job's ranks, ended, did not take the sweep down with them
     # (Lightning's launcher SIGKILLs its process when a rank it watches exits non-zero).
     (sweep_dir,) = (tmp_path / "o" / "multiruns").iterdir()
-    assert "Starting with 2 processes" in (sweep_dir / "1" / "run.log").read_text()
+    assert "accumulation x 2 devices" in (sweep_dir / "1" / "run.log").read_text()  # pre-flight
     assert _processes_with(str(tmp_path / "o")) == []  # no rank of either job survives
 
 
