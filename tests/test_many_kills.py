@@ -60,7 +60,7 @@ def test_many_kills_resume_exactly(run_cli, tiny_tokenizer_dir, text_file, tmp_p
         kill = []
         if life < KILLS:  # (event, seconds after it): start-up, mid-training, export
             event = rng.choice(["start", "save", "save", "fit_end"])
-            delay = {"start": rng.uniform(2, 14), "save": rng.uniform(0, 3)}.get(
+            delay = {"start": rng.uniform(2, 10), "save": rng.uniform(0, 3)}.get(
                 event, rng.uniform(0, 1.5)
             )
             kill = [
@@ -68,7 +68,10 @@ def test_many_kills_resume_exactly(run_cli, tiny_tokenizer_dir, text_file, tmp_p
                 f"delay: {delay:.3f}, event: {event}}}"
             ]
         args = _args(tiny_tokenizer_dir, text_file, cut, tmp_path / "cut.jsonl")
-        result = run_cli([*args, *kill], env=env)
+        # 0.2 s before each of the 60 batches: 12 s of training outlasts the kill timers on
+        # any machine, so the kills land (a sleep changes no number)
+        slow = "+callbacks.slow={_target_: helpers.callbacks.SlowBatches, seconds: 0.2}"
+        result = run_cli([*args, slow, *kill], env=env)
         lives.append((kill, result.returncode))
         if result.returncode == 0:
             break
