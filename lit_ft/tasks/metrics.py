@@ -15,6 +15,7 @@ import torch
 from torchmetrics import SumMetric
 
 from lit_ft.tasks.base import target_count
+from lit_ft.tasks.rouge import RougeF
 from lit_ft.tasks.weighted_mean import WeightedMean
 
 
@@ -154,11 +155,11 @@ class Seq2SeqEvaluator(Evaluator):
 
     def __init__(self, tokenizer, max_new_tokens: int, num_beams: int) -> None:
         super().__init__()
-        from torchmetrics.text import BLEUScore, ROUGEScore
+        from torchmetrics.text import BLEUScore
 
         self.tokenizer = tokenizer
         self.generate_kwargs = {"max_new_tokens": max_new_tokens, "num_beams": num_beams}
-        self.rouge = ROUGEScore(rouge_keys=("rouge1", "rouge2", "rougeL"))
+        self.rouge = RougeF(("rouge1", "rouge2", "rougeL"))  # syncs unequal shares (rouge.py)
         self.bleu = BLEUScore()
 
     def update(self, batch, outputs, model) -> None:
@@ -170,12 +171,7 @@ class Seq2SeqEvaluator(Evaluator):
         self.bleu.update(predictions, [[r] for r in references])
 
     def compute(self) -> dict[str, torch.Tensor]:
-        rouge = self.rouge.compute()
-        return {
-            "loss": self.loss.compute(),
-            **{key: rouge[f"{key}_fmeasure"] for key in ("rouge1", "rouge2", "rougeL")},
-            "bleu": self.bleu.compute(),
-        }
+        return {"loss": self.loss.compute(), **self.rouge.compute(), "bleu": self.bleu.compute()}
 
 
 class AnswerEvaluator(LanguageModelingEvaluator):
@@ -194,11 +190,11 @@ class AnswerEvaluator(LanguageModelingEvaluator):
         self, tokenizer, num_prompts: int, max_new_tokens: int, stop: str | None = None
     ) -> None:
         super().__init__(shifted=True)
-        from torchmetrics.text import CHRFScore, ROUGEScore
+        from torchmetrics.text import CHRFScore
 
         self.tokenizer = tokenizer
         self.num_prompts, self.max_new_tokens, self.stop = num_prompts, max_new_tokens, stop
-        self.rouge = ROUGEScore(rouge_keys="rougeL")
+        self.rouge = RougeF(("rougeL",))
         self.chrf = CHRFScore(n_word_order=0)  # chrF, not chrF++ (which adds word n-grams)
         self.exact = WeightedMean()
         self.generated, self.seconds = 0, 0.0
@@ -238,7 +234,7 @@ class AnswerEvaluator(LanguageModelingEvaluator):
     def compute(self) -> dict[str, torch.Tensor]:
         return {
             **super().compute(),
-            "rougeL": self.rouge.compute()["rougeL_fmeasure"],
+            **self.rouge.compute(),
             "chrf": self.chrf.compute(),
             "exact_match": self.exact.compute(),
         }

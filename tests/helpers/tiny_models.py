@@ -37,7 +37,7 @@ def bert(head: str, num_labels: int = 2):
     return getattr(transformers, f"Bert{head}")(config)
 
 
-def bart(vocab_size: int = 512):
+def bart(vocab_size: int = 512, **overrides):
     from transformers import BartConfig, BartForConditionalGeneration
 
     torch.manual_seed(0)
@@ -46,5 +46,6 @@ def bart(vocab_size: int = 512):
         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
         decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
         eos_token_id=2, decoder_start_token_id=2, dropout=0.0, attention_dropout=0.0,
+        **overrides,
     )  # fmt: skip
     return BartForConditionalGeneration(config)
