@@ -4,7 +4,8 @@ For each task, the same rows (of very unequal lengths and target counts) are val
 Lightning Trainer at batch 1, 3 and 8, and every reported metric must equal a reference
 computed here without lit_ft: a plain Hugging Face forward pass per row (no padding at all),
 the token-weighted loss as summed token cross-entropy / targets, perplexity as its exp,
-accuracy by hand, macro-F1 with scikit-learn, entity F1 by a hand count. 1e-5 relative, fp32.
+accuracy by hand, macro-F1 with scikit-learn, entity F1 by a hand count, ROUGE/BLEU of answers
+generated one row at a time, DPO's rewards from summed log-probabilities. 1e-5 relative, fp32.
 
 This is what caught torchmetrics 1.9's `MeanMetric(nan_strategy="disable")` turning a weighted
 mean into a mean of batch means (lit_ft/tasks/weighted_mean.py): the reported loss moved with
@@ -13,6 +14,7 @@ the batch size and no test that compared lit_ft with lit_ft could see it.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from functools import partial
@@ -29,6 +31,7 @@ from lit_ft.config.compose import package_dir
 from lit_ft.data.eval_rows import marked_for_evaluation
 from lit_ft.model.build import ModelSpec
 from lit_ft.tasks.causal_lm import CausalLMTask
+from lit_ft.tasks.dpo import PreferenceTask
 from lit_ft.tasks.masked_lm import MaskedLMTask
 from lit_ft.tasks.seq2seq import Seq2SeqTask
 from lit_ft.tasks.sequence_classification import SequenceClassificationTask
@@ -307,6 +310,61 @@ def test_token_classification(bert_tokenizer):
     _assert_invariant(*_tags_case(bert_tokenizer))
 
 
+def _answer_sum(model, ids: list[int], labels: list[int]) -> float:
+    """Summed log-probability of the labelled tokens of one unpadded row."""
+    logp = model(input_ids=torch.tensor([ids])).logits[0, :-1].double().log_softmax(-1)
+    return sum(float(logp[t - 1, token]) for t, token in enumerate(labels) if token != -100)
+
+
+def _preference_case(gpt2_tokenizer):
+    """DPO (sigmoid, beta 0.5) against a reference network whose log-probabilities travel
+    with the rows (task.precompute_reference's columns); every figure is a mean over pairs."""
+    rng = random.Random(6)
+    beta = 0.5
+    policy = tiny_models.gpt2().eval()
+    reference_model = tiny_models.gpt2().eval()
+    with torch.no_grad():  # a reference the policy has moved away from
+        for p in reference_model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(7)))
+    rows, deltas, chosen, rejected = [], [], [], []
+    with torch.no_grad():
+        for _ in range(ROWS):
+            prompt = _random_ids(rng, rng.randint(2, 12))
+            row = {}
+            for side in ("chosen", "rejected"):
+                answer = _random_ids(rng, rng.randint(1, 15))
+                ids, labels = prompt + answer, [-100] * len(prompt) + answer
+                row |= {f"{side}_input_ids": ids, f"{side}_labels": labels}
+                row[f"reference_{side}"] = _answer_sum(reference_model, ids, labels)
+            rows.append(row)
+            gains = [
+                _answer_sum(policy, row[f"{s}_input_ids"], row[f"{s}_labels"])
+                for s in ("chosen", "rejected")
+            ]
+            chosen.append((gains[0], gains[0] - row["reference_chosen"]))
+            rejected.append((gains[1], gains[1] - row["reference_rejected"]))
+            deltas.append(chosen[-1][1] - rejected[-1][1])
+    task = PreferenceTask(
+        copy.deepcopy(gpt2_tokenizer),  # the task sets a chat template on it
+        {"prompt_column": "p", "chosen_column": "c", "rejected_column": "r"}, 64, beta=beta,
+    )  # fmt: skip
+    reference = {
+        "loss": sum(math.log1p(math.exp(-beta * d)) for d in deltas) / ROWS,  # -log sigmoid
+        "reward_accuracy": sum(d > 0 for d in deltas) / ROWS,
+        "reward_margin": beta * sum(deltas) / ROWS,
+        "chosen_reward": beta * sum(g for _, g in chosen) / ROWS,
+        "rejected_reward": beta * sum(g for _, g in rejected) / ROWS,
+        "chosen_logps": sum(lp for lp, _ in chosen) / ROWS,
+        "rejected_logps": sum(lp for lp, _ in rejected) / ROWS,
+    }
+    assert 0 < reference["reward_accuracy"] < 1  # pairs won and lost: a lost pair shows
+    return task, tiny_models.gpt2, rows, reference
+
+
+def test_preference(gpt2_tokenizer):
+    _assert_invariant(*_preference_case(gpt2_tokenizer))
+
+
 def test_weighted_mean_keeps_weights_and_nan():
     mean = WeightedMean()
     mean.update(torch.tensor(2.0), weight=3)
@@ -333,3 +391,4 @@ def test_two_processes_report_the_figures_of_one(gpt2_tokenizer, bert_tokenizer)
     _assert_invariant(*_seq2seq_case(gpt2_tokenizer), **ddp)
     _assert_invariant(*_classification_case(bert_tokenizer), **ddp)
     _assert_invariant(*_tags_case(bert_tokenizer), **ddp)
+    _assert_invariant(*_preference_case(gpt2_tokenizer), **ddp)

@@ -8,6 +8,7 @@ The data is written here, with rules a tiny model picks up in a few dozen steps.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from pathlib import Path
 
@@ -95,7 +96,8 @@ def test_packed_examples_do_not_see_each_other(gpt2_tokenizer):
     torch.manual_seed(0)
     config = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=512)
     model = GPT2LMHeadModel(config).eval()
-    batch = task.collate()([packed[0]])
+    # through pickle, as ddp_spawn and spawned DataLoader workers receive it
+    batch = pickle.loads(pickle.dumps(task.collate()))([packed[0]])
     assert "attention_mask" not in batch and batch["_real_tokens"].sum() == len(
         packed[0]["input_ids"]
     )
@@ -374,7 +376,9 @@ def test_every_task_config_builds_its_task(name):
     assert task.name == cfg.task.name == name  # task=<name>
     rows, expected = _rows_and_batch(name, tokenizer.pad_token_id)
     torch.manual_seed(0)  # masked LM draws its masks
-    batch = task.collate()(rows)
+    # through pickle, as ddp_spawn and spawned DataLoader workers receive it (a closure fails)
+    batch = pickle.loads(pickle.dumps(task.collate()))(rows)
+    pickle.dumps(task.eval_collate())
     if name == "masked_lm":  # random masks: the rules they follow, checked below
         _check_masked_lm_batch(batch, expected)
         expected = {k: v for k, v in expected.items() if k != "labels"}

@@ -136,23 +136,10 @@ class PreferenceTask(Task):
         )
 
     def collate(self):
+        from functools import partial
+
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-
-        def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-            ids = [r[f"{s}_input_ids"] for s in SIDES for r in rows]  # all chosen, then rejected
-            labels = [r[f"{s}_labels"] for s in SIDES for r in rows]
-            batch = {
-                "input_ids": pad_rows(ids, pad),
-                "attention_mask": pad_rows([[1] * len(i) for i in ids], 0),
-                "labels": pad_rows(labels, -100),
-            }
-            if "reference_chosen" in rows[0]:  # precomputed: no reference forward in training
-                batch["_reference_logps"] = torch.tensor(
-                    [r[f"reference_{s}"] for s in SIDES for r in rows], dtype=torch.float32
-                )
-            return batch
-
-        return collate
+        return partial(collate_pairs, pad=pad)  # module-level: pickles for ddp_spawn, workers
 
     def select_rows(self, batch, keep: torch.Tensor):
         # a pair is two rows, all chosen first, then all rejected: keep both of each pair
@@ -281,6 +268,22 @@ class PreferenceTask(Task):
         from lit_ft.tasks.metrics import PreferenceEvaluator
 
         return PreferenceEvaluator(self)
+
+
+def collate_pairs(rows: list[dict[str, Any]], pad: int) -> dict[str, torch.Tensor]:
+    """b pairs -> 2b padded rows, all chosen answers first, then all rejected ones."""
+    ids = [r[f"{s}_input_ids"] for s in SIDES for r in rows]
+    labels = [r[f"{s}_labels"] for s in SIDES for r in rows]
+    batch = {
+        "input_ids": pad_rows(ids, pad),
+        "attention_mask": pad_rows([[1] * len(i) for i in ids], 0),
+        "labels": pad_rows(labels, -100),
+    }
+    if "reference_chosen" in rows[0]:  # precomputed: no reference forward in training
+        batch["_reference_logps"] = torch.tensor(
+            [r[f"reference_{s}"] for s in SIDES for r in rows], dtype=torch.float32
+        )
+    return batch
 
 
 def _without_labels(batch) -> dict[str, torch.Tensor]:

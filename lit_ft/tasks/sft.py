@@ -20,6 +20,7 @@ the logits of each example alone in tests/test_tasks.py).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -281,14 +282,7 @@ class InstructionTask(Task):
         # transformers masks across them. Padding positions form one more "example". The mask
         # travels as `_real_tokens`, for token counting only (lit_ft/observe/tokens.py).
         padded = PadCollator(pad, labels="per_token", attention_mask_key="_real_tokens")
-
-        def collate(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-            batch = padded(rows)
-            batch["position_ids"] = pad_rows([r["position_ids"] for r in rows], 0)
-            batch["use_cache"] = False  # ...only without a KV cache (eval mode makes one)
-            return batch
-
-        return collate
+        return partial(_collate_packed, padded=padded)  # module-level: pickles for ddp_spawn
 
     def eval_collate(self):
         """The training collate, plus each row's answer texts (one per example, in order) for
@@ -402,3 +396,10 @@ class WithReferences:
         batch = self.collate(rows)
         batch[REFERENCES] = [list(row.get(REFERENCES) or []) for row in rows]
         return batch
+
+
+def _collate_packed(rows: list[dict[str, Any]], padded: PadCollator) -> dict[str, torch.Tensor]:
+    batch = padded(rows)
+    batch["position_ids"] = pad_rows([r["position_ids"] for r in rows], 0)
+    batch["use_cache"] = False  # ...only without a KV cache (eval mode makes one)
+    return batch
