@@ -27,6 +27,32 @@ def mark_step_as_saved(checkpoint_callback: Any, global_step: int) -> None:
     checkpoint_callback._last_global_step_saved = global_step
 
 
+SAVE_METHOD = "_save_checkpoint"  # ModelCheckpoint's one writer of a file (lightning 2.5-2.6)
+
+
+def record_checkpoint_saved(checkpoint_callback: Any, trainer: Any, filepath: str) -> None:
+    """What `ModelCheckpoint._save_checkpoint` does after it wrote `filepath`, for a file the
+    callback made another way (lit_ft.training.best_checkpoint links the same step's file).
+
+    Sets `_last_global_step_saved` (so the step is not saved twice) and `_last_checkpoint_saved`
+    (what `save_last="link"` points at), then tells the loggers, as Lightning does. Lightning
+    offers no public way to add a file to a callback's record (lightning 2.5-2.6).
+    """
+    for name in ("_last_global_step_saved", "_last_checkpoint_saved"):
+        if not hasattr(checkpoint_callback, name):
+            raise AttributeError(
+                f"lightning's ModelCheckpoint no longer has {name}: "
+                "lit_ft.compat.record_checkpoint_saved must be updated for this Lightning version"
+            )
+    from weakref import proxy
+
+    checkpoint_callback._last_global_step_saved = trainer.global_step
+    checkpoint_callback._last_checkpoint_saved = filepath
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            logger.after_save_checkpoint(proxy(checkpoint_callback))
+
+
 def rescale_batch_progress(checkpoint: dict[str, Any], old: int, new: int) -> None:
     """Lightning's micro-batch counters of a checkpoint, recounted for accumulation `new`.
 

@@ -101,3 +101,24 @@ def test_best_checkpoint_waits_quietly_for_a_validation(tmp_path, recwarn):
     assert not best._nothing_to_monitor_yet(trainer)
     trainer.callback_metrics = {"val/loss": torch.tensor(3.0)}
     assert not best._nothing_to_monitor_yet(trainer)
+
+
+def test_a_state_is_stored_once_whatever_names_it_has(tiny_overrides, tmp_path):
+    """Validations at steps 2, 4 and 6: the resumable stream keeps steps 4 and 6, last.ckpt is
+    a symbolic link to step 6's file, and the best checkpoint is a hard link to the step file
+    of its step. Four names, two files on disk; `ckpt_path=last` reads last.ckpt's name."""
+    import lit_ft
+
+    lit_ft.train_from_overrides(
+        [*tiny_overrides, "trainer.max_steps=6", "trainer.val_check_interval=2", "export=false"]
+    )
+    directory = tmp_path / "run" / "checkpoints"
+    names = sorted(p.name for p in directory.iterdir())
+    (best,) = [n for n in names if n.startswith("best-")]
+    assert names == [best, "last.ckpt", "step000004.ckpt", "step000006.ckpt"]
+    assert os.readlink(directory / "last.ckpt") == "step000006.ckpt"
+    # the loss falls at every validation of this run: the best is step 6's state
+    assert torch.load(directory / best, weights_only=True)["global_step"] == 6
+    assert os.path.samefile(directory / best, directory / "step000006.ckpt")
+    assert len({(directory / n).stat().st_ino for n in names}) == 2
+    assert newest_valid_checkpoint(directory) == directory / "last.ckpt"

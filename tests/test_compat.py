@@ -321,3 +321,31 @@ def test_the_fused_kernel_devices_are_where_torch_runs_and_refuses_fused_steps()
     refused = torch.optim.AdamW([ints], lr=0.1, fused=True)  # accepted here...
     with pytest.raises(RuntimeError, match="fused=True"):
         refused.step()  # ...refused only now: why lit_ft asks the device list up front
+
+
+def test_a_checkpoint_callback_records_a_linked_file_as_its_save(tmp_path):
+    """BestCheckpoint overrides ModelCheckpoint's one writer (`_save_checkpoint`) to link a
+    file instead; what the writer records afterwards is recorded by `record_checkpoint_saved`.
+    Lightning's own writer, with its signature, and the two attributes must still exist."""
+    import inspect
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_ft.compat import SAVE_METHOD, record_checkpoint_saved
+    from lit_ft.training.best_checkpoint import BestCheckpoint
+
+    writer = getattr(ModelCheckpoint, SAVE_METHOD)
+    assert list(inspect.signature(writer).parameters) == ["self", "trainer", "filepath"]
+    assert SAVE_METHOD in vars(BestCheckpoint)  # the override is the name Lightning calls
+    saved = []
+
+    class Logger:
+        def after_save_checkpoint(self, callback):
+            saved.append(callback.monitor)
+
+    trainer = type("T", (), {"global_step": 7, "is_global_zero": True, "loggers": [Logger()]})
+    callback = ModelCheckpoint(dirpath=tmp_path, monitor="val/loss")
+    record_checkpoint_saved(callback, trainer, str(tmp_path / "best.ckpt"))
+    assert callback._last_global_step_saved == 7
+    assert callback._last_checkpoint_saved == str(tmp_path / "best.ckpt")
+    assert saved == ["val/loss"]

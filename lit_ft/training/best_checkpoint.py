@@ -9,15 +9,24 @@ monitored name that the run never logs is still reported.
 
 The files it writes are marked (STREAM_KEY), so that resuming prefers a step-boundary file of
 the resumable stream at the same step (lit_ft.training.checkpoint._newest_valid).
+
+A best checkpoint of a step the resumable stream has just saved is not written again: it
+becomes a hard link to that file (same weights, same optimizer state, one copy on disk).
+A MiniLM run used to keep best, last and a step file of its final step: 3 x 270 MB for one
+state (last.ckpt is a symbolic link now too: `save_last: link`). When the step file rotates
+out, the best name still holds the data; when it is saved again (a resumed life trains that
+step again), the atomic save writes a new file and the best keeps the old one.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lit_ft.training.checkpoint import STREAM_KEY
+from lit_ft.compat import record_checkpoint_saved
+from lit_ft.training.checkpoint import STREAM_KEY, link_atomically
 
 
 class BestCheckpoint(ModelCheckpoint):
@@ -38,6 +47,27 @@ class BestCheckpoint(ModelCheckpoint):
             yield
         finally:
             self._saving = False
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:  # lit_ft.compat.SAVE_METHOD
+        source = self._same_step_file(trainer)
+        linked = trainer.is_global_zero and source is not None and link_atomically(source, filepath)
+        # one choice on every rank: a save is collective (a barrier; shards under fsdp2)
+        if not trainer.strategy.broadcast(linked):
+            super()._save_checkpoint(trainer, filepath)
+            return
+        record_checkpoint_saved(self, trainer, filepath)
+
+    def _same_step_file(self, trainer) -> str | None:
+        """The resumable stream's file of this very step (its newest: it monitors `step`),
+        holding what this save would write; None when there is none."""
+        for callback in trainer.checkpoint_callbacks:
+            if callback is self or callback.monitor != "step":
+                continue
+            path, step = callback.best_model_path, callback.best_model_score
+            same_content = callback.save_weights_only == self.save_weights_only
+            if path and step is not None and int(step) == trainer.global_step and same_content:
+                return path if Path(path).is_file() else None  # fsdp2 saves directories
+        return None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         super().on_save_checkpoint(trainer, pl_module, checkpoint)

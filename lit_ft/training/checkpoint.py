@@ -82,14 +82,30 @@ def _newest_valid(checkpoint_dir: Path) -> ResumePoint | None:
     last. At one step, a file of the resumable stream (saved at a step boundary) comes before
     one the best-checkpoint stream saved inside a validation; then the newest file.
     """
-    ranked = []
-    for path in checkpoint_dir.glob("*.ckpt"):
+    ranked, seen = [], set()
+
+    # One state may have several names (last.ckpt links to the newest step file, a best file
+    # of the same step is a hard link to it): each is read once, under last.ckpt's name where
+    # it has it, then a step file's. Lightning never deletes the file a run resumed from, so
+    # resuming from a step file's own name would keep that file past its rotation.
+    def preference(path: Path) -> tuple[bool, bool, str]:
+        return path.name != "last.ckpt", not path.name.startswith("step"), path.name
+
+    names = sorted(checkpoint_dir.glob("*.ckpt"), key=preference)
+    for path in names:
+        try:
+            stat = path.stat()  # the link's target
+        except OSError:  # a link whose file was removed
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
         checkpoint, problem = _open(path)
         if problem is not None:
             warn(f"skipping {path}: {problem}")
             continue
         at_step_boundary = checkpoint.get(STREAM_KEY) != "best"
-        rank = (int(checkpoint.get("global_step", 0)), at_step_boundary, path.stat().st_mtime)
+        rank = (int(checkpoint.get("global_step", 0)), at_step_boundary, stat.st_mtime)
         ranked.append((rank, ResumePoint(str(path), checkpoint)))
     return max(ranked, key=lambda item: item[0])[1] if ranked else None
 
@@ -235,6 +251,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return torch.load(path, map_location=map_location or "cpu", weights_only=True)
         except Exception as err:
             raise LitFtError(f"checkpoint '{path}' cannot be loaded: {err}") from err
+
+
+def link_atomically(source: str | Path, target: str | Path) -> bool:
+    """Make `target` a hard link to `source` (replacing any file there at once); False where
+    the filesystem has no hard links, and nothing changed. Safe with AtomicCheckpointIO: a
+    later save of either name writes a new file and leaves the other name's data alone."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.link")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+    _fsync_dir(target.parent)
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:
