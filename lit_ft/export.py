@@ -75,6 +75,7 @@ def load_checkpoint_model(ckpt_path: str | Path):
 
     from lit_ft.model.build import build_model
     from lit_ft.model.peft import CHECKPOINT_KEY, load_adapter_checkpoint
+    from lit_ft.tasks import get_task
 
     path = Path(ckpt_path)
     if not path.is_file():
@@ -86,10 +87,11 @@ def load_checkpoint_model(ckpt_path: str | Path):
     if "lit_ft" not in checkpoint:
         raise LitFtError(f"checkpoint '{path}' was not written by lit_ft (no 'lit_ft' entry)")
     spec, config = spec_and_config(checkpoint)
+    auto_class = get_task(spec.task).model_class()
     tokenizer = checkpoint_tokenizer(checkpoint, spec)
     if CHECKPOINT_KEY in checkpoint:  # a LoRA run: adapter weights on the pretrained base
-        return load_adapter_checkpoint(checkpoint, spec, config), tokenizer
-    model = build_model(spec, config=config, pretrained=False)
+        return load_adapter_checkpoint(checkpoint, spec, auto_class, config), tokenizer
+    model = build_model(spec, auto_class, config=config, pretrained=False)
     prefix = "model."
     weights = {
         k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)

@@ -23,8 +23,9 @@ import hydra
 from hydra.errors import CompactHydraException, InstantiationException
 from omegaconf import DictConfig
 
-from lit_ft.config import compose, config_dir, to_plain, validate_config
+from lit_ft.config import compose, config_dir, to_plain
 from lit_ft.errors import EXIT_USER_ERROR, LitFtError
+from lit_ft.validate import validate_config
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -159,7 +160,7 @@ def _user_errors_exit(multirun: bool = False, run_dir: str | None = None, grid: 
     try:
         yield
     except LitFtError as err:
-        from lit_ft.observe.log import error
+        from lit_ft.log import error
 
         error(str(err))
         if multirun and grid:
@@ -184,7 +185,7 @@ def main() -> None:
     whose jobs failed with a lit_ft error ends with one line naming them, and exit code 2."""
     _hydra_main()
     if _failed_jobs:
-        # print, not lit_ft.observe.log.error: the last job's run.log is still attached
+        # print, not lit_ft.log.error: the last job's run.log is still attached
         sweep_dir = Path(_failed_jobs[0]).parent
         print(
             f"lit_ft: error: {len(_failed_jobs)} sweep job(s) failed: "
@@ -254,7 +255,7 @@ def _sweep_metric(after: dict[str, float], name: str, multirun: bool) -> float |
     )
     if multirun:
         raise LitFtError(problem)
-    from lit_ft.observe.log import warn
+    from lit_ft.log import warn
 
     warn(problem)
     return None

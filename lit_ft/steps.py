@@ -26,6 +26,7 @@ from lit_ft.data.sources import clamp_block_size
 from lit_ft.distributed import is_global_zero
 from lit_ft.export import export_checkpoint, export_pretrained
 from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
+from lit_ft.log import quiet_known_noise, say
 from lit_ft.model.build import ModelSpec, build_model, load_config, load_tokenizer, max_positions
 from lit_ft.model.chunked_loss import choose_loss, output_layer, unwrapped
 from lit_ft.model.compile import compile_model
@@ -40,7 +41,6 @@ from lit_ft.model.peft import (
 from lit_ft.model.precision import resolve_precision
 from lit_ft.model.strategy import shards_weights
 from lit_ft.model.vocab import grow_vocab, grown_size, pad_vocab
-from lit_ft.observe.log import quiet_known_noise, say
 from lit_ft.observe.loggers import finish
 from lit_ft.observe.memory import gigabytes
 from lit_ft.observe.model_size import model_size
@@ -49,7 +49,7 @@ from lit_ft.observe.recorder import TrainingRecorder
 from lit_ft.observe.step_numbers import StepNumbers, without_step
 from lit_ft.observe.throughput import ThroughputLogger
 from lit_ft.plots import plot_run
-from lit_ft.tasks import COLUMN_KEYS, build_task
+from lit_ft.tasks import COLUMN_KEYS, build_task, check_architecture, get_task
 from lit_ft.tasks.chat import stop_at_end_of_turn
 from lit_ft.training import elastic
 from lit_ft.training.amp import precision_plugins
@@ -170,6 +170,7 @@ def prepare_data(cfg: DictConfig, spec: ModelSpec, resume: ResumePoint | None) -
     from must fit both the model and the data (refused here, before any training)."""
     L.seed_everything(cfg.seed, workers=True)
     tokenizer, hf_config = load_tokenizer(spec), load_config(spec)
+    check_architecture(get_task(spec.task), hf_config.model_type)  # before the data's work
     task, datamodule = build_task_and_data(cfg, tokenizer, hf_config)
     import datasets  # noqa: F401  (imported here so the timing below is the data's own)
 
@@ -240,7 +241,7 @@ def build_network(
     """The Auto-class model, its vocabulary padded, LoRA and gradient checkpointing applied,
     checked against the task (e.g. packing), its training loss chosen (chunked or plain, for
     causal tasks: printed by `print_plan`), compiled when asked."""
-    model = build_model(spec, data.hf_config, **quantization_kwargs(lora))
+    model = build_model(spec, data.task.model_class(), data.hf_config, **quantization_kwargs(lora))
     model = grow_vocab(model, data.tokenizer)  # tokens the task added, e.g. <|im_end|>
     model = pad_vocab(model, spec.pad_vocab_to_multiple_of)
     # generate() stops at EOS or the chat's end of turn: validation answers, generations.jsonl

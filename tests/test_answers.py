@@ -160,8 +160,9 @@ def test_eval_generations_0_scores_loss_and_perplexity_only(
 
 
 def test_generation_options_are_checked():
-    from lit_ft.config import compose, validate_config
+    from lit_ft.config import compose
     from lit_ft.errors import ConfigError
+    from lit_ft.validate import validate_config
 
     cfg = compose(["task=instruction", "task.eval_generations=-1"])
     with pytest.raises(ConfigError, match="task.eval_generations must be 0"):

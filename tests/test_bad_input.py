@@ -16,9 +16,10 @@ import torch
 from helpers.config import tiny_run_overrides
 
 import lit_ft
-from lit_ft.config import compose, validate_config
+from lit_ft.config import compose
 from lit_ft.errors import ConfigError, LitFtError
 from lit_ft.training.checkpoint import checkpoint_problem
+from lit_ft.validate import validate_config
 
 # Two steps between checkpoints; no evaluation before training (speed).
 QUICK = ["callbacks.resumable_checkpoint.every_n_train_steps=2", "evaluate_before=false"]

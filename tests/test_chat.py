@@ -16,11 +16,11 @@ import pytest
 from helpers.config import tiny_model_overrides
 
 from lit_ft.config import compose
-from lit_ft.config.validate import validate_config
 from lit_ft.errors import LitFtError
 from lit_ft.tasks import TaskContext, build_task
 from lit_ft.tasks.chat import NAMED_TEMPLATES, answer_spans, tokens_and_labels
 from lit_ft.tasks.packing import best_fit_decreasing, packing_efficiency
+from lit_ft.validate import validate_config
 from tests.helpers.chat_templates import CHATML, DROPS_PAST_REASONING, LLAMA3, SYSTEM_DEFAULT
 
 CHAT = [

@@ -9,10 +9,11 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from lit_ft.config import compose, config_dir, validate_config
+from lit_ft.config import compose, config_dir
 from lit_ft.errors import ConfigError
 from lit_ft.model.precision import resolve_precision
 from lit_ft.model.strategy import strategy_problems
+from lit_ft.validate import validate_config
 
 CONF = config_dir()
 GROUP_FILES = sorted(

@@ -184,8 +184,8 @@ def test_chunked_log_probabilities_give_the_same_loss_and_gradients(tokenizer):
 
 def test_bad_dpo_options_are_reported_together():
     from lit_ft.config import compose
-    from lit_ft.config.validate import validate_config
     from lit_ft.errors import LitFtError
+    from lit_ft.validate import validate_config
 
     cfg = compose(["task=dpo", "task.loss=kto", "task.beta=0"])
     with pytest.raises(LitFtError) as err:

@@ -104,8 +104,8 @@ def test_sharded_run_resumes_bit_identical_and_exports_for_from_pretrained(
 
 def test_fsdp2_refuses_what_it_does_not_combine_with(tmp_path):
     from lit_ft.config import compose
-    from lit_ft.config.validate import validate_config
     from lit_ft.errors import ConfigError
+    from lit_ft.validate import validate_config
 
     cfg = compose(
         [

@@ -19,7 +19,7 @@ def test_off_by_default_and_asking_without_cuda_or_package_says_what_to_do(monke
     from omegaconf import OmegaConf
 
     import lit_ft
-    from lit_ft.config.validate import validate_config
+    from lit_ft.validate import validate_config
 
     assert not liger_problems(OmegaConf.create({"liger_kernel": False}))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

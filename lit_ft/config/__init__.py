@@ -1,7 +1,9 @@
-"""Hydra configs: where they live and how they compose (`compose`), and the check of a
-composed config (`validate_config`)."""
+"""Hydra configs: where they live and how they compose (`compose`).
+
+A leaf: it imports nothing else of lit_ft's but its errors, so every package may use it. The
+check of a composed config asks every package and lives above them (lit_ft/validate.py).
+"""
 
 from lit_ft.config.compose import asset_path, compose, config_dir, to_plain
-from lit_ft.config.validate import validate_config
 
-__all__ = ["asset_path", "compose", "config_dir", "to_plain", "validate_config"]
+__all__ = ["asset_path", "compose", "config_dir", "to_plain"]

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from lit_ft.compat import packaged_builder_module
-from lit_ft.config.problems import Problems
 from lit_ft.data import corpora
 from lit_ft.errors import LitFtError
+from lit_ft.problems import Problems
 
 log = logging.getLogger(__name__)
 

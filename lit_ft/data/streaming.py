@@ -31,10 +31,10 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, IterableDataset
 
-from lit_ft.config.problems import Problems
 from lit_ft.data.sources import DataFiles, clamp_block_size, load_source, tokenizer_fingerprint
 from lit_ft.distributed import rank_and_world
 from lit_ft.errors import LitFtError
+from lit_ft.problems import Problems
 from lit_ft.tasks.base import PadCollator
 
 

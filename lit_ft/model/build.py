@@ -11,9 +11,8 @@ from typing import Any
 
 import torch
 
-from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
-from lit_ft.tasks import check_architecture, get_task
+from lit_ft.problems import Problems
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -62,7 +61,6 @@ def load_config(spec: ModelSpec):
             )
     except (OSError, ValueError) as err:
         raise LitFtError(f"model.name_or_path='{spec.name_or_path}': {err}") from err
-    check_architecture(get_task(spec.task), config.model_type)
     return config
 
 
@@ -92,13 +90,16 @@ def max_positions(config) -> int | None:
     return None
 
 
-def build_model(spec: ModelSpec, config=None, pretrained: bool | None = None, **load_kwargs):
-    """Instantiate the task's Auto class: pretrained weights, or random init from the config.
+def build_model(
+    spec: ModelSpec, auto_class, config=None, pretrained: bool | None = None, **load_kwargs
+):
+    """Instantiate `auto_class` (the Auto class the task chose, `Task.model_class()`):
+    pretrained weights, or random init from the config. The task decides the class, so this
+    package needs none of lit_ft.tasks.
 
     `load_kwargs` go to `from_pretrained` too (e.g. QLoRA's quantization_config).
     """
     config = config if config is not None else load_config(spec)
-    auto_class = get_task(spec.task).model_class()
     kwargs = {"dtype": DTYPES[spec.dtype], **load_kwargs}
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lit_ft.config.problems import Problems
+from lit_ft.problems import Problems
 
 # Config attributes that change the logits after the head, by name: refused without a probe.
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")

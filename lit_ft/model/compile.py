@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from lit_ft.config.problems import Problems
+from lit_ft.problems import Problems
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import importlib.util
 
-from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
+from lit_ft.problems import Problems
 
 
 def liger_problems(model_cfg) -> Problems:

@@ -21,9 +21,9 @@ from typing import Any
 
 import lightning as L
 
-from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
-from lit_ft.observe.log import say
+from lit_ft.log import say
+from lit_ft.problems import Problems
 
 # Which Linear layers get adapters, by `config.model_type`: the attention projections, as in
 # the LoRA paper. Architectures not listed fall back to peft's own table
@@ -252,12 +252,13 @@ class AdapterCheckpoint(L.Callback):
             )
 
 
-def load_adapter_checkpoint(checkpoint: dict[str, Any], spec, config):
+def load_adapter_checkpoint(checkpoint: dict[str, Any], spec, auto_class, config):
     """The adapted model stored in an adapter-only lit_ft checkpoint (for `lit_ft.export`)."""
     from lit_ft.model.build import build_model
 
     settings = LoraSettings(**checkpoint[CHECKPOINT_KEY])
-    base = build_model(spec, config=config, pretrained=True, **quantization_kwargs(settings))
+    kwargs = quantization_kwargs(settings)
+    base = build_model(spec, auto_class, config=config, pretrained=True, **kwargs)
     model = apply_lora(base, settings)
     prefix = "model."
     weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lit_ft.config.problems import Problems
+from lit_ft.problems import Problems
 
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lit_ft.observe.log import say
+from lit_ft.log import say
 from lit_ft.tasks.answers import fit_positions
 from lit_ft.tasks.chat import end_of_turn
 

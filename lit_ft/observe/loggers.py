@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from lit_ft.config.problems import Problems
-from lit_ft.observe.log import say
+from lit_ft.log import say
+from lit_ft.problems import Problems
 
 WANDB_MODES = ("auto", "online", "offline")
 

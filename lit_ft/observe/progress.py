@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import ProgressBar
 
-from lit_ft.config.problems import Problems
 from lit_ft.observe.memory import peak_bytes, short
 from lit_ft.observe.throughput import ThroughputLogger, rates
 from lit_ft.observe.tokens import real_tokens
+from lit_ft.problems import Problems
 
 STYLES = ("auto", "live", "lines", "tqdm")
 # Older configs said `rich` for the terminal display; it is the live line now.

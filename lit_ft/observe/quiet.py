@@ -1,6 +1,6 @@
 """Other libraries' console output that a lit_ft user does not need, switched off at its source.
 
-What a user needs is printed once in lit_ft's own voice (lit_ft.observe.log.say): the device
+What a user needs is printed once in lit_ft's own voice (lit_ft.log.say): the device
 and precision, the data's size, the steps. The libraries' own lines say it again, differently:
 
 - Lightning's INFO lines ("GPU available: False, used: False", "Seed set to 42", "`Trainer.fit`

@@ -12,8 +12,8 @@ A task is a class (one file each in this package) that knows four things:
 
 from __future__ import annotations
 
-from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
+from lit_ft.problems import Problems
 from lit_ft.tasks.base import Task, TaskContext
 from lit_ft.tasks.causal_lm import CausalLMTask
 from lit_ft.tasks.dpo import PreferenceTask

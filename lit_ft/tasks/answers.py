@@ -65,7 +65,7 @@ def split_example(ids: list[int], labels: list[int]) -> Example | None:
 
 def generation_problems(options) -> list[str]:
     """task.eval_generations: 0 or more answers; task.eval_max_new_tokens: at least 1 token."""
-    from lit_ft.config.problems import Problems
+    from lit_ft.problems import Problems
 
     problems = Problems()
     count = options.get("eval_generations", 0)

@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 import torch
 
 from lit_ft.compat import dataset_fingerprint
-from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
+from lit_ft.problems import Problems
 
 
 @dataclass(frozen=True)

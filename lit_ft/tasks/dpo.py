@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from lit_ft.compat import dataset_fingerprint
-from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
+from lit_ft.problems import Problems
 from lit_ft.tasks.base import Task, TaskContext, model_inputs, pad_rows
 from lit_ft.tasks.chat import answer_spans, resolve_template, template_problem, tokens_and_labels
 from lit_ft.tasks.preference import (

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from lit_ft.compat import dataset_fingerprint
-from lit_ft.config.problems import Problems
 from lit_ft.errors import LitFtError
+from lit_ft.problems import Problems
 from lit_ft.tasks.answers import REFERENCES, generation_problems
 from lit_ft.tasks.base import PadCollator, Task, TaskContext, example_lengths, pad_rows
 from lit_ft.tasks.chat import (

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lit_ft.errors import LitFtError
-from lit_ft.observe.log import say, warn
+from lit_ft.log import say, warn
 from lit_ft.training.sharded_checkpoint import is_sharded_checkpoint, read_sharded
 
 # which checkpoint stream wrote a file (lit_ft.training.best_checkpoint marks its own)

@@ -12,8 +12,8 @@ import torch
 
 from lit_ft.data.eval_rows import PADDING_KEY
 from lit_ft.data.row_index import ROW_KEY
+from lit_ft.log import say
 from lit_ft.model.build import ModelSpec, build_model
-from lit_ft.observe.log import say
 from lit_ft.tasks import Task
 from lit_ft.tasks.base import model_inputs
 from lit_ft.tasks.chat import chat_settings
@@ -44,7 +44,7 @@ class FineTuneModule(L.LightningModule):
         super().__init__()
         self.spec = spec
         self.task = task
-        self.model = model if model is not None else build_model(spec)
+        self.model = model if model is not None else build_model(spec, task.model_class())
         # from_pretrained returns the model in eval mode, and Lightning (>= 2.2) keeps each
         # submodule's mode: without this, dropout would be off for the whole fine-tune.
         self.model.train()

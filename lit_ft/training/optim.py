@@ -7,7 +7,7 @@ import math
 import torch
 
 from lit_ft.compat import fused_kernel_devices
-from lit_ft.config.problems import Problems
+from lit_ft.problems import Problems
 
 
 def weight_decay_groups(model: torch.nn.Module) -> list[dict]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from lit_ft.observe.log import say
+from lit_ft.log import say
 from lit_ft.observe.step_end import StepEndCallback
 
 EXIT_PREEMPTED = 3

@@ -12,8 +12,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from lit_ft.config.problems import Problems
 from lit_ft.errors import ConfigError
+from lit_ft.problems import Problems
 
 
 def validate_config(cfg: DictConfig) -> None:
