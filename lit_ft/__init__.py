@@ -10,12 +10,13 @@ from __future__ import annotations
 from importlib import import_module
 
 __version__ = "0.1.0"
-__all__ = ["LitFtError", "compose", "train", "train_from_overrides"]
+__all__ = ["FineTuner", "LitFtError", "compose", "train", "train_from_overrides"]
 
 # Resolved on first use: `python -m lit_ft.run` and `import lit_ft` stay light, and the run
 # module is not imported twice.
 _EXPORTS = {
     "compose": "lit_ft.config",
+    "FineTuner": "lit_ft.finetuner",
     "LitFtError": "lit_ft.errors",
     "train": "lit_ft.run",
     "train_from_overrides": "lit_ft.run",

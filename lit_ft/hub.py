@@ -60,16 +60,18 @@ def use_offline_mode() -> None:
     datasets.config.HF_HUB_OFFLINE = True
 
 
-def check_hub_sources(model_name: str, tokenizer_name: str, data_path: str, data_name: str | None):
+def check_hub_sources(
+    model_name: str | None, tokenizer_name: str | None, data_path: str | None, data_name: str | None
+):
     """Confirm that every Hub-hosted input can be fetched, or raise one error naming them all.
 
     Local paths and the local file builders (text/csv/json/parquet) are never probed, so the
     offline default run makes no network call at all.
     """
     remote_models = [
-        n for n in dict.fromkeys([model_name, tokenizer_name]) if not is_local_model(n)
-    ]
-    remote_data = None if is_local_data(data_path) else data_path
+        n for n in dict.fromkeys([model_name, tokenizer_name]) if n and not is_local_model(n)
+    ]  # None: given as an object (lit_ft.FineTuner), nothing to fetch
+    remote_data = None if data_path is None or is_local_data(data_path) else data_path
     if not remote_models and remote_data is None:
         return
     if offline_requested():

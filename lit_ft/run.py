@@ -16,6 +16,7 @@ import logging
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,24 @@ from lit_ft.validate import validate_config
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one fine-tuning job described by a composed config; return what results.json holds."""
+    return run_job(cfg).results
+
+
+@dataclass
+class Job:
+    """A finished run: what results.json holds, and the objects that made it (for
+    lit_ft.FineTuner's evaluate, predict and save_model after training)."""
+
+    results: dict[str, Any]
+    trainer: Any = None
+    module: Any = None
+    data: Any = None  # lit_ft.steps.PreparedData: tokenizer, task, datamodule
+    best: str | None = None  # the checkpoint the handed-on weights come from (None: the end)
+
+
+def run_job(cfg: DictConfig, given=None) -> Job:
+    """`train(cfg)`'s steps, with objects `given` (lit_ft.steps.Given: datasets, a model, a
+    tokenizer, callbacks, compute_metrics) in place of what the config would load."""
     from lit_ft import steps  # the one lazy import: the heavy stack, once a run really starts
     from lit_ft.distributed import is_global_zero
     from lit_ft.model.build import ModelSpec
@@ -45,18 +64,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with hold_run_dir(output_dir, leader):  # a second live run on this directory is refused
         steps.write_config(cfg, output_dir, leader)
         spec = ModelSpec(task=cfg.task.name, **to_plain(cfg.model))
-        steps.check_sources(cfg, spec)
+        given = given or steps.Given()
+        steps.check_sources(cfg, spec, given)
         resume = steps.resume_point(cfg)  # read once; checked against model and data below
         lora = hydra.utils.instantiate(cfg.peft) if cfg.get("peft") else None  # peft=lora
         callbacks, recorder = steps.run_callbacks(
-            _instantiate_all(cfg.callbacks), cfg.paths.checkpoint_dir, lora, started
+            [*_instantiate_all(cfg.callbacks), *given.callbacks],
+            cfg.paths.checkpoint_dir,
+            lora,
+            started,
         )
         precision = steps.choose_precision(cfg.trainer)
         # The Trainer before the data: a setting this machine cannot run fails in seconds.
         trainer = _make_trainer(cfg, callbacks, precision)
         log_config(trainer.loggers, to_plain(cfg))
         steps.keep_global_batch(cfg, resume, trainer)  # resumed on other hardware
-        data = steps.prepare_data(cfg, spec, resume)
+        data = steps.prepare_data(cfg, spec, resume, given)
         num_steps = steps.count_optimizer_steps(cfg, data.datamodule, trainer.world_size, resume)
         module = FineTuneModule(
             spec,
@@ -65,10 +88,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             num_training_steps=num_steps,
             task=data.task,
             model=steps.build_network(
-                spec, data, lora, to_plain(cfg.compile), cfg.data.batch_size, trainer.strategy
+                spec,
+                data,
+                lora,
+                to_plain(cfg.compile),
+                cfg.data.batch_size,
+                trainer.strategy,
+                given_model=given.model,
             ),
             targets_per_batch=cfg.data.batch_size * data.task.max_length,  # a loss scale
         )
+        steps.use_compute_metrics(module, given.compute_metrics)
         estimate = steps.print_plan(
             cfg, data, module, num_steps, trainer.world_size, precision.text
         )
@@ -81,17 +111,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         predictions = (
             steps.write_predictions(trainer, module, dm, output_dir) if cfg.predict else None
         )
+        job = Job({"metrics": metrics, "output_dir": str(output_dir)}, trainer, module, data, best)
         if not trainer.is_global_zero:
-            return {"metrics": metrics, "output_dir": str(output_dir)}
+            return job
 
         exported = steps.export(cfg, trainer, module.model, data.tokenizer, output_dir, best)
         paths = {"best": best, **exported, "predictions": predictions}
         paths |= {"output_dir": output_dir, "resumed_from": resume.path if resume else None}
-        results = steps.results(
+        job.results = steps.results(
             data.task, metrics, trainer, recorder, data.seconds, started, paths, estimate
         )
-        steps.write_results(results, data.task)
-        return results
+        if cfg.get("given"):  # what came as objects: kind, rows, fingerprint
+            job.results["given"] = to_plain(cfg.given)
+        steps.write_results(job.results, data.task)
+        return job
 
 
 def train_from_overrides(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:

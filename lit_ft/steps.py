@@ -13,7 +13,8 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from lit_ft.config import to_plain
 from lit_ft.data.datamodule import build_datamodule
 from lit_ft.data.sources import clamp_block_size
 from lit_ft.distributed import is_global_zero
+from lit_ft.errors import LitFtError
 from lit_ft.export import export_checkpoint, export_pretrained
 from lit_ft.hub import check_hub_sources, check_push_to_hub, push_to_hub
 from lit_ft.log import quiet_known_noise, say
@@ -76,6 +78,20 @@ from lit_ft.training.rng import RngState
 PER_TOKEN_LOGITS = ("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModelForSeq2SeqLM")
 
 
+@dataclass
+class Given:
+    """Objects handed to the run instead of what the config names (lit_ft.FineTuner): the raw
+    splits (lit_ft/data/given.py) for `data.*`'s source, a built model and its tokenizer for
+    `model.name_or_path`, Lightning callbacks beside the configured ones, and a function with
+    the HF Trainer's compute_metrics contract (lit_ft/tasks/metrics.py UserMetrics)."""
+
+    splits: dict[str, Any] | None = None
+    model: Any = None
+    tokenizer: Any = None
+    callbacks: list = field(default_factory=list)
+    compute_metrics: Callable | None = None
+
+
 # -- before any long work ----------------------------------------------------------------------
 def write_config(cfg: DictConfig, output_dir: Path, leader: bool) -> None:
     """The resolved config, beside everything the run writes (by rank 0)."""
@@ -83,9 +99,14 @@ def write_config(cfg: DictConfig, output_dir: Path, leader: bool) -> None:
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def check_sources(cfg: DictConfig, spec: ModelSpec) -> None:
-    """The Hub, when model or data come from it, and a push_to_hub's token: now, not after."""
-    check_hub_sources(spec.name_or_path, spec.tokenizer_name, cfg.data.path, cfg.data.name)
+def check_sources(cfg: DictConfig, spec: ModelSpec, given: Given | None = None) -> None:
+    """The Hub, when model or data come from it, and a push_to_hub's token: now, not after.
+    What came as objects (`given`) is not looked for anywhere."""
+    given = given or Given()
+    model = None if given.model is not None else spec.name_or_path
+    tokenizer = None if given.tokenizer is not None or model is None else spec.tokenizer_name
+    data = (None, None) if given.splits is not None else (cfg.data.path, cfg.data.name)
+    check_hub_sources(model, tokenizer, *data)
     check_push_to_hub(cfg.push_to_hub.enabled, cfg.push_to_hub.repo_id)
 
 
@@ -145,9 +166,10 @@ class PreparedData:
     seconds: float  # loading + tokenizing (a cached second run: well under 1 s)
 
 
-def build_task_and_data(cfg: DictConfig, tokenizer, hf_config):
+def build_task_and_data(cfg: DictConfig, tokenizer, hf_config, given_splits=None):
     """The task (conf/task) and its datamodule (conf/data): the data's column keys and block
-    size go to the task, the rest to the datamodule. The benchmarks build their data here too."""
+    size go to the task, the rest to the datamodule. The benchmarks build their data here too.
+    `given_splits`: raw splits handed over as objects, read instead of `data.path`."""
     data_options, task_options = to_plain(cfg.data), to_plain(cfg.task)
     task = build_task(
         task_options.pop("name"),
@@ -162,28 +184,50 @@ def build_task_and_data(cfg: DictConfig, tokenizer, hf_config):
         truncation=data_options.pop("truncation", "cut"),
         **task_options,
     )
+    if given_splits is not None:
+        data_options["given"] = given_splits
     return task, build_datamodule(tokenizer, task, seed=cfg.seed, **data_options)
 
 
-def prepare_data(cfg: DictConfig, spec: ModelSpec, resume: ResumePoint | None) -> PreparedData:
+def prepare_data(
+    cfg: DictConfig, spec: ModelSpec, resume: ResumePoint | None, given: Given | None = None
+) -> PreparedData:
     """Tokenizer and model config, then the data, loaded and tokenized; a checkpoint to resume
-    from must fit both the model and the data (refused here, before any training)."""
+    from must fit both the model and the data (refused here, before any training). A given
+    model brings its own config, a given tokenizer replaces loading one."""
+    given = given or Given()
     L.seed_everything(cfg.seed, workers=True)
-    tokenizer, hf_config = load_tokenizer(spec), load_config(spec)
+    tokenizer = given.tokenizer if given.tokenizer is not None else load_tokenizer(spec)
+    if tokenizer.pad_token is None:  # as load_tokenizer does: padding is masked, EOS is safe
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    hf_config = given.model.config if given.model is not None else load_config(spec)
     check_architecture(get_task(spec.task), hf_config.model_type)  # before the data's work
-    task, datamodule = build_task_and_data(cfg, tokenizer, hf_config)
+    task, datamodule = build_task_and_data(cfg, tokenizer, hf_config, given.splits)
     import datasets  # noqa: F401  (imported here so the timing below is the data's own)
 
     started = time.perf_counter()
     datamodule.prepare_data()
     datamodule.setup("fit")
     seconds = time.perf_counter() - started
+    if given.model is not None:
+        check_given_head(task, given.model)
     task.configure_model(hf_config)  # labels found in the data: num_labels, id2label
     grown = copy.deepcopy(hf_config)  # the rows the model will have (a chat's end of turn)
     grown.vocab_size = grown_size(hf_config.vocab_size, tokenizer)
     check_same_model(resume, grown, spec)
     check_same_data(resume, datamodule.fingerprint(), force=cfg.force_resume)
     return PreparedData(tokenizer, hf_config, task, datamodule, seconds)
+
+
+def check_given_head(task, model) -> None:
+    """A given classification model's head must have one unit per label the data has: lit_ft
+    builds the head from the data, but a built model's is fixed."""
+    labels = getattr(task, "labels", None)
+    if labels and model.config.num_labels != len(labels):
+        raise LitFtError(
+            f"the given {type(model).__name__} has {model.config.num_labels} labels, the data "
+            f"{len(labels)} ({', '.join(labels[:10])}); build it with num_labels={len(labels)}"
+        )
 
 
 def keep_global_batch(cfg: DictConfig, resume: ResumePoint | None, trainer) -> None:
@@ -237,11 +281,17 @@ def build_network(
     compile_options: dict,
     batch_size: int,
     strategy=None,
+    given_model=None,
 ):
     """The Auto-class model, its vocabulary padded, LoRA and gradient checkpointing applied,
     checked against the task (e.g. packing), its training loss chosen (chunked or plain, for
-    causal tasks: printed by `print_plan`), compiled when asked."""
-    model = build_model(spec, data.task.model_class(), data.hf_config, **quantization_kwargs(lora))
+    causal tasks: printed by `print_plan`), compiled when asked. `given_model`: a model built
+    by the caller (lit_ft.FineTuner(model=...)), prepared the same way instead of loaded."""
+    model = given_model
+    if model is None:
+        model = build_model(
+            spec, data.task.model_class(), data.hf_config, **quantization_kwargs(lora)
+        )
     model = grow_vocab(model, data.tokenizer)  # tokens the task added, e.g. <|im_end|>
     model = pad_vocab(model, spec.pad_vocab_to_multiple_of)
     # generate() stops at EOS or the chat's end of turn: validation answers, generations.jsonl
@@ -361,8 +411,24 @@ def show_training_example(task, train, output_dir: Path) -> None:
 
 
 # -- evaluation --------------------------------------------------------------------------------
-def evaluate(trainer, module, datamodule, ckpt_path: str | None = None) -> dict[str, float]:
-    found = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+def use_compute_metrics(module, compute_metrics: Callable | None) -> None:
+    """Validation and test report what `compute_metrics` (the HF Trainer's contract) returns
+    beside the task's metrics (lit_ft/tasks/metrics.py UserMetrics)."""
+    if compute_metrics is None:
+        return
+    from lit_ft.tasks.metrics import UserMetrics
+
+    module.evaluator = UserMetrics(module.evaluator, compute_metrics)
+
+
+def evaluate(
+    trainer, module, datamodule=None, ckpt_path: str | None = None, dataloaders=None
+) -> dict[str, float]:
+    """The validation metrics (`val/...`) of the datamodule's validation split, or of
+    `dataloaders` (FineTuner.evaluate on a dataset of its own)."""
+    found = trainer.validate(
+        module, dataloaders, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False
+    )
     # trainer.limit_val_batches=0: Lightning validates nothing and returns no metrics
     found = without_step(found[0]) if found else {}
     return {key: float(value) for key, value in found.items()}
@@ -408,18 +474,25 @@ def write_predictions(trainer, module, datamodule, output_dir: Path) -> Path | N
     validation when there is no labelled test split). Tasks with nothing to predict skip it."""
     if not module.task.predicts:
         return None
-    from lit_ft.data.row_index import ROW_KEY
-
-    batches = trainer.predict(module, datamodule=datamodule)
-    split, path = datamodule.predict_split, output_dir / "predictions.jsonl"
+    path = output_dir / "predictions.jsonl"
     with open(path, "w", encoding="utf-8") as out:
-        for row in (row for batch in batches for row in batch):
-            # The input as the data holds it (case, spacing, past max_length), not decoded ids.
-            index = row.pop(ROW_KEY, None)
-            raw = datamodule.raw_row(split, index) if index is not None else {}
-            line = {"split": split, **module.task.prediction_inputs(raw), **row}
+        for line in prediction_rows(trainer, module, datamodule, datamodule.predict_split):
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
     return path
+
+
+def prediction_rows(trainer, module, datamodule, split: str) -> list[dict[str, Any]]:
+    """predictions.jsonl's rows for one split of the datamodule: the row's input as the data
+    holds it (case, spacing, past max_length; not decoded ids), prediction, label."""
+    from lit_ft.data.row_index import ROW_KEY
+
+    batches = trainer.predict(module, dataloaders=datamodule.eval_loader(split, indexed=True))
+    lines = []
+    for row in (row for batch in batches for row in batch):
+        index = row.pop(ROW_KEY, None)
+        raw = datamodule.raw_row(split, index) if index is not None else {}
+        lines.append({"split": split, **module.task.prediction_inputs(raw), **row})
+    return lines
 
 
 def better_checkpoint(trainer, final: dict[str, float]) -> str | None:
@@ -452,16 +525,22 @@ def export(
     """hf_model/ (the weights the run hands on), hf_model_last/ on request, the Hub upload."""
     done: dict[str, str | None] = {"export_dir": None, "export_last_dir": None, "hub_url": None}
     last = last_checkpoint(trainer)
-    if cfg.export and shards_weights(trainer):  # the module holds only this rank's shard
-        done["export_dir"] = str(export_checkpoint(best or last, output_dir / "hf_model"))
-    elif cfg.export:
-        done["export_dir"] = str(export_pretrained(model, tokenizer, output_dir / "hf_model"))
+    if cfg.export:
+        exported = export_model(trainer, model, tokenizer, output_dir / "hf_model", best)
+        done["export_dir"] = str(exported)
     if cfg.export_last and last:
         done["export_last_dir"] = str(export_checkpoint(last, output_dir / "hf_model_last"))
     upload = to_plain(cfg.push_to_hub)
     if upload.pop("enabled") and done["export_dir"]:
         done["hub_url"] = push_to_hub(done["export_dir"], **upload)
     return done
+
+
+def export_model(trainer, model, tokenizer, out_dir: Path, best: str | None) -> Path:
+    """The weights the run hands on in Hugging Face format (from_pretrained loads them)."""
+    if shards_weights(trainer):  # the module holds only this rank's shard
+        return export_checkpoint(best or last_checkpoint(trainer), out_dir)
+    return export_pretrained(model, tokenizer, out_dir)
 
 
 def results(

@@ -41,9 +41,10 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(cause.problems if isinstance(cause, ConfigError) else [str(err)]) from err
     trainer = cfg.trainer
     problems = Problems()
-    problems += model_problems(cfg.model)
+    given = cfg.get("given") or {}  # objects handed to lit_ft.FineTuner instead of paths
+    problems += model_problems(cfg.model, given="model" in given)
     problems += task_problems(cfg.task.name, cfg.data, cfg.task)
-    problems += data_problems(cfg.data)
+    problems += data_problems(cfg.data, given="data" in given)
     problems += truncation_problems(cfg.data.get("truncation", "cut"), cfg.task.name)
     problems += step_problems(trainer)
     problems += precision_problems(trainer)

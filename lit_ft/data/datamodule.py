@@ -47,6 +47,7 @@ class FineTuneDataModule(L.LightningDataModule):
         load_kwargs: Mapping[str, Any] | None = None,
         seed: int = 42,
         split_seed: int = 42,
+        given: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.tokenizer, self.task = tokenizer, task
@@ -69,6 +70,8 @@ class FineTuneDataModule(L.LightningDataModule):
         self._sampler: ResumableRandomSampler | None = None
         self._position = (0, 0)  # (epoch, training samples consumed in it, all processes)
         self._fingerprint: dict[str, Any] | None = None
+        # Raw splits handed over as objects (lit_ft/data/given.py): read instead of `path`.
+        self.given = dict(given) if given is not None else None
 
     @property
     def train_sampler(self) -> ResumableRandomSampler:
@@ -111,6 +114,32 @@ class FineTuneDataModule(L.LightningDataModule):
     def raw_row(self, split: str, index: int) -> dict[str, Any]:
         """Row `index` of `split` as the data holds it (preprocessing maps rows one to one)."""
         return self.raw_splits[split][index]
+
+    def add_split(self, split: str, raw, labelled: bool = True) -> None:
+        """Preprocess one more raw split (rows as the data gives them) with this run's task
+        and tokenizer, e.g. a dataset handed to FineTuner.evaluate or .predict.
+
+        Its labels must be ones the train split has (the model has no unit for another);
+        `labelled=False` accepts rows without a label column, for predictions only."""
+        from lit_ft.tasks.labelled import fit_label_map
+
+        self.setup("fit")
+        label = self.task.column.get("label_column")
+        if not labelled and label and label not in raw.column_names:  # to predict, not score
+            raw = raw.add_column(label, [None] * len(raw))
+        self.task.check_columns(raw, split)
+        key = getattr(self.task, "label_key", None)
+        if key:  # refused as for a file's validation split: labels train never shows
+            splits = {"train": self.raw_splits["train"], split: raw}
+            fit_label_map(splits, self.task.column[key], split)
+        context = TaskContext(tokenizer_hash=self._tokenizer_hash, num_proc=None)
+        self.datasets[split] = self.task.preprocess(raw, split, context).with_format("python")
+        self.raw_splits[split] = raw
+
+    def eval_loader(self, split: str, indexed: bool = False) -> DataLoader:
+        """The evaluation loader of any split (indexed: each batch carries its rows' indices,
+        as the predict loader does)."""
+        return self._loader(split, self.eval_batch_size, indexed=indexed)
 
     @property
     def predict_split(self) -> str:
@@ -174,12 +203,15 @@ class FineTuneDataModule(L.LightningDataModule):
 
     @property
     def _source(self) -> str:
+        if self.given is not None:
+            return "the datasets given to FineTuner"
         return f"data.path='{self.path}'" + (f" ({self.name})" if self.name else "")
 
     def _load_raw(self) -> dict[str, Any]:
-        loaded = load_source(
-            self.path, self.name, self.data_files, self.corpus, self.corpus_dir, self.load_kwargs
-        )
+        loaded = self.given
+        if loaded is None:
+            files = (self.data_files, self.corpus, self.corpus_dir)
+            loaded = load_source(self.path, self.name, *files, self.load_kwargs)
         splits = {name: loaded[name] for name in loaded}
         if "train" not in splits:
             raise LitFtError(f"{self._source} has no 'train' split; splits: {', '.join(splits)}")

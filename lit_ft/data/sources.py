@@ -136,17 +136,13 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return Hasher.hash(backend.to_str() if backend is not None else tokenizer)
 
 
-def data_problems(data) -> Problems:
-    """The rules of `data.*` (conf/data): the source, its files, sizes and split."""
+def data_problems(data, given: bool = False) -> Problems:
+    """The rules of `data.*` (conf/data): the source, its files, sizes and split. `given`: the
+    rows came as objects (lit_ft.FineTuner(train_dataset=...)): no source to check."""
     from lit_ft.hub import LOCAL_DATA_BUILDERS
     from lit_ft.preflight import data_path_problem
 
     problems = Problems()
-    problems.need(
-        bool(data.path), "data.path is empty: give a Hub dataset name or text/csv/json/parquet"
-    )
-    if data.path:
-        problems.add(data_path_problem(data.path))
     if data.block_size is not None:  # null: the model's length (clamp_block_size)
         problems.positive_int("data.block_size", data.block_size)
     problems.positive_int("data.batch_size", data.batch_size)
@@ -155,6 +151,18 @@ def data_problems(data) -> Problems:
         isinstance(pct, int | float) and 0 <= pct < 100,
         f"data.validation_split_percentage must be in [0, 100), got {pct!r}",
     )
+    if given:
+        problems.need(
+            not data.get("streaming"),
+            "data.streaming=true reads files as a stream; datasets given as objects are in "
+            "memory already: drop data.streaming",
+        )
+        return problems
+    problems.need(
+        bool(data.path), "data.path is empty: give a Hub dataset name or text/csv/json/parquet"
+    )
+    if data.path:
+        problems.add(data_path_problem(data.path))
     problems.need(
         data.corpus is None or data.corpus in corpora.CORPORA,
         f"data.corpus='{data.corpus}' is unknown; available: {', '.join(corpora.CORPORA)}",

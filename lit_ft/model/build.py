@@ -127,21 +127,23 @@ def build_model(
     return model
 
 
-def model_problems(model) -> Problems:
-    """The rules of `model.*` (conf/model)."""
+def model_problems(model, given: bool = False) -> Problems:
+    """The rules of `model.*` (conf/model). `given`: the model came as an object
+    (lit_ft.FineTuner(model=...)), so `name_or_path` names nothing to load."""
     from lit_ft.model.chunked_loss import chunked_loss_problems
     from lit_ft.model.liger import liger_problems
     from lit_ft.preflight import model_path_problem
 
     problems = Problems()
     problems.need(
-        bool(model.name_or_path), "model.name_or_path is empty: give a Hub id or a local directory"
+        given or bool(model.name_or_path),
+        "model.name_or_path is empty: give a Hub id or a local directory",
     )
     problems.need(
         model.dtype in DTYPES,
         f"model.dtype='{model.dtype}' is unknown; use one of {', '.join(DTYPES)}",
     )
-    if model.name_or_path:
+    if model.name_or_path and not given:
         problems.add(model_path_problem(model.name_or_path, not model.model_type))
     pad = model.get("pad_vocab_to_multiple_of")
     problems.need(

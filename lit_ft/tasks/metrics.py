@@ -298,3 +298,91 @@ class PreferenceEvaluator(Evaluator):
         self.loss.reset()
         for metric in self.means.values():
             metric.reset()
+
+
+class _Gathered(torch.nn.Module):
+    """Tensors of every evaluation batch, concatenated over all processes at compute (the
+    torchmetrics `cat` state: DDP ranks hand each other their rows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchmetrics import CatMetric
+
+        self.rows = CatMetric()
+        self.width: tuple[int, ...] = ()  # a row's shape: (classes,) for logits, () for labels
+
+    def update(self, value: torch.Tensor) -> None:
+        # CatMetric flattens what it is given: each row travels flat and is reshaped after
+        self.width = tuple(value.shape[1:])
+        self.rows.update(value.detach().float().reshape(-1))
+
+    def compute(self):
+        return self.rows.compute().reshape(-1, *self.width).cpu().numpy()
+
+
+class UserMetrics(Evaluator):
+    """The task's own figures plus those of a function with the Hugging Face Trainer's
+    `compute_metrics` contract: called once per evaluation with an `EvalPrediction` whose
+    `.predictions` are the logits of the whole evaluation set ([rows, classes]) and whose
+    `.label_ids` are its labels ([rows]), as numpy arrays, it returns a dict of name -> number.
+    Its names are logged beside the task's (`val/<name>`), and replace a task metric of the
+    same name; `loss` is refused, the checkpoints and the best-model choice read it."""
+
+    def __init__(self, task_evaluator: Evaluator, compute_metrics) -> None:
+        super().__init__()
+        self.task_evaluator = task_evaluator
+        self.compute_metrics = compute_metrics
+        self.logits, self.labels = _Gathered(), _Gathered()
+
+    def update(self, batch, outputs, model) -> None:
+        self.task_evaluator.update(batch, outputs, model)
+        self.logits.update(outputs.logits)
+        self.labels.update(batch["labels"])
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        from transformers import EvalPrediction
+
+        metrics = self.task_evaluator.compute()
+        labels = self.labels.compute().astype("int64")
+        found = self.compute_metrics(
+            EvalPrediction(predictions=self.logits.compute(), label_ids=labels)
+        )
+        return {**metrics, **user_metric_values(found)}
+
+    def reset(self) -> None:
+        self.task_evaluator.reset()
+        self.logits.rows.reset()
+        self.labels.rows.reset()
+
+    def generation_cost(self) -> tuple[int, float] | None:
+        return self.task_evaluator.generation_cost()
+
+
+def user_metric_values(found) -> dict[str, torch.Tensor]:
+    """What a compute_metrics function returned, checked: a dict of str -> a number."""
+    from numbers import Real
+
+    from lit_ft.errors import LitFtError
+
+    def number(value) -> bool:  # numpy's scalars count as numbers.Real; 0-d arrays too
+        if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+            value = value.item()
+        return isinstance(value, Real) and not isinstance(value, bool)
+
+    if not isinstance(found, Mapping):
+        raise LitFtError(
+            f"compute_metrics returned a {type(found).__name__}; it must return a dict of "
+            "metric name -> number, e.g. {'accuracy': 0.9}"
+        )
+    bad = [f"{key!r}: {value!r}" for key, value in found.items() if not number(value)]
+    bad += [f"{key!r} (not a str)" for key in found if not isinstance(key, str)]
+    if bad:
+        raise LitFtError(
+            f"compute_metrics must return a dict of metric name -> number; got {', '.join(bad)}"
+        )
+    if "loss" in found:
+        raise LitFtError(
+            "compute_metrics returned 'loss': lit_ft logs its own token-weighted val/loss, "
+            "which checkpoints and the best model are chosen by; name yours otherwise"
+        )
+    return {key: torch.tensor(float(value)) for key, value in found.items()}

