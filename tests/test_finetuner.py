@@ -60,6 +60,7 @@ def _same_training(got: dict, want: dict) -> None:
         assert train_got[key] == pytest.approx(train_want[key], rel=1e-6), key
 
 
+@pytest.mark.slow  # with the file run they compare with: ~20 s each
 def test_list_of_dicts_trains_as_the_same_rows_in_a_file(
     file_run, tiny_tokenizer_dir, lines, tmp_path
 ):
@@ -83,6 +84,7 @@ def test_list_of_dicts_trains_as_the_same_rows_in_a_file(
     assert other.cfg.given.data.train.fingerprint != given["fingerprint"]
 
 
+@pytest.mark.slow  # with the file run they compare with: ~20 s each
 def test_dataset_object_trains_as_the_file_and_evaluates_as_plain_hf(
     file_run, tiny_tokenizer_dir, lines, reference_text, tmp_path
 ):
@@ -227,3 +229,20 @@ def test_bad_compute_metrics_and_uses_before_training_are_refused(tmp_path):
     for bad in ([0.5], {"a": "high"}, {"a": [1, 2]}, {"loss": 0.1}):
         with pytest.raises(LitFtError, match="compute_metrics"):
             user_metric_values(bad)
+
+
+@pytest.mark.slow
+def test_resuming_checks_the_rows_given_as_objects(tiny_tokenizer_dir, lines, tmp_path):
+    """A list's content hash is its data fingerprint: the same rows resume, others are refused
+    (lit_ft.training.checkpoint.check_same_data, as for files)."""
+    rows = [{"text": line} for line in lines]
+    overrides = _objects_overrides(tiny_tokenizer_dir, tmp_path)
+    lit_ft.FineTuner(overrides, train_dataset=rows).train()
+    longer = [*overrides, "trainer.max_steps=6"]
+    other = lit_ft.FineTuner(longer, train_dataset=rows[::-1])
+    with pytest.raises(LitFtError, match="refusing to resume"):
+        other.train(resume_from_checkpoint="last")
+    same = lit_ft.FineTuner(longer, train_dataset=[dict(row) for row in rows])
+    results = same.train(resume_from_checkpoint=True)
+    assert results["metrics"]["train"]["resumed_at_step"] == 4
+    assert results["metrics"]["train"]["steps"] == 6
