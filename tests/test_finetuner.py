@@ -206,6 +206,9 @@ def test_model_object_dataframe_and_compute_metrics(tmp_path):
     saved = tuner.save_model(tmp_path / "saved")
     again = AutoModelForSequenceClassification.from_pretrained(saved)
     torch.testing.assert_close(again.state_dict(), reloaded.state_dict())
+    # push_to_hub: the run's own check, so offline (the tests' HF_HUB_OFFLINE) it says why
+    with pytest.raises(LitFtError, match="HF_HUB_OFFLINE is set"):
+        tuner.push_to_hub("me/tiny-classifier")
 
 
 def test_bad_compute_metrics_and_uses_before_training_are_refused(tmp_path):
