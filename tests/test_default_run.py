@@ -6,35 +6,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers.as_if_cpu import run_as_if
+from helpers.readme_figures import DEFAULT_RUN, Figure, assert_figures, quoted
 
 pytestmark = pytest.mark.slow
-AS_IF_CPU = Path(__file__).parent / "helpers" / "as_if_cpu.py"
-README = Path(__file__).parent.parent / "README.md"
-# "(**224.1 → 45.3** where it trains in fp32, ...; 177 optimizer steps"
-README_FIGURES = re.compile(
-    r"perplexity before and after \(\*\*([\d.]+) → ([\d.]+)\*\*.*?(\d+) optimizer steps", re.S
-)
-
-
-def _run_as_if(flags: str, args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(AS_IF_CPU), flags, "--", *args],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
 
 
 def test_default_run_lowers_perplexity(tmp_path):
-    result = _run_as_if(
+    result = run_as_if(
         "none", [f"paths.output_dir={tmp_path}", "trainer.enable_progress_bar=false"]
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -47,12 +28,15 @@ def test_default_run_lowers_perplexity(tmp_path):
     assert (tmp_path / "hf_model" / "model.safetensors").is_file()
     # README quotes this run's figures: a change that moves them fails here until README
     # says the new ones (fp32 on another CPU's kernels moves them by far less than 1%)
-    quoted = README_FIGURES.search(README.read_text(encoding="utf-8"))
-    assert quoted, "README's Quickstart no longer quotes the default run's figures"
-    readme_before, readme_after, readme_steps = map(float, quoted.groups())
-    assert before == pytest.approx(readme_before, rel=0.01), (before, readme_before)
-    assert after == pytest.approx(readme_after, rel=0.01), (after, readme_after)
-    assert results["metrics"]["train"]["steps"] == readme_steps
+    readme_before, readme_after, readme_steps = quoted(DEFAULT_RUN, "the default run's figures")
+    assert_figures(
+        "the default run (Quickstart)",
+        [
+            Figure("perplexity before", before, readme_before, rel=0.01),
+            Figure("perplexity after", after, readme_after, rel=0.01),
+            Figure("optimizer steps", results["metrics"]["train"]["steps"], readme_steps),
+        ],
+    )
 
 
 def test_default_run_on_a_bf16_machine_trains_with_fused_adamw_and_clipping(tmp_path):
@@ -64,7 +48,7 @@ def test_default_run_on_a_bf16_machine_trains_with_fused_adamw_and_clipping(tmp_
         "callbacks.generations.num_prompts=0",
     ]
     args = [f"paths.output_dir={tmp_path}", "trainer.enable_progress_bar=false", *short]
-    result = _run_as_if("avx512_bf16", args)
+    result = run_as_if("avx512_bf16", args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "precision bf16-mixed (the CPU has avx512_bf16)" in result.stdout
     results = json.loads((tmp_path / "results.json").read_text())

@@ -3,15 +3,32 @@
 
     python tests/helpers/as_if_cpu.py avx512_bf16 -- <lit_ft.run overrides>
     python tests/helpers/as_if_cpu.py none -- <lit_ft.run overrides>
+
+From a test: `run_as_if("none", overrides)` (a subprocess; its output captured).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
 import lit_ft.model.precision
+
+
+def run_as_if(flags: str, overrides: list[str], timeout: float = 900):
+    """`python -m lit_ft.run <overrides>` in a subprocess, on a CPU with (or without) `flags`;
+    the `subprocess.CompletedProcess`, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, __file__, flags, "--", *overrides],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def main() -> None:
