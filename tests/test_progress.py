@@ -182,9 +182,8 @@ def test_fit_line_drops_the_expendable_parts_first():
 def test_styles(monkeypatch):
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)
     assert type(progress_bar("auto")) is LiveProgress
-    assert type(progress_bar("rich")) is LiveProgress  # the old name for the terminal display
     assert type(progress_bar("lines")) is LineProgress
     assert progress_bar("auto", enabled=False) is None
-    assert not progress_problems({"style": "rich"})
+    assert not progress_problems({"style": "live"})
     (problem,) = progress_problems(SimpleNamespace(get=lambda k: "bars", style="bars"))
     assert "callbacks.progress.style='bars'" in problem and "live" in problem

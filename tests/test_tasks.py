@@ -443,22 +443,6 @@ def _check_masked_lm_batch(batch: dict, expected: dict) -> None:
     assert torch.equal(batch["input_ids"][~chosen], original[~chosen])
 
 
-def test_checkpoints_with_the_old_task_spelling_still_read():
-    """Checkpoints (model_spec.task) and configs made before the rename say `causal-lm`."""
-    from lit_ft.data.streaming import streaming_problems
-    from lit_ft.model.build import ModelSpec
-    from lit_ft.tasks import PREVIOUS_NAMES, get_task, task_problems
-
-    assert PREVIOUS_NAMES["causal-lm"] == "causal_lm"
-    assert get_task("seq2seq-lm") is get_task("seq2seq")
-    assert get_task("sequence-classification").name == "sequence_classification"
-    assert ModelSpec(name_or_path="x").task == "causal_lm"
-    assert not task_problems("causal-lm", {"text_column": "text"})
-    data = {"streaming": True, "group_by_length": False}
-    assert not streaming_problems(data, 10, "causal-lm")
-    assert not streaming_problems(data, 10, "causal_lm")
-
-
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_validates(name, tmp_path):
     validate_config(compose([f"experiment={name}", f"paths.output_dir={tmp_path}"]))

@@ -283,10 +283,8 @@ def streaming_problems(data, max_steps, task_name: str) -> Problems:
         isinstance(max_steps, int) and max_steps > 0,
         "data.streaming=true reads data of unknown length: set trainer.max_steps",
     )
-    from lit_ft.tasks import PREVIOUS_NAMES
-
     problems.need(
-        PREVIOUS_NAMES.get(task_name, task_name) == "causal_lm",
+        task_name == "causal_lm",
         f"data.streaming=true streams text blocks for task=causal_lm; task "
         f"'{task_name}' reads its data into memory (set data.streaming=false)",
     )

@@ -27,8 +27,6 @@ from lit_ft.observe.tokens import real_tokens
 from lit_ft.problems import Problems
 
 STYLES = ("auto", "live", "lines", "tqdm")
-# Older configs said `rich` for the terminal display; it is the live line now.
-_ALIASES = {"rich": "live"}
 
 
 class _Speed:
@@ -316,7 +314,6 @@ def progress_bar(
     """
     if not enabled:
         return None
-    style = _ALIASES.get(style, style)
     if style == "auto":
         style = "live" if sys.stdout.isatty() else "lines"
     if style == "live":
@@ -336,7 +333,7 @@ def progress_bar(
 
 def progress_problems(progress) -> Problems:
     problems = Problems()
-    if progress and _ALIASES.get(progress.get("style"), progress.get("style")) not in STYLES:
+    if progress and progress.get("style") not in STYLES:
         problems.append(
             f"callbacks.progress.style='{progress.style}' is unknown; "
             f"use one of {', '.join(STYLES)}"

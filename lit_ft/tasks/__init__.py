@@ -36,12 +36,6 @@ TASKS: dict[str, type[Task]] = {
     )
 }
 
-# Checkpoints and configs written before the names matched conf/task/<name>.yaml say
-# `causal-lm` etc.: they still read.
-PREVIOUS_NAMES: dict[str, str] = {
-    task.previous_name: name for name, task in TASKS.items() if task.previous_name
-}
-
 # Every data-config key that names a column, whichever task reads it.
 COLUMN_KEYS: tuple[str, ...] = tuple(
     dict.fromkeys(key for task in TASKS.values() for key in (*task.columns, *task.optional_columns))
@@ -49,7 +43,6 @@ COLUMN_KEYS: tuple[str, ...] = tuple(
 
 __all__ = [
     "COLUMN_KEYS",
-    "PREVIOUS_NAMES",
     "TASKS",
     "Task",
     "TaskContext",
@@ -77,7 +70,7 @@ def build_task(
 
 def get_task(name: str) -> type[Task]:
     try:
-        return TASKS[PREVIOUS_NAMES.get(name, name)]
+        return TASKS[name]
     except KeyError:
         raise LitFtError(f"unknown task '{name}'; available: {', '.join(TASKS)}") from None
 
@@ -114,7 +107,7 @@ def task_problems(name: str, data, options=None) -> Problems:
     """An unknown task, a column the task reads that the data config leaves empty, or a bad
     value of the task's own options (conf/task/<name>.yaml, checked by the task class)."""
     problems = Problems()
-    task = TASKS.get(PREVIOUS_NAMES.get(name, name))
+    task = TASKS.get(name)
     problems.need(task is not None, f"task.name='{name}' is unknown; available: {', '.join(TASKS)}")
     for key in task.columns if task else ():
         problems.need(bool(data.get(key)), f"task '{task.name}' reads data.{key}, which is empty")

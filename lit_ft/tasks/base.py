@@ -27,7 +27,6 @@ class Task:
     """One fine-tuning task. Subclasses set the class attributes and the methods marked so."""
 
     name: ClassVar[str]  # as chosen on the command line: task=<name> (conf/task/<name>.yaml)
-    previous_name: ClassVar[str | None] = None  # the spelling checkpoints made before kept
     auto_class: ClassVar[str]  # attribute of `transformers`, resolved lazily (fast import)
     description: ClassVar[str]
     columns: ClassVar[tuple[str, ...]] = ()  # data-config keys that must name a column
@@ -207,10 +206,13 @@ class Task:
         the same data, tokenizer and options loads the processed Arrow files from the cache."""
         from datasets.fingerprint import Hasher
 
-        # The name as it was spelt when these keys were first made (causal-lm): a rename must
-        # not invalidate the processed-data cache nor the data fingerprint checkpoints hold.
-        name = self.previous_name or self.name
-        key = [dataset_fingerprint(dataset), name, step, context.tokenizer_hash, self.options()]
+        key = [
+            dataset_fingerprint(dataset),
+            self.name,
+            step,
+            context.tokenizer_hash,
+            self.options(),
+        ]
         return dataset.map(
             function,
             batched=True,

@@ -11,7 +11,6 @@ from lit_ft.tasks.base import PadCollator, Task, TaskContext
 
 class CausalLMTask(Task):
     name = "causal_lm"
-    previous_name = "causal-lm"  # before names matched conf/task/<name>.yaml
     auto_class = "AutoModelForCausalLM"
     shifted_labels = True
     description = "next-token prediction on text split into blocks"

@@ -11,7 +11,6 @@ from lit_ft.tasks.causal_lm import CausalLMTask
 
 class MaskedLMTask(CausalLMTask):
     name = "masked_lm"
-    previous_name = "masked-lm"  # before names matched conf/task/<name>.yaml
     auto_class = "AutoModelForMaskedLM"
     shifted_labels = False
     description = "predict masked tokens in text split into blocks (dynamic masking)"

@@ -9,7 +9,6 @@ from lit_ft.tasks.base import Task, TaskContext
 
 class Seq2SeqTask(Task):
     name = "seq2seq"
-    previous_name = "seq2seq-lm"  # before names matched conf/task/<name>.yaml
     auto_class = "AutoModelForSeq2SeqLM"
     description = "generate a target text from a source text (encoder-decoder)"
     predicts = True

@@ -10,7 +10,6 @@ from lit_ft.tasks.labelled import LabelledTask
 
 class SequenceClassificationTask(LabelledTask):
     name = "sequence_classification"
-    previous_name = "sequence-classification"  # before names matched conf/task/<name>.yaml
     auto_class = "AutoModelForSequenceClassification"
     description = "one label per text or text pair"
     predicts = True

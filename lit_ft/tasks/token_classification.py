@@ -15,7 +15,6 @@ from lit_ft.tasks.labelled import LabelledTask
 
 class TokenClassificationTask(LabelledTask):
     name = "token_classification"
-    previous_name = "token-classification"  # before names matched conf/task/<name>.yaml
     auto_class = "AutoModelForTokenClassification"
     description = "one tag per word, e.g. named entities (IOB tags)"
     predicts = True
