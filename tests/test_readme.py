@@ -93,8 +93,40 @@ ADAPTED: dict[str, dict[str, str]] = {
     },
 }
 
-# The tiny budget appended to every run: 2 optimizer steps, one validation batch.
-BUDGET = ["trainer.max_steps=2", "trainer.limit_val_batches=1", "trainer.enable_progress_bar=false"]
+# Commands that differ from another only in trivial overrides, run as part of it: the slow
+# tier starts ~25 subprocesses of 15-30 s each (imports, data, 2 steps, export), so each one
+# saved is worth it. A member's arguments join its leader's run unless the leader already sets
+# that key (`logger=[tensorboard,mlflow]` covers `logger=tensorboard`).
+MERGED_INTO: dict[str, str] = {
+    "python -m lit_ft.run logger=tensorboard": "python -m lit_ft.run 'logger=[tensorboard,mlflow]'",
+    "python -m lit_ft.run logger=mlflow": "python -m lit_ft.run 'logger=[tensorboard,mlflow]'",
+    "python -m lit_ft.run callbacks.resumable_checkpoint.save_top_k=3": (
+        "python -m lit_ft.run callbacks.resumable_checkpoint.every_n_train_steps=500"
+    ),
+    # README's memory table measures exactly this pair together
+    "python -m lit_ft.run model.chunked_loss=true model.loss_chunk_tokens=256": (
+        "python -m lit_ft.run model.gradient_checkpointing=true"
+    ),
+    "python -m lit_ft.run peft=lora": (
+        "python -m lit_ft.run peft=lora peft.r=16 'peft.target_modules=[c_attn,c_proj]' "
+        "peft.export=adapter"
+    ),
+    # on a CPU `trainer=ddp` is one process (devices=auto); the 2-process command covers it
+    "python -m lit_ft.run trainer=ddp": (
+        "python -m lit_ft.run trainer=ddp trainer.accelerator=cpu trainer.devices=2"
+    ),
+}
+
+# The tiny budget appended to every run: 2 optimizer steps, one validation, test and
+# prediction batch (predictions.jsonl of an untrained seq2seq model generating over a whole
+# validation split took minutes).
+BUDGET = [
+    "trainer.max_steps=2",
+    "trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1",
+    "+trainer.limit_predict_batches=1",
+    "trainer.enable_progress_bar=false",
+]
 # a resumed run goes 2 steps past the prior run's 2
 RESUME_BUDGET = ["trainer.max_steps=4", *BUDGET[1:]]
 
@@ -175,10 +207,12 @@ def test_readme_commands_are_found():
     assert "python -m lit_ft.run experiment=bert_sst2" in BY_TEXT
 
 
-def test_cannot_run_table_names_only_readme_commands():
-    stale = set(CANNOT_RUN) - set(BY_TEXT)
-    assert not stale, f"CANNOT_RUN names commands README no longer has: {stale}"
-    assert not set(ADAPTED) - set(BY_TEXT)
+def test_tables_name_only_readme_commands():
+    for table in (CANNOT_RUN, ADAPTED, MERGED_INTO, set(MERGED_INTO.values())):
+        stale = set(table) - set(BY_TEXT)
+        assert not stale, f"the tables name commands README no longer has: {stale}"
+    assert not set(MERGED_INTO) & set(MERGED_INTO.values())  # one level: leaders run
+    assert not (set(MERGED_INTO) | set(MERGED_INTO.values())) & set(CANNOT_RUN)
 
 
 RUN_COMMANDS = [c for c in COMMANDS if c.module == "lit_ft.run"]
@@ -216,6 +250,16 @@ def test_readme_run_command_composes_and_validates(
     assert is_local_model(cfg.model.name_or_path) and is_local_data(cfg.data.path), problem
 
 
+@pytest.mark.parametrize("leader", sorted(set(MERGED_INTO.values())))
+def test_merged_commands_compose_together(leader, tmp_path, fake_prior):
+    """What the slow tier runs for a leader and the commands merged into it is one valid config."""
+    args = with_merged(BY_TEXT[leader], fake_prior)
+    validate_config(compose([*args, f"paths.output_dir={tmp_path / 'run'}"]))
+    keys = {_key(a) for a in args}
+    for member in (m for m, lead in MERGED_INTO.items() if lead == leader):
+        assert {_key(a) for a in BY_TEXT[member].args} <= keys, member  # every key is run
+
+
 CANNOT = [BY_TEXT[t] for t in CANNOT_RUN if t in BY_TEXT]
 
 
@@ -247,7 +291,7 @@ def test_commands_that_cannot_run_fail_as_promised(command, tmp_path, fake_prior
 
 # -- slow: every runnable command end to end ------------------------------------------------
 
-RUNNABLE = [c for c in COMMANDS if c.text not in CANNOT_RUN]
+RUNNABLE = [c for c in COMMANDS if c.text not in CANNOT_RUN and c.text not in MERGED_INTO]
 # logger option -> the package it needs; a logger command is skipped where it is not installed
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "csv": "csv"}
 
@@ -341,8 +385,18 @@ def _budgeted(args: list[str], budget: list[str]) -> list[str]:
     return [*(a for a in args if _key(a) not in keys), *budget]
 
 
-def _check_run(command: ReadmeCommand, run_cli, prior: Path, folder: Path) -> None:
+def with_merged(command: ReadmeCommand, prior: Path) -> list[str]:
+    """The command's arguments plus those of the commands MERGED_INTO it."""
     args = substituted(command, prior)
+    for member, leader in MERGED_INTO.items():
+        if leader == command.text:
+            keys = {_key(a) for a in args}
+            args += [a for a in substituted(BY_TEXT[member], prior) if _key(a) not in keys]
+    return args
+
+
+def _check_run(command: ReadmeCommand, run_cli, prior: Path, folder: Path) -> None:
+    args = with_merged(command, prior)
     resumes = any(a.startswith("ckpt_path=") for a in args)
     args = _budgeted(args, RESUME_BUDGET if resumes else BUDGET)
     # W&B offline, as README's logger=wandb runs without an API key (conftest disables it)
