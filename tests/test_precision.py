@@ -237,3 +237,8 @@ def test_mixed_precision_comes_as_lit_ft_plugin_except_under_fsdp_and_deepspeed(
     fsdp = {"_target_": "lightning.pytorch.strategies.FSDPStrategy"}
     assert precision_plugins("bf16-mixed", "gpu", fsdp) == []
     assert precision_plugins("16-mixed", "gpu", "deepspeed_stage_2") == []
+    # FSDP2 is Lightning's ModelParallelStrategy, whose plain MixedPrecision refuses clipping
+    # with the fused AdamW: trainer=fsdp2 stopped at step 1 wherever auto picked bf16-mixed.
+    fsdp2 = {"_target_": "lit_ft.model.fsdp2.FullyShardedStrategy"}
+    (plugin,) = precision_plugins("bf16-mixed", "cpu", fsdp2)
+    assert isinstance(plugin, ClippingMixedPrecision)

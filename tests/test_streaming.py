@@ -67,3 +67,15 @@ def test_streaming_needs_max_steps(tiny_overrides):
         lit_ft.train_from_overrides(
             [*tiny_overrides, "data.streaming=true", "trainer.max_steps=-1"]
         )
+
+
+def test_a_stream_held_out_whole_for_validation_is_named(tiny_overrides):
+    """Fewer rows than data.streaming_validation_rows: every row is validation, training would
+    meet an empty stream (it said only "this process's shard is empty")."""
+    from lit_ft.errors import LitFtError
+
+    with pytest.raises(LitFtError, match="all held out for validation") as raised:
+        lit_ft.train_from_overrides(
+            [*tiny_overrides, "data.streaming=true", "data.streaming_validation_rows=1000000"]
+        )
+    assert "lower data.streaming_validation_rows" in str(raised.value)

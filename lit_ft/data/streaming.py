@@ -252,6 +252,14 @@ class StreamingDataModule(L.LightningDataModule):
         else:  # the first rows: held out here, skipped by training
             held_out, train = train, train.skip(self.validation_rows)
         rows = list(islice(iter(held_out), self.validation_rows))
+        if held_out is not streams.get("validation") and len(rows) < self.validation_rows:
+            # else training meets an empty stream and says only that its shard is empty
+            raise LitFtError(
+                f"data.path='{self.path}' holds {len(rows)} rows, all held out for validation "
+                f"(data.streaming_validation_rows={self.validation_rows}), none left to train on; "
+                "lower data.streaming_validation_rows or give a validation split "
+                "(data.data_files={train: ..., validation: ...})"
+            )
         ids = [t for row in rows for t in self._tokenize(row)]
         usable = len(ids) // self.block_size * self.block_size
         validation = [

@@ -62,12 +62,16 @@ def autocast_device(accelerator: str) -> str:
 
 
 def precision_plugins(precision: str, accelerator: str, strategy: Any) -> list:
-    """`[ClippingMixedPrecision]` for 16-/bf16-mixed under the single-device and DDP
+    """`[ClippingMixedPrecision]` for 16-/bf16-mixed under the single-device, DDP and FSDP2
     strategies; [] otherwise (pass `precision` to the Trainer). FSDP and DeepSpeed bring
-    precision plugins of their own, which lit_ft keeps."""
+    precision plugins of their own, which lit_ft keeps. FSDP2 (Lightning's
+    ModelParallelStrategy) takes Lightning's plain `MixedPrecision`, which refused clipping
+    with the fused AdamW: `trainer=fsdp2` stopped at step 1 wherever `auto` picks bf16-mixed."""
+    from lit_ft.model.fsdp2 import is_fsdp2
+
     if precision not in ("16-mixed", "bf16-mixed"):
         return []
     target = strategy.get("_target_", "") if isinstance(strategy, dict) else str(strategy)
-    if any(name in target.lower() for name in ("fsdp", "deepspeed")):
+    if not is_fsdp2(strategy) and any(name in target.lower() for name in ("fsdp", "deepspeed")):
         return []
     return [ClippingMixedPrecision(precision, autocast_device(accelerator))]
