@@ -23,8 +23,9 @@ import pytest
 from helpers.offline_hub import assert_clear_offline_message
 from helpers.readme_commands import ReadmeCommand, readme_commands
 
-from lit_ft.config import asset_path, compose, validate_config
+from lit_ft.config import asset_path, compose
 from lit_ft.errors import ConfigError, HubUnavailableError
+from lit_ft.validate import validate_config
 
 COMMANDS = readme_commands()
 BY_TEXT = {c.text: c for c in COMMANDS}
