@@ -24,7 +24,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 from lit_ft.compat import stop_child_process_observer
 
@@ -79,8 +78,8 @@ def end_child_ranks(grace_s: float = 5.0) -> list[int]:
     """Stop the rank processes this process launched (children with LOCAL_RANK >= 1).
 
     They get `grace_s` seconds to exit on their own (a failure they share ends them too),
-    then SIGTERM, then SIGKILL. Returns the pids that had to be signalled. Linux (/proc)
-    only; elsewhere there is nothing to look at and the children are left to their timeout.
+    then SIGTERM, then SIGKILL. Returns the pids that had to be signalled. The children and
+    their environments are read with psutil (Linux, macOS, Windows).
     """
     launched = stop_child_process_observer()
     ranks = _child_ranks()
@@ -107,29 +106,27 @@ def _child_ranks() -> list[int]:
     """Direct children whose environment names a LOCAL_RANK other than 0 (Lightning's
     launcher starts ranks 1..N-1 so; data-loader workers are forks of rank 0: LOCAL_RANK 0
     or none)."""
-    me, found = os.getpid(), []
-    for entry in Path("/proc").glob("[0-9]*"):
+    import psutil
+
+    found = []
+    for child in psutil.Process().children(recursive=False):
         try:
-            # /proc/<pid>/stat: "pid (name) state ppid ...": the name may hold spaces
-            ppid = int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid != me:
-                continue
-            env = entry.joinpath("environ").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
+            rank = child.environ().get("LOCAL_RANK", "0")
+        except (psutil.Error, OSError):
             continue  # gone meanwhile, or not ours to read
-        rank = next((v[len(b"LOCAL_RANK=") :] for v in env if v.startswith(b"LOCAL_RANK=")), b"0")
-        if rank not in (b"", b"0"):
-            found.append(int(entry.name))
+        if rank not in ("", "0"):
+            found.append(child.pid)
     return found
 
 
 def _alive(pid: int) -> bool:
     """Running (a zombie has ended: only its exit status waits to be collected)."""
+    import psutil
+
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    return state not in ("Z", "X")
 
 
 def rank_and_world() -> tuple[int, int]:
