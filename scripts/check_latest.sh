@@ -22,13 +22,14 @@ LIBRARIES=(lightning transformers torchmetrics datasets peft hydra-core trl)
 
 rm -rf "$VENV"
 python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet torch==2.13.0
-"$VENV/bin/python" -m pip install --quiet -e ".[test]"
+quiet() { grep -v "^WARNING: Location" || true; }  # the local index's missing mirrors
+"$VENV/bin/python" -m pip install --quiet --upgrade pip 2>&1 | quiet
+"$VENV/bin/python" -m pip install --quiet torch==2.13.0 2>&1 | quiet
+"$VENV/bin/python" -m pip install --quiet -e ".[test]" 2>&1 | quiet
 pinned=$("$VENV/bin/python" -m pip freeze)
 # --upgrade past lit_ft's bounds: pip warns that lit_ft does not allow them, and installs them.
 "$VENV/bin/python" -m pip install --quiet --upgrade "${LIBRARIES[@]}" 2>&1 |
-  grep -v "^ERROR: pip's dependency resolver\|^lit-ft .* requires" || true
+  grep -v "^ERROR: pip's dependency resolver\|^lit-ft .* requires\|^WARNING: Location" || true
 
 echo
 echo "library        pyproject.toml        with lit_ft's bounds   newest           outside the bounds"
