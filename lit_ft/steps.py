@@ -234,13 +234,16 @@ def keep_global_batch(cfg: DictConfig, resume: ResumePoint | None, trainer) -> N
     """On resume, the batch and accumulation that keep the checkpoint's global batch on this
     many processes (lit_ft/training/elastic.py); said in the pre-flight when they change."""
     here = GlobalBatch(cfg.data.batch_size, cfg.trainer.accumulate_grad_batches, trainer.world_size)
-    kept, change = elastic.keep_global_batch(
-        elastic.saved_global_batch(resume.checkpoint if resume else None), here
-    )
+    saved = elastic.saved_global_batch(resume.checkpoint if resume else None)
+    kept, change = elastic.keep_global_batch(saved, here)
+    limit, limit_change = elastic.keep_epoch_limit(trainer.limit_train_batches, saved, kept)
     if change:
         say(change)
         cfg.data.batch_size = kept.batch_size
         cfg.trainer.accumulate_grad_batches = trainer.accumulate_grad_batches = kept.accumulation
+    if limit_change:  # an epoch of the same sequences (the step count reads the config)
+        say(limit_change)
+        cfg.trainer.limit_train_batches = trainer.limit_train_batches = limit
 
 
 def count_optimizer_steps(

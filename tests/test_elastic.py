@@ -4,7 +4,9 @@ The reference is one uninterrupted process of batch 8 (dropout off, fp32). Each 
 SIGKILLed after its step-6 checkpoint and resumed on other hardware without naming the
 accumulation: lit_ft recomputes what keeps the global batch of 8, and steps 7-12 must log
 the reference's step losses (metrics.csv, the loss over all processes and micro-batches) and
-end with its weights, to the order of float sums (1e-5 relative).
+end with its weights, to the order of float sums (1e-5 relative). Two cases run in epochs of
+4 steps (`trainer.limit_train_batches=4`): resumed mid-epoch, they cross the epoch boundary at
+step 8 on the new layout, whose per-process limit lit_ft rescales to keep 32 sequences an epoch.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ KILL_AFTER_STEP_6 = "+callbacks.kill={_target_: helpers.callbacks.KillAt, step: 
 
 def _args(tokenizer_dir, text_file, out: Path, *extra: str) -> list[str]:
     args = tiny_run_overrides(tokenizer_dir, text_file, out)
-    args = [a for a in args if not a.startswith(("model.config_overrides=", "trainer.max_steps"))]
+    replaced = ("model.config_overrides=", "trainer.max_steps", "trainer.max_epochs")
+    args = [a for a in args if not a.startswith(replaced)]
     return [
         *args,
         NO_DROPOUT,
         "trainer.max_steps=12",
+        "trainer.max_epochs=4",  # only the epochs of 4 steps reach a second epoch
         "trainer.log_every_n_steps=1",
         "callbacks.resumable_checkpoint.every_n_train_steps=3",
         "evaluate_before=false",
@@ -51,13 +55,21 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def reference(tiny_tokenizer_dir, text_file, tmp_path_factory):
-    """One process, batch 8, never interrupted: step losses and final weights."""
+    """One process, batch 8, never interrupted: step losses and final weights (one run per
+    set of shared settings, e.g. the epochs of 4 steps)."""
     import lit_ft
 
-    out = tmp_path_factory.mktemp("reference")
-    lit_ft.train_from_overrides(_args(tiny_tokenizer_dir, text_file, out))
-    weights = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    return read_metrics(out)["train/loss"], weights
+    runs = {}
+
+    def run(*shared: str):
+        if shared not in runs:
+            out = tmp_path_factory.mktemp("reference")
+            lit_ft.train_from_overrides(_args(tiny_tokenizer_dir, text_file, out, *shared))
+            last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+            runs[shared] = read_metrics(out)["train/loss"], last["state_dict"]
+        return runs[shared]
+
+    return run
 
 
 def _final_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -70,8 +82,10 @@ def _final_weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
+EPOCHS_OF_4_STEPS = ("trainer.limit_train_batches=4",)  # 4 batches of 8 sequences an epoch
 CASES = {
-    # name: (first life, resumed life, the pre-flight line the resume must print)
+    # name: (first life, resumed life, the pre-flight line the resume must print[, the
+    # reference's own settings])
     "1 -> 2 processes": ([], [*TWO_PROCESSES], "data.batch_size 8 -> 4"),
     "2 -> 1 process": (
         [*TWO_PROCESSES, "data.batch_size=4"],
@@ -90,6 +104,19 @@ CASES = {
         [*FSDP2, "trainer.devices=2"],
         "data.batch_size 8 -> 4",
     ),
+    # an epoch boundary after the resume, each epoch 32 sequences on either layout
+    "batch 8 x 1 -> 4 x 2, epochs of 4 steps": (
+        [*EPOCHS_OF_4_STEPS],
+        ["data.batch_size=4", *EPOCHS_OF_4_STEPS],
+        "trainer.limit_train_batches 4 -> 8 keeps 32 sequences an epoch",
+        EPOCHS_OF_4_STEPS,
+    ),
+    "2 -> 1 process, epochs of 4 steps": (
+        [*TWO_PROCESSES, "data.batch_size=4", "trainer.limit_train_batches=4"],
+        ["data.batch_size=4", "trainer.limit_train_batches=4"],
+        "trainer.limit_train_batches 4 -> 8 keeps 32 sequences an epoch",
+        EPOCHS_OF_4_STEPS,  # its 4 batches of 8 are the first life's 4 of 4 on 2 processes
+    ),
 }
 
 
@@ -98,7 +125,7 @@ CASES = {
 def test_resumed_on_other_hardware_matches(
     case, reference, run_cli, tiny_tokenizer_dir, text_file, tmp_path
 ):
-    first, then, said = CASES[case]
+    first, then, said, *reference_settings = CASES[case]
     out = tmp_path / "run"
     killed = run_cli(
         _args(tiny_tokenizer_dir, text_file, out, *first, KILL_AFTER_STEP_6), env=_env()
@@ -111,7 +138,7 @@ def test_resumed_on_other_hardware_matches(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert said in resumed.stdout and "keeps the global batch of 8" in resumed.stdout
 
-    want_losses, want_weights = reference
+    want_losses, want_weights = reference(*(reference_settings[0] if reference_settings else ()))
     losses = read_metrics(out)["train/loss"]
     assert sorted(losses) == sorted(want_losses)  # every step logged once, none skipped
     loss_gap = max(abs(losses[step] - loss) / abs(loss) for step, loss in want_losses.items())
@@ -167,6 +194,22 @@ def test_the_setting_left_alone_is_recomputed():
         keep_global_batch(GlobalBatch(4, 1, 2), GlobalBatch(3, 3, 2))
     with pytest.raises(LitFtError, match=r"resume on 1, 3, 9 process\(es\)"):
         keep_global_batch(GlobalBatch(3, 1, 3), GlobalBatch(3, 1, 2))
+
+
+def test_an_epoch_limit_keeps_its_sequences():
+    from lit_ft.training.elastic import keep_epoch_limit
+
+    saved = GlobalBatch(8, 1, 1)  # limit 4: 4 x 8 = 32 sequences an epoch
+    assert keep_epoch_limit(4, saved, GlobalBatch(4, 2, 1)) == (
+        8,
+        "trainer.limit_train_batches 4 -> 8 keeps 32 sequences an epoch",
+    )
+    assert keep_epoch_limit(4, saved, GlobalBatch(4, 1, 2)) == (4, "")  # 4 x 2 processes
+    assert keep_epoch_limit(0.5, saved, GlobalBatch(4, 2, 1)) == (0.5, "")  # a fraction
+    assert keep_epoch_limit(4, None, GlobalBatch(4, 2, 1)) == (4, "")  # not a resume
+    # 1 batch of 3 sequences, resumed as batches of 2 on 3 processes (6 a batch): refused
+    with pytest.raises(LitFtError, match=r"limit_train_batches=1: .* 1 x 3 = 3 sequences"):
+        keep_epoch_limit(1, GlobalBatch(3, 2, 1), GlobalBatch(2, 1, 3))
 
 
 def test_micro_batch_counters_follow_the_accumulation():

@@ -93,6 +93,36 @@ def keep_global_batch(saved: GlobalBatch | None, here: GlobalBatch) -> tuple[Glo
     raise LitFtError(_refusal(saved, here))
 
 
+def keep_epoch_limit(
+    limit: int | float | None, saved: GlobalBatch | None, kept: GlobalBatch
+) -> tuple[int | float | None, str]:
+    """`trainer.limit_train_batches` for the resumed layout, and a line when it changes.
+
+    An integer limit counts micro-batches per process, so an epoch holds limit x batch x
+    processes sequences: 4 batches of 8 on 1 process are 32 sequences, which 1 process of
+    batch 4 reads in 8 batches. Kept, every later epoch starts on the step it started on
+    and holds the same examples. A fraction of the data is the same on any layout.
+    """
+    per_batch_then = saved.batch_size * saved.world_size if saved else None
+    per_batch_now = kept.batch_size * kept.world_size
+    if (
+        not isinstance(limit, int)
+        or isinstance(limit, bool)
+        or per_batch_then in (None, per_batch_now)
+    ):
+        return limit, ""
+    sequences = limit * per_batch_then
+    if sequences % per_batch_now:
+        raise LitFtError(
+            f"cannot resume with trainer.limit_train_batches={limit}: an epoch of the "
+            f"checkpoint's run held {limit} x {per_batch_then} = {sequences} sequences, which "
+            f"batches of {per_batch_now} over all processes do not divide; set "
+            "trainer.limit_train_batches to a fraction (e.g. 0.5) or resume on the old layout"
+        )
+    new = sequences // per_batch_now
+    return new, f"trainer.limit_train_batches {limit} -> {new} keeps {sequences} sequences an epoch"
+
+
 def _refusal(saved: GlobalBatch, here: GlobalBatch) -> str:
     world = here.world_size
     pairs = [  # every whole (batch, accumulation) for this process count
