@@ -42,8 +42,8 @@ CHAT_EXAMPLE = (
 # The same section: how full the packed blocks are, as the pre-flight prints it.
 CHAT_PACKING = r"(\d+)% full when `<\|im_end\|>` was\s+7 tokens; (\d+)% now"
 
-# Quickstart: "the fast tier of the tests: 304 tests", "adds the 96 tests marked `slow`",
-# "the precision\nmatrix: 400 tests in"
+# Quickstart: "the fast tier of the tests: 382 tests", "adds the 131 tests marked `slow`",
+# "the precision matrix: 513 tests in"
 TEST_COUNTS = (
     r"fast tier of the tests: (\d+) tests.*?adds the (\d+) tests marked `slow`"
     r".*?matrix: (\d+) tests in"
