@@ -190,6 +190,37 @@ def _write_weight_files(ckpt_path, names: list[str], staging: Path, max_shard_by
         (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
+def export_run(cfg, trainer, model, tokenizer, output_dir: Path, best: str | None) -> dict:
+    """The run's export step: hf_model/ (the weights the run hands on), hf_model_last/ on
+    request (`export_last`), the Hub upload (`push_to_hub`). Returns the paths and URL."""
+    from lit_ft.config import to_plain
+    from lit_ft.hub import push_to_hub
+    from lit_ft.training.checkpoint import last_checkpoint
+
+    done: dict[str, str | None] = {"export_dir": None, "export_last_dir": None, "hub_url": None}
+    last = last_checkpoint(trainer)
+    if cfg.export:
+        exported = export_model(trainer, model, tokenizer, output_dir / "hf_model", best)
+        done["export_dir"] = str(exported)
+    if cfg.export_last and last:
+        done["export_last_dir"] = str(export_checkpoint(last, output_dir / "hf_model_last"))
+    upload = to_plain(cfg.push_to_hub)
+    if upload.pop("enabled") and done["export_dir"]:
+        done["hub_url"] = push_to_hub(done["export_dir"], **upload)
+    return done
+
+
+def export_model(trainer, model, tokenizer, out_dir: Path, best: str | None) -> Path:
+    """The weights the run hands on in Hugging Face format (from_pretrained loads them): the
+    module's own, or, when each process holds only its shard, the checkpoint's."""
+    from lit_ft.model.strategy import shards_weights
+    from lit_ft.training.checkpoint import last_checkpoint
+
+    if shards_weights(trainer):  # the module holds only this rank's shard
+        return export_checkpoint(best or last_checkpoint(trainer), out_dir)
+    return export_pretrained(model, tokenizer, out_dir)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m lit_ft.export",

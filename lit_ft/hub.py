@@ -90,6 +90,20 @@ def check_hub_sources(
         raise HubUnavailableError(_offline_message(missing, reason))
 
 
+def check_run_sources(cfg, spec, given=None) -> None:
+    """The run's step: the Hub, when model or data come from it, and a push_to_hub's token,
+    checked now, not after the data's work. What came as objects (`given`,
+    lit_ft.steps.Given) is not looked for anywhere."""
+    given_model = getattr(given, "model", None)
+    model = None if given_model is not None else spec.name_or_path
+    given_tokenizer = getattr(given, "tokenizer", None)
+    tokenizer = None if given_tokenizer is not None or model is None else spec.tokenizer_name
+    given_data = getattr(given, "splits", None) is not None
+    data = (None, None) if given_data else (cfg.data.path, cfg.data.name)
+    check_hub_sources(model, tokenizer, *data)
+    check_push_to_hub(cfg.push_to_hub.enabled, cfg.push_to_hub.repo_id)
+
+
 def _model_in_cache(name: str) -> bool:
     from transformers import AutoConfig
 

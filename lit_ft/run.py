@@ -4,8 +4,9 @@ The story of `train(cfg)`: check the config -> claim the run directory -> check 
 and what to resume from -> callbacks, loggers, precision -> the Trainer -> seed and prepare
 the data -> count the steps -> the model and its LightningModule -> evaluate the starting
 model -> fit -> evaluate what training hands on -> test and predict -> export -> results.json.
-Each step is a function in `lit_ft.steps`, the one module that loads the heavy stack; this
-module stays light, so `--help` and config errors come back before torch is imported.
+Each step is a function of the package that owns it, named in story order by `lit_ft.steps`,
+the one module that loads the heavy stack; this module stays light, so `--help` and config
+errors come back before torch is imported.
 `train(cfg)` is what notebooks call (`lit_ft.train_from_overrides`); `main()` only adds
 Hydra's command line and returns the metric a sweep optimizes.
 """
@@ -42,7 +43,7 @@ class Job:
     results: dict[str, Any]
     trainer: Any = None
     module: Any = None
-    data: Any = None  # lit_ft.steps.PreparedData: tokenizer, task, datamodule
+    data: Any = None  # lit_ft/data/prepare.py PreparedData: tokenizer, task, datamodule
     best: str | None = None  # the checkpoint the handed-on weights come from (None: the end)
 
 
@@ -65,8 +66,8 @@ def run_job(cfg: DictConfig, given=None) -> Job:
         steps.write_config(cfg, output_dir, leader)
         spec = ModelSpec(task=cfg.task.name, **to_plain(cfg.model))
         given = given or steps.Given()
-        steps.check_sources(cfg, spec, given)
-        resume = steps.resume_point(cfg)  # read once; checked against model and data below
+        steps.check_run_sources(cfg, spec, given)
+        resume = steps.resolve_resume(cfg.ckpt_path, cfg.paths.checkpoint_dir)  # read once
         lora = hydra.utils.instantiate(cfg.peft) if cfg.get("peft") else None  # peft=lora
         callbacks, recorder = steps.run_callbacks(
             [*_instantiate_all(cfg.callbacks), *given.callbacks],
@@ -78,8 +79,10 @@ def run_job(cfg: DictConfig, given=None) -> Job:
         # The Trainer before the data: a setting this machine cannot run fails in seconds.
         trainer = _make_trainer(cfg, callbacks, precision)
         log_config(trainer.loggers, to_plain(cfg))
-        steps.keep_global_batch(cfg, resume, trainer)  # resumed on other hardware
-        data = steps.prepare_data(cfg, spec, resume, given)
+        steps.keep_global_batch_on_resume(cfg, resume, trainer)  # on other hardware
+        steps.seed_everything(cfg.seed, workers=True)
+        data = steps.prepare_data(cfg, spec, given)
+        steps.check_resume_fits(resume, data, spec, cfg.force_resume)  # before any model
         num_steps = steps.count_optimizer_steps(cfg, data.datamodule, trainer.world_size, resume)
         module = FineTuneModule(
             spec,
@@ -99,11 +102,12 @@ def run_job(cfg: DictConfig, given=None) -> Job:
             targets_per_batch=cfg.data.batch_size * data.task.max_length,  # a loss scale
         )
         steps.use_compute_metrics(module, given.compute_metrics)
-        estimate = steps.print_plan(
-            cfg, data, module, num_steps, trainer.world_size, precision.text
-        )
-
+        world = trainer.world_size
+        estimate = steps.plan_memory(cfg, data.task, module.model, world, precision.text)
+        steps.print_plan(cfg, data, module, num_steps, world, estimate)
         dm = data.datamodule
+        steps.show_training_example(data.task, dm.datasets["train"], output_dir)
+
         before = steps.evaluate_start(trainer, module, dm, resume, cfg.evaluate_before)
         trainer.fit(module, datamodule=dm, ckpt_path=resume.path if resume else None)
         after, best = steps.evaluate_final(trainer, module, dm)
@@ -115,9 +119,10 @@ def run_job(cfg: DictConfig, given=None) -> Job:
         if not trainer.is_global_zero:
             return job
 
-        exported = steps.export(cfg, trainer, module.model, data.tokenizer, output_dir, best)
-        paths = {"best": best, **exported, "predictions": predictions}
-        paths |= {"output_dir": output_dir, "resumed_from": resume.path if resume else None}
+        exported = steps.export_run(cfg, trainer, module.model, data.tokenizer, output_dir, best)
+        paths = {"best": best, "last": steps.last_checkpoint(trainer), **exported}
+        paths |= {"predictions": predictions, "output_dir": output_dir}
+        paths["resumed_from"] = resume.path if resume else None
         job.results = steps.results(
             data.task, metrics, trainer, recorder, data.seconds, started, paths, estimate
         )
@@ -133,7 +138,7 @@ def train_from_overrides(overrides: list[str] | tuple[str, ...] = ()) -> dict[st
 
 
 def build_task_and_data(cfg: DictConfig, tokenizer, hf_config):
-    """The task and datamodule of `cfg` (see `lit_ft.steps`); the benchmarks build data here."""
+    """The task and datamodule of `cfg` (lit_ft/data/prepare.py); the benchmarks build data here."""
     from lit_ft import steps
 
     return steps.build_task_and_data(cfg, tokenizer, hf_config)

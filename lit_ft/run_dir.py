@@ -20,12 +20,20 @@ from pathlib import Path
 from lit_ft.run_lock import LOCK_FILE
 
 # What a run directory holds before any work: Hydra's config copy and log, our lock and
-# resolved config (lit_ft.steps.write_config), the training example (lit_ft.steps.print_plan);
+# resolved config (write_config below), the training example (lit_ft/observe/plan.py);
 # and LOGS_DIR when it holds only CSV loggers' hparams.yaml (lit_ft.observe.loggers.log_config).
 START_FILES = frozenset({".hydra", "run.log", LOCK_FILE, "config.yaml", "train_example.txt"})
 LOGS_DIR, CONFIG_COPY = "logs", "hparams.yaml"
 
 _existed_before: dict[str, bool] = {}
+
+
+def write_config(cfg, output_dir: Path, leader: bool) -> None:
+    """The resolved config, beside everything the run writes (by rank 0)."""
+    from omegaconf import OmegaConf
+
+    if leader:
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def note_run_dir(path: str | Path) -> None:

@@ -37,12 +37,12 @@ def test_the_free_memory_of_a_cpu_host_is_split_between_its_processes():
 
 def test_a_run_that_would_not_fit_trains_with_checkpointing(tiny_overrides, monkeypatch, capsys):
     import lit_ft
-    import lit_ft.steps
+    import lit_ft.training.memory_plan as plan
 
     seen = []
-    monkeypatch.setattr(lit_ft.steps, "free_bytes", lambda *a: 1)  # one byte free
+    monkeypatch.setattr(plan, "free_bytes", lambda *a: 1)  # one byte free
     monkeypatch.setattr(
-        lit_ft.steps, "enable_checkpointing", lambda model: seen.append(model) or real(model)
+        plan, "enable_checkpointing", lambda model: seen.append(model) or real(model)
     )
     from lit_ft.model.peft import enable_checkpointing as real
 

@@ -168,7 +168,7 @@ class LineProgress(ProgressBar):
         return [*parts, ("time", self._time_text(trainer))]
 
     def _total_steps(self, trainer) -> int | None:
-        # The run's one step count (lit_ft.steps.count_optimizer_steps), as the module holds it.
+        # The run's one step count (training/optim.py), as the module holds it.
         return getattr(trainer.lightning_module, "num_training_steps", None)
 
     def _step_text(self, trainer) -> str:

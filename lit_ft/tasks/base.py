@@ -12,6 +12,7 @@ import torch
 from lit_ft.compat import dataset_fingerprint
 from lit_ft.errors import LitFtError
 from lit_ft.problems import Problems
+from lit_ft.tasks.chat import stop_at_end_of_turn
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class Task:
         self.add_eos = False  # end each text with EOS (text-block tasks); set by build_task
         self.truncation = "cut"  # data.truncation (task=instruction reads it); set by build_task
         # How a causal task's training loss is computed (lit_ft/model/chunked_loss.py): set
-        # by lit_ft.steps.build_network once the model is known; None: the model's own loss.
+        # by build_network (lit_ft/model/network.py) once the model is known; None: the
+        # model's own loss.
         self.loss_choice = None
 
     @classmethod
@@ -94,6 +96,11 @@ class Task:
 
     def check_model(self, model) -> None:
         """Refuse, before training, a built model that cannot do what the task asks of it."""
+
+    def stop_generation_at_end_of_turn(self, model) -> None:
+        """generate() stops at EOS or the chat's end of turn (validation answers,
+        generations.jsonl): the model's generation config learns the tokenizer's stops."""
+        stop_at_end_of_turn(getattr(model, "generation_config", None), self.tokenizer)
 
     def prepare_with_model(self, model, datamodule) -> None:
         """Processing that needs the built model (e.g. preference tuning's precomputed

@@ -8,6 +8,7 @@ kernel is worth keeping: it updates every tensor in one pass.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,6 +16,10 @@ from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities import GradClipAlgorithmType
 
 from lit_ft.compat import run_before_optimizer_step_hooks
+from lit_ft.config import to_plain
+from lit_ft.log import say
+from lit_ft.model.precision import resolve_precision
+from lit_ft.training.checkpoint import AtomicCheckpointIO
 
 
 class ClippingMixedPrecision(MixedPrecision):
@@ -75,3 +80,21 @@ def precision_plugins(precision: str, accelerator: str, strategy: Any) -> list:
     if not is_fsdp2(strategy) and any(name in target.lower() for name in ("fsdp", "deepspeed")):
         return []
     return [ClippingMixedPrecision(precision, autocast_device(accelerator))]
+
+
+@dataclass
+class PrecisionChoice:
+    flag: str | None  # for Trainer(precision=...); None when a plugin carries it
+    plugins: list  # checkpoint IO, and lit_ft's mixed precision where it applies
+    text: str  # "bf16-mixed (the CPU has avx512_bf16)"
+
+
+def choose_precision(trainer_cfg) -> PrecisionChoice:
+    """`auto` resolved for this machine (printed, so it is never a surprise). bf16-/16-mixed
+    come as lit_ft's plugin (clipping with the fused AdamW); Lightning refuses a precision
+    plugin and a `precision` flag together, so it is one or the other."""
+    precision, why = resolve_precision(trainer_cfg.precision, trainer_cfg.accelerator)
+    say(f"precision {precision} ({why})")
+    amp = precision_plugins(precision, trainer_cfg.accelerator, to_plain(trainer_cfg)["strategy"])
+    flag = None if amp else precision
+    return PrecisionChoice(flag, [AtomicCheckpointIO(), *amp], f"{precision} ({why})")

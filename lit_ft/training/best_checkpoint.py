@@ -3,7 +3,7 @@
 A run that validates only at the end (or every N steps) reaches ModelCheckpoint's save hooks
 before the monitored `val/loss` exists, and Lightning warns at each of them that it "could not
 find the monitored key". Nothing is missing: there is no best yet (lit_ft decides the best
-weights against a final evaluation anyway, lit_ft.steps.better_checkpoint). So the hooks are
+weights against a final evaluation anyway: training/evaluation.py). So the hooks are
 skipped while no validation metric exists; once one does, Lightning's own checks apply, so a
 monitored name that the run never logs is still reported.
 

@@ -215,6 +215,29 @@ def check_same_model(resume: ResumePoint | None, hf_config, spec) -> None:
     )
 
 
+def check_resume_fits(resume: ResumePoint | None, data, spec, force: bool) -> None:
+    """The run's step after the data is prepared: a checkpoint to resume from must fit both
+    the model (shapes, with the vocabulary the task grows) and the data (fingerprints),
+    refused here, before any model is built or trained. `data`: the prepared data
+    (lit_ft/data/prepare.py)."""
+    if resume is None:
+        return
+    import copy
+
+    from lit_ft.model.vocab import grown_size
+
+    grown = copy.deepcopy(data.hf_config)  # the rows the model will have (a chat's end of turn)
+    grown.vocab_size = grown_size(data.hf_config.vocab_size, data.tokenizer)
+    check_same_model(resume, grown, spec)
+    check_same_data(resume, data.datamodule.fingerprint(), force=force)
+
+
+def last_checkpoint(trainer) -> str | None:
+    """The newest checkpoint the Trainer's checkpoint callbacks wrote (None: none)."""
+    paths = [getattr(cb, "last_model_path", "") for cb in trainer.checkpoint_callbacks]
+    return next((p for p in paths if p), None)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoint writes that never leave a half-written file where a good one stood.
 

@@ -30,6 +30,7 @@ from lightning.pytorch import Callback
 
 from lit_ft.compat import reopen_epoch, rescale_batch_progress
 from lit_ft.errors import LitFtError
+from lit_ft.log import say
 
 CHECKPOINT_KEY = "lit_ft_global_batch"
 
@@ -170,3 +171,21 @@ def running_global_batch(trainer) -> GlobalBatch:
     return GlobalBatch(
         trainer.datamodule.batch_size, trainer.accumulate_grad_batches, trainer.world_size
     )
+
+
+def keep_global_batch_on_resume(cfg, resume, trainer) -> None:
+    """The run's step: on resume, the batch and accumulation that keep the checkpoint's
+    global batch on this many processes (and an epoch's sequences under an integer
+    `trainer.limit_train_batches`), written into the config and the Trainer; said in the
+    pre-flight when they change."""
+    here = GlobalBatch(cfg.data.batch_size, cfg.trainer.accumulate_grad_batches, trainer.world_size)
+    saved = saved_global_batch(resume.checkpoint if resume else None)
+    kept, change = keep_global_batch(saved, here)
+    limit, limit_change = keep_epoch_limit(trainer.limit_train_batches, saved, kept)
+    if change:
+        say(change)
+        cfg.data.batch_size = kept.batch_size
+        cfg.trainer.accumulate_grad_batches = trainer.accumulate_grad_batches = kept.accumulation
+    if limit_change:  # an epoch of the same sequences (the step count reads the config)
+        say(limit_change)
+        cfg.trainer.limit_train_batches = trainer.limit_train_batches = limit

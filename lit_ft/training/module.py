@@ -65,7 +65,7 @@ class FineTuneModule(L.LightningModule):
         self.token_weighted = True
         self._validation_started = time.perf_counter()
         self._generation_cost_said = False
-        self.before_metrics: dict[str, float] | None = None  # the starting model's (steps.py)
+        self.before_metrics: dict[str, float] | None = None  # training/evaluation.py
 
     def configure_model(self) -> None:
         # trainer=fsdp2 (lit_ft/model/fsdp2.py): Lightning hands over the process mesh here,
@@ -217,7 +217,7 @@ class FineTuneModule(L.LightningModule):
             "hf_config": self.model.config.to_dict(),
             # the starting model's metrics, so a resumed life reports them without validating
             "before": self.before_metrics,
-            # the schedule's length: a resume on other hardware keeps it (steps.py)
+            # the schedule's length: a resume on other hardware keeps it (training/optim.py)
             "num_training_steps": self.num_training_steps,
             # the chat template and end-of-turn token the task set on the tokenizer
             "tokenizer": chat_settings(self.task.tokenizer),

@@ -7,7 +7,9 @@ import math
 import torch
 
 from lit_ft.compat import fused_kernel_devices
+from lit_ft.log import say
 from lit_ft.problems import Problems
+from lit_ft.training.elastic import GlobalBatch, saved_global_batch
 
 
 def weight_decay_groups(model: torch.nn.Module) -> list[dict]:
@@ -181,3 +183,33 @@ def step_problems(trainer) -> Problems:
         f"trainer.gradient_clip_val must be >= 0 or null, got {clip!r}",
     )
     return problems
+
+
+def count_optimizer_steps(cfg, datamodule, world_size: int, resume=None) -> int:
+    """The run's step count: sizes the schedule and the progress line (`optimizer_steps`
+    from the datamodule's length and the config's limits).
+
+    A run resumed with another split of the same global batch (elastic.py) keeps the
+    original run's count: the epoch's last, padded step can round differently (753 blocks
+    are 95 steps of 8 on 1 process, but 377 + 376 blocks in batches of 4 on 2).
+
+    Each of w processes takes ceil(N/w) of the N blocks (lit_ft/data/sampler.py pads), so
+    ceil(ceil(N/w)/b) batches of b: equal to ceil(ceil(N/b)/w), which this computes
+    (both are ceil(N/(b*w)); e.g. N=101, b=8, w=2: ceil(51/8) = ceil(13/2) = 7).
+    """
+    streamed = cfg.data.get("streaming")  # a stream's length is unknown: max_steps decides
+    batches = None if streamed else math.ceil(len(datamodule.train_dataloader()) / world_size)
+    counted = optimizer_steps(
+        batches_per_epoch=batches,
+        accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+        max_epochs=cfg.trainer.get("max_epochs"),
+        max_steps=cfg.trainer.get("max_steps", -1),
+        limit_train_batches=cfg.trainer.get("limit_train_batches"),
+    )
+    checkpoint = resume.checkpoint if resume else {}
+    saved = checkpoint.get("lit_ft", {}).get("num_training_steps")
+    here = GlobalBatch(cfg.data.batch_size, cfg.trainer.accumulate_grad_batches, world_size)
+    if saved and saved != counted and saved_global_batch(checkpoint) not in (None, here):
+        say(f"the schedule keeps the original run's {saved} steps (this layout counts {counted})")
+        return saved
+    return counted
