@@ -150,7 +150,8 @@ def export_sharded_checkpoint(
     staging = out_dir.with_name(f".{out_dir.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    _write_weight_files(ckpt_path, names, staging, max_shard_bytes)
+    shapes = {name: saved["state_dict"][f"model.{name}"] for name in names}  # meta tensors
+    _write_weight_files(ckpt_path, shapes, staging, max_shard_bytes)
     config.save_pretrained(staging)
     tokenizer = checkpoint_tokenizer(saved, spec)
     if model.can_generate():
@@ -160,33 +161,26 @@ def export_sharded_checkpoint(
     return _swap_in(staging, out_dir)
 
 
-def _write_weight_files(ckpt_path, names: list[str], staging: Path, max_shard_bytes: int):
+def _write_weight_files(ckpt_path, shapes: dict, staging: Path, max_shard_bytes: int):
     """model.safetensors, or Hugging Face's model-0000i-of-0000n.safetensors + index when
-    the weights pass one file's size; a file's tensors are read, written and dropped."""
+    the weights pass one file's size. huggingface_hub plans the files from the weights'
+    shapes (meta tensors: nothing read yet); each file's tensors are then read, written
+    and dropped."""
     import json
 
+    from huggingface_hub import split_torch_state_dict_into_shards
     from safetensors.torch import save_file
 
-    from lit_ft.training.sharded_checkpoint import weight_groups
+    from lit_ft.training.sharded_checkpoint import read_weights
 
-    files, weight_map, total = [], {}, 0
-    groups = weight_groups(ckpt_path, [f"model.{n}" for n in names], max_shard_bytes)
-    for i, group in enumerate(groups, start=1):
-        tensors = {k.removeprefix("model."): v.contiguous() for k, v in group.items()}
-        files.append(staging / f"model-{i:05d}.safetensors")
-        save_file(tensors, files[-1], metadata={"format": "pt"})
-        weight_map |= dict.fromkeys(tensors, files[-1].name)
-        total += sum(t.numel() * t.element_size() for t in tensors.values())
-    if len(files) == 1:
-        files[0].rename(staging / "model.safetensors")
-    else:  # Hugging Face's sharded layout: model-00001-of-00003.safetensors + an index
-        renamed = {f.name: f"{f.stem}-of-{len(files):05d}.safetensors" for f in files}
-        for f in files:
-            f.rename(staging / renamed[f.name])
-        index = {
-            "metadata": {"total_size": total},
-            "weight_map": {k: renamed[v] for k, v in weight_map.items()},
-        }
+    plan = split_torch_state_dict_into_shards(shapes, max_shard_size=max_shard_bytes)
+    for filename, names in plan.filename_to_tensors.items():
+        tensors = read_weights(ckpt_path, [f"model.{name}" for name in names])
+        tensors = {name.removeprefix("model."): t.contiguous() for name, t in tensors.items()}
+        save_file(tensors, staging / filename, metadata={"format": "pt"})
+        del tensors  # one file's weights in memory at a time
+    if plan.is_sharded:  # the index from_pretrained reads: tensor -> file, and the total
+        index = {"metadata": plan.metadata, "weight_map": plan.tensor_to_filename}
         (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 

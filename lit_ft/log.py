@@ -1,7 +1,9 @@
 """The one way lit_ft talks to the user: `[lit_ft] ...` lines, printed by rank zero only.
 
 Every process of a DDP run executes the same code; without the rank check each line would
-print once per process. Warnings go to stderr, so a redirected stdout keeps only progress.
+print once per process. The lines go through the `lit_ft.console` logger, whose filter passes
+rank zero only (`RankZeroOnly`). Warnings go to stderr, so a redirected stdout keeps only
+progress.
 """
 
 from __future__ import annotations
@@ -10,39 +12,63 @@ import logging
 import sys
 
 
-def _rank_zero() -> bool:
-    from lit_ft.distributed import is_global_zero
+class RankZeroOnly(logging.Filter):
+    """Lets a record through on global rank zero only; `error()`'s lines (every rank's own
+    failure) carry `all_ranks` and always pass."""
 
-    return is_global_zero()
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "all_ranks", False):
+            return True
+        from lit_ft.distributed import is_global_zero
+
+        return is_global_zero()
+
+
+class _Console(logging.Handler):
+    """stdout below WARNING, stderr from WARNING up, looked up at each line (so pytest's and
+    Jupyter's replaced streams get it), flushed at once so the order with progress holds."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        print(self.format(record), file=stream, flush=True)
+
+
+class _RunLogFiles(logging.Handler):
+    """Hydra's run.log is a FileHandler on the root logger; the console already has the
+    line, so it goes to the root's file handlers only (its console handler would print it
+    a second time)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+
+
+def _console_logger() -> logging.Logger:
+    logger = logging.getLogger("lit_ft.console")
+    logger.disabled = False  # a logging.config.dictConfig(disable_existing_loggers=True)
+    if not logger.handlers:
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # its own console and run.log handlers, nothing twice
+        logger.addFilter(RankZeroOnly())
+        logger.addHandler(_Console())
+        logger.addHandler(_RunLogFiles())
+    return logger
 
 
 def say(message: str) -> None:
     """A `[lit_ft]` line on stdout, from rank zero (and in run.log)."""
-    if _rank_zero():
-        print(f"[lit_ft] {message}", flush=True)
-        _to_log_files(f"[lit_ft] {message}", logging.INFO)
+    _console_logger().info(f"[lit_ft] {message}")
 
 
 def warn(message: str) -> None:
     """A `[lit_ft] warning:` line on stderr, from rank zero (and in run.log)."""
-    if _rank_zero():
-        print(f"[lit_ft] warning: {message}", file=sys.stderr, flush=True)
-        _to_log_files(f"[lit_ft] warning: {message}", logging.WARNING)
+    _console_logger().warning(f"[lit_ft] warning: {message}")
 
 
 def error(message: str) -> None:
     """The one line a user error ends a run with (`lit_ft: error: ...`), also in run.log."""
-    print(f"lit_ft: error: {message}", file=sys.stderr, flush=True)
-    _to_log_files(f"lit_ft: error: {message}", logging.ERROR)
-
-
-def _to_log_files(line: str, level: int) -> None:
-    # Hydra's run.log is a FileHandler on the root logger; the console already has the line,
-    # so it goes to the files only (its console handler would print it a second time).
-    record = logging.LogRecord("lit_ft", level, __file__, 0, line, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+    _console_logger().error(f"lit_ft: error: {message}", extra={"all_ranks": True})
 
 
 class _DropMessages:

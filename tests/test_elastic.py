@@ -74,11 +74,9 @@ def reference(tiny_tokenizer_dir, text_file, tmp_path_factory):
 
 def _final_weights(path: Path) -> dict[str, torch.Tensor]:
     if path.is_dir():  # trainer=fsdp2: the shards of every rank, read whole
-        from lit_ft.training.sharded_checkpoint import read_sharded, weight_groups
+        from lit_ft.training.sharded_checkpoint import read_sharded, read_weights
 
-        names = list(read_sharded(path)["state_dict"])
-        (weights,) = weight_groups(path, names, max_bytes=2**40)
-        return weights
+        return read_weights(path, list(read_sharded(path)["state_dict"]))
     return torch.load(path, weights_only=True)["state_dict"]
 
 

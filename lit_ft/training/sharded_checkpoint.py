@@ -4,15 +4,14 @@ time: the resume checks, `python -m lit_ft.export` and the end-of-run export use
 A directory checkpoint holds torch.distributed.checkpoint's `.metadata` and shard files (each
 tensor's pieces, as the ranks held them) and Lightning's `meta.pt` (everything but the weights
 and optimizer states). `read_sharded` gives the same dict a `.ckpt` file gives, with the
-weights as meta-device tensors of their full shapes (what the checks compare); `weight_groups`
-then loads the real tensors, whole, a group of at most `max_bytes` at a time: the largest
-memory the export needs is one group, not the model.
+weights as meta-device tensors of their full shapes (what the checks compare; the export's
+shard plan sizes its files from them); `read_weights` then loads the named tensors, whole:
+the export reads one output file's worth at a time, so its memory is one file, not the model.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,35 +56,18 @@ def read_sharded(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def weight_groups(
-    path: str | Path, names: list[str], max_bytes: int
-) -> Iterator[dict[str, torch.Tensor]]:
-    """The named weights, whole and on the CPU, in groups of at most `max_bytes` (a tensor
-    larger than that is a group of its own), in the order given."""
+def read_weights(path: str | Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """The named weights, whole and on the CPU, put together from every rank's shards."""
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint import load as load_sharded
 
     entries = _tensor_entries(Path(path))
-    group: list[str] = []
-    size = 0
-    for name in [*names, None]:
-        nbytes = 0
-        if name is not None:
-            shape, dtype = entries[name]
-            nbytes = torch.Size(shape).numel() * dtype.itemsize
-        if group and (name is None or size + nbytes > max_bytes):
-            tensors = {n: torch.empty(entries[n][0], dtype=entries[n][1]) for n in group}
-            # one process, no process group: the shards of every rank are read from disk
-            # (torch warns that it "assumes" this when no group exists; it is what we ask)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "torch.distributed is disabled")
-                load_sharded(
-                    {"state_dict": tensors},
-                    storage_reader=FileSystemReader(str(path)),
-                    no_dist=True,
-                )
-            yield tensors
-            group, size = [], 0
-        if name is not None:
-            group.append(name)
-            size += nbytes
+    tensors = {n: torch.empty(entries[n][0], dtype=entries[n][1]) for n in names}
+    # one process, no process group: the shards of every rank are read from disk
+    # (torch warns that it "assumes" this when no group exists; it is what we ask)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.distributed is disabled")
+        load_sharded(
+            {"state_dict": tensors}, storage_reader=FileSystemReader(str(path)), no_dist=True
+        )
+    return tensors
