@@ -37,7 +37,9 @@ class FineTuner:
     `model`: a built `PreTrainedModel` of the task's kind, trained instead of
     `model.name_or_path` (with `tokenizer`, or one saved beside the model's own path).
     `compute_metrics`: the HF Trainer's contract (an `EvalPrediction` in, a dict of numbers
-    out), logged as `val/<name>`. `callbacks`: Lightning callbacks added to the configured ones.
+    out), logged as `val/<name>`. `callbacks`: Lightning callbacks added to the configured ones,
+    and Hugging Face TrainerCallbacks (instances or classes), driven through
+    lit_ft/training/hf_callbacks.py with their events, state and control flags.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class FineTuner:
         callbacks: Sequence | None = None,
     ):
         from lit_ft.steps import Given
+        from lit_ft.training.hf_callbacks import HFCallbacks, split_callbacks
 
         if isinstance(config_or_overrides, DictConfig):
             cfg = copy.deepcopy(config_or_overrides)  # the caller's config stays as it was
@@ -94,7 +97,19 @@ class FineTuner:
                 )
             given.compute_metrics = compute_metrics
             record["compute_metrics"] = getattr(compute_metrics, "__name__", repr(compute_metrics))
-        given.callbacks = _lightning_callbacks(callbacks)
+        given.callbacks, hf_callbacks = split_callbacks(callbacks)
+        if hf_callbacks:  # one Lightning callback drives them all (training/hf_callbacks.py)
+            given.callbacks.append(
+                HFCallbacks(
+                    hf_callbacks,
+                    output_dir=cfg.paths.output_dir,
+                    seed=cfg.seed,
+                    batch_size=cfg.data.batch_size,
+                    checkpoint_dir=cfg.paths.checkpoint_dir,
+                )
+            )
+        if given.callbacks:
+            record["callbacks"] = [type(c).__name__ for c in callbacks]
         if record:
             with open_dict(cfg):
                 cfg.given = record
@@ -206,19 +221,6 @@ def _tokenizer_beside(model):
             "pass tokenizer= as well"
         )
     return load_tokenizer(ModelSpec(name_or_path=path))
-
-
-def _lightning_callbacks(callbacks) -> list:
-    import lightning as L
-
-    callbacks = list(callbacks or [])
-    foreign = [type(c).__name__ for c in callbacks if not isinstance(c, L.Callback)]
-    if foreign:
-        raise LitFtError(
-            f"callbacks must be Lightning callbacks (lightning.pytorch.Callback); got "
-            f"{', '.join(foreign)} (a transformers TrainerCallback does not run under Lightning)"
-        )
-    return callbacks
 
 
 @contextmanager

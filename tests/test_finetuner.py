@@ -249,3 +249,104 @@ def test_resuming_checks_the_rows_given_as_objects(tiny_tokenizer_dir, lines, tm
     results = same.train(resume_from_checkpoint=True)
     assert results["metrics"]["train"]["resumed_at_step"] == 4
     assert results["metrics"]["train"]["steps"] == 6
+
+
+class _Recorder:
+    """A TrainerCallback as an HF user writes one: records what it is told, stops at step 4
+    and asks for a save at step 2 through `control`."""
+
+    def __new__(cls, *args, **kwargs):
+        from transformers import TrainerCallback
+
+        class Recorder(TrainerCallback):
+            def __init__(self):
+                self.events, self.logs, self.evaluations, self.steps = [], [], [], []
+                self.max_steps = None
+
+            def on_init_end(self, args, state, control, **kwargs):
+                self.events.append("init_end")
+                self.max_steps = args.max_steps
+
+            def on_train_begin(self, args, state, control, model=None, **kwargs):
+                self.events.append("train_begin")
+                self.model_given = model is not None
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                self.events.append("step_begin")
+
+            def on_substep_end(self, args, state, control, **kwargs):
+                self.events.append("substep_end")
+
+            def on_step_end(self, args, state, control, **kwargs):
+                self.events.append("step_end")
+                self.steps.append(state.global_step)
+                control.should_save = state.global_step == 2
+                control.should_training_stop = state.global_step == 4
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                self.logs.append((state.global_step, dict(logs)))
+
+            def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+                self.evaluations.append((state.global_step, dict(metrics)))
+
+            def on_save(self, args, state, control, **kwargs):
+                self.events.append(f"save@{state.global_step}")
+
+            def on_train_end(self, args, state, control, **kwargs):
+                self.events.append("train_end")
+
+        return Recorder()
+
+
+def test_hf_trainer_callbacks_get_their_events_and_control_the_run(
+    tiny_tokenizer_dir, lines, tmp_path
+):
+    """Against the run's own metrics.csv (written by Lightning's CSV logger, not by the
+    adapter) and its checkpoint files."""
+    import csv
+
+    recorder = _Recorder()
+    overrides = [
+        *tiny_run_overrides(tiny_tokenizer_dir, "unused.txt", tmp_path / "run"),
+        "trainer.max_steps=6",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.log_every_n_steps=2",
+        "trainer.val_check_interval=6",  # micro-batches: a validation after step 3
+    ]
+    tuner = lit_ft.FineTuner(
+        overrides, train_dataset=[{"text": line} for line in lines], callbacks=[recorder]
+    )
+    results = tuner.train()
+    assert results["metrics"]["train"]["steps"] == 4  # should_training_stop at step 4
+    assert recorder.steps == [1, 2, 3, 4] and recorder.max_steps == 6 and recorder.model_given
+    assert recorder.events[:3] == ["init_end", "train_begin", "step_begin"]
+    # 2 micro-batches a step: a substep, then the step's end
+    assert recorder.events[3:6] == ["substep_end", "step_end", "step_begin"]
+    assert recorder.events[-1] == "train_end"
+    assert "save@2" in recorder.events  # should_save at step 2: a resumable checkpoint
+    saved = torch.load(
+        tuner.run_dir / "checkpoints" / "hf-step=2.ckpt", map_location="cpu", weights_only=False
+    )
+    assert saved["global_step"] == 2 and "loops" in saved
+    with open(next((tuner.run_dir / "logs").glob("*/metrics.csv"))) as f:
+        rows = list(csv.DictReader(f))
+    csv_loss = {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+    train_logs = [(step, logs) for step, logs in recorder.logs if "loss" in logs]
+    assert [step for step, _ in train_logs] == [2, 4]
+    for step, logs in train_logs:
+        assert logs["loss"] == logs["train/loss"] == pytest.approx(csv_loss[step], rel=1e-6)
+        assert logs["learning_rate"] > 0 and 0 < logs["epoch"] <= 1
+    # the validation after step 3, and Lightning's at the stop (step 4)
+    csv_val = {int(r["step"]): float(r["val/loss"]) for r in rows if r.get("val/loss")}
+    assert [step for step, _ in recorder.evaluations] == [3, 4]
+    for step, metrics in recorder.evaluations:
+        assert metrics["val/loss"] == pytest.approx(csv_val[step], rel=1e-6)
+        assert (step, metrics) in [
+            (s, {k: v for k, v in log.items() if k != "epoch"}) for s, log in recorder.logs
+        ]
+    assert results["given"]["callbacks"] == ["Recorder"]
+
+
+def test_callbacks_of_another_kind_are_refused(tmp_path):
+    with pytest.raises(LitFtError, match="Lightning callbacks .* or Hugging Face TrainerCallbacks"):
+        lit_ft.FineTuner([f"paths.output_dir={tmp_path}"], callbacks=[print])
