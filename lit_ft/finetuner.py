@@ -22,9 +22,6 @@ from omegaconf import DictConfig, open_dict
 from lit_ft.config import compose
 from lit_ft.errors import LitFtError
 
-# compute_metrics gets [rows, classes] logits and [rows] labels: tasks with one label per row.
-COMPUTE_METRICS_TASKS = ("sequence_classification",)
-
 
 class FineTuner:
     """One fine-tuning run from Python.
@@ -37,9 +34,12 @@ class FineTuner:
     `model`: a built `PreTrainedModel` of the task's kind, trained instead of
     `model.name_or_path` (with `tokenizer`, or one saved beside the model's own path).
     `compute_metrics`: the HF Trainer's contract (an `EvalPrediction` in, a dict of numbers
-    out), logged as `val/<name>`. `callbacks`: Lightning callbacks added to the configured ones,
-    and Hugging Face TrainerCallbacks (instances or classes), driven through
-    lit_ft/training/hf_callbacks.py with their events, state and control flags.
+    out), logged as `val/<name>`, for every task of one sequence per row; per-token tasks get
+    [rows, tokens] labels padded with -100, and language models the argmax token ids unless
+    `preprocess_logits_for_metrics(logits, labels)` makes something else of each batch.
+    `callbacks`: Lightning callbacks added to the configured ones, and Hugging Face
+    TrainerCallbacks (instances or classes), driven through lit_ft/training/hf_callbacks.py
+    with their events, state and control flags.
     """
 
     def __init__(
@@ -51,6 +51,7 @@ class FineTuner:
         model=None,
         tokenizer=None,
         compute_metrics: Callable | None = None,
+        preprocess_logits_for_metrics: Callable | None = None,
         callbacks: Sequence | None = None,
     ):
         from lit_ft.steps import Given
@@ -90,12 +91,17 @@ class FineTuner:
         if compute_metrics is not None:
             if not callable(compute_metrics):
                 raise LitFtError("compute_metrics must be a function of an EvalPrediction")
-            if cfg.task.name not in COMPUTE_METRICS_TASKS:
+            from lit_ft.tasks import get_task
+
+            task = get_task(cfg.task.name)
+            if task.sequences_per_row != 1:
                 raise LitFtError(
-                    f"compute_metrics is supported for task={', '.join(COMPUTE_METRICS_TASKS)} "
-                    f"(one label per row), not task={cfg.task.name}; its own metrics are logged"
+                    f"compute_metrics: task={task.name} scores {task.row_name} of "
+                    f"{task.sequences_per_row} sequences, which the compute_metrics contract "
+                    "(logits and labels of one sequence per row) cannot hold"
                 )
             given.compute_metrics = compute_metrics
+            given.preprocess_logits_for_metrics = preprocess_logits_for_metrics
             record["compute_metrics"] = getattr(compute_metrics, "__name__", repr(compute_metrics))
         given.callbacks, hf_callbacks = split_callbacks(callbacks)
         if hf_callbacks:  # one Lightning callback drives them all (training/hf_callbacks.py)

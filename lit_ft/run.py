@@ -101,7 +101,8 @@ def run_job(cfg: DictConfig, given=None) -> Job:
             ),
             targets_per_batch=cfg.data.batch_size * data.task.max_length,  # a loss scale
         )
-        steps.use_compute_metrics(module, given.compute_metrics)
+        metric_fn = given.compute_metrics or cfg.task.get("compute_metrics")  # fn or module:fn
+        steps.use_compute_metrics(module, metric_fn, given.preprocess_logits_for_metrics)
         world = trainer.world_size
         estimate = steps.plan_memory(cfg, data.task, module.model, world, precision.text)
         steps.print_plan(cfg, data, module, num_steps, world, estimate)

@@ -45,13 +45,15 @@ class Given:
     """Objects handed to the run instead of what the config names (lit_ft.FineTuner): the raw
     splits (lit_ft/data/given.py) for `data.*`'s source, a built model and its tokenizer for
     `model.name_or_path`, Lightning callbacks beside the configured ones, and a function with
-    the HF Trainer's compute_metrics contract (lit_ft/tasks/metrics.py UserMetrics)."""
+    the HF Trainer's compute_metrics contract (lit_ft/tasks/metrics.py UserMetrics) with its
+    preprocess_logits_for_metrics."""
 
     splits: dict[str, Any] | None = None
     model: Any = None
     tokenizer: Any = None
     callbacks: list = field(default_factory=list)
     compute_metrics: Callable | None = None
+    preprocess_logits_for_metrics: Callable | None = None
 
 
 __all__ = [  # in the order a run takes them

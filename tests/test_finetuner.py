@@ -213,8 +213,8 @@ def test_model_object_dataframe_and_compute_metrics(tmp_path):
 
 def test_bad_compute_metrics_and_uses_before_training_are_refused(tmp_path):
     tokenizer_free = _classification_overrides(tmp_path)
-    with pytest.raises(LitFtError, match="task=causal_lm"):
-        lit_ft.FineTuner(["task=causal_lm"], compute_metrics=_accuracy_and_margin)
+    with pytest.raises(LitFtError, match="task=dpo scores pairs of 2 sequences"):
+        lit_ft.FineTuner(["task=dpo"], compute_metrics=_accuracy_and_margin)
     tuner = lit_ft.FineTuner(tokenizer_free, train_dataset=_rows(8, 0))
     with pytest.raises(LitFtError, match="call train\\(\\) first"):
         tuner.evaluate()
@@ -347,6 +347,102 @@ def test_hf_trainer_callbacks_get_their_events_and_control_the_run(
     assert results["given"]["callbacks"] == ["Recorder"]
 
 
-def test_callbacks_of_another_kind_are_refused(tmp_path):
-    with pytest.raises(LitFtError, match="Lightning callbacks .* or Hugging Face TrainerCallbacks"):
-        lit_ft.FineTuner([f"paths.output_dir={tmp_path}"], callbacks=[print])
+# -- compute_metrics on per-token tasks ----------------------------------------------------
+TOKEN_ACCURACY = """
+import numpy as np
+
+def token_accuracy(prediction):
+    # as Hugging Face's run_clm: predictions (argmax ids) at t score the label at t + 1
+    preds, labels = prediction.predictions[:, :-1], prediction.label_ids[:, 1:]
+    scored = labels != -100
+    return {"token_accuracy": float((preds == labels)[scored].mean()),
+            "scored": float(scored.sum())}
+"""
+
+
+def test_compute_metrics_from_the_config_scores_a_causal_lm_as_plain_hf(
+    tiny_tokenizer_dir, lines, reference_text, tmp_path
+):
+    """task.compute_metrics=file.py:function (the CLI's key): the argmax ids it gets score
+    the tokens a plain forward pass of the export predicts, over blocks cut by hand."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    (tmp_path / "lm_metrics.py").write_text(TOKEN_ACCURACY)
+    overrides = _objects_overrides(tiny_tokenizer_dir, tmp_path)
+    spec = f"task.compute_metrics={tmp_path / 'lm_metrics.py'}:token_accuracy"
+    tuner = lit_ft.FineTuner([*overrides, spec], train_dataset=[{"text": t} for t in lines])
+    results = tuner.train()
+    assert "val/token_accuracy" in results["metrics"]["after"]
+    new_rows = [{"text": t} for t in reference_text[20_000:24_000].splitlines() if t.strip()]
+    got = tuner.evaluate(new_rows)
+    model = AutoModelForCausalLM.from_pretrained(results["export_dir"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(results["export_dir"])
+    ids = [i for row in new_rows for i in tokenizer(row["text"])["input_ids"]]
+    blocks = torch.tensor(ids[: len(ids) // 32 * 32]).view(-1, 32)  # data.block_size=32
+    with torch.no_grad():
+        predicted = model(blocks).logits[:, :-1].argmax(-1)
+    assert got["val/scored"] == blocks[:, 1:].numel()
+    assert got["val/token_accuracy"] == pytest.approx(
+        float((predicted == blocks[:, 1:]).float().mean()), abs=1e-6
+    )
+    with pytest.raises(LitFtError, match="has no function 'nope'; its functions: "):
+        lit_ft.FineTuner([*overrides, spec.replace("token_accuracy", "nope")]).train()
+
+
+def _word_metrics(prediction) -> dict:
+    labels, preds = prediction.label_ids, prediction.predictions.argmax(-1)
+    scored = labels != -100  # the first piece of each word; -100 elsewhere and as padding
+    return {
+        "words": float(scored.sum()),
+        "rows": float(labels.shape[0]),
+        "word_accuracy": float((preds == labels)[scored].mean()),
+    }
+
+
+def test_compute_metrics_of_token_classification_gets_rows_padded_with_minus_100(tmp_path):
+    """Rows of different lengths in batches of different widths reach compute_metrics as one
+    [rows, longest, classes] array: a hand count of the words, and the accuracy of a plain
+    forward pass of the export, row by row."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    rng = np.random.default_rng(0)
+
+    def rows(n):
+        out = []
+        for _ in range(n):
+            words = list(rng.choice(ANIMALS + VEHICLES, size=int(rng.integers(2, 9))))
+            out.append({"tokens": words, "tags": ["B-A" if w in ANIMALS else "O" for w in words]})
+        return out
+
+    train, evaluation = rows(48), rows(21)  # 21 rows: batches of 8, 8 and 5
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    tuner = lit_ft.FineTuner(
+        [
+            *_classification_overrides(tmp_path),
+            "task=token_classification",
+            "data.tokens_column=tokens",
+            "data.tags_column=tags",
+        ],
+        train_dataset=train,
+        eval_dataset=evaluation,
+        model=tiny_models.bert("ForTokenClassification", num_labels=2),
+        tokenizer=tokenizer,
+        compute_metrics=_word_metrics,
+    )
+    after = tuner.train()["metrics"]["after"]
+    assert after["val/rows"] == len(evaluation)
+    assert after["val/words"] == sum(len(r["tokens"]) for r in evaluation)
+    assert after["val/word_accuracy"] == pytest.approx(after["val/accuracy"])
+    model = AutoModelForTokenClassification.from_pretrained(tuner.results["export_dir"]).eval()
+    correct = 0
+    for row in evaluation:
+        encoded = tokenizer(row["tokens"], is_split_into_words=True, return_tensors="pt")
+        with torch.no_grad():
+            predicted = model(**encoded).logits[0].argmax(-1).tolist()
+        word_ids, first = encoded.word_ids(), set()
+        for position, word in enumerate(word_ids):
+            if word is not None and word not in first:
+                first.add(word)
+                tag = model.config.id2label[predicted[position]]
+                correct += tag == row["tags"][word]
+    assert after["val/word_accuracy"] == pytest.approx(correct / after["val/words"])

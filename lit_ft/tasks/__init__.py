@@ -22,6 +22,7 @@ from lit_ft.tasks.seq2seq import Seq2SeqTask
 from lit_ft.tasks.sequence_classification import SequenceClassificationTask
 from lit_ft.tasks.sft import InstructionTask
 from lit_ft.tasks.token_classification import TokenClassificationTask
+from lit_ft.tasks.user_functions import function_problems
 
 TASKS: dict[str, type[Task]] = {
     task.name: task
@@ -59,6 +60,7 @@ def build_task(
     max_length: int,
     add_eos: bool = False,
     truncation: str = "cut",
+    compute_metrics=None,  # the evaluation's (lit_ft/training/evaluation.py), not the task's
     **options,
 ) -> Task:
     """The task `name` with its options (conf/task/<name>.yaml) and the data's column names."""
@@ -113,4 +115,12 @@ def task_problems(name: str, data, options=None) -> Problems:
         problems.need(bool(data.get(key)), f"task '{task.name}' reads data.{key}, which is empty")
     if task is not None and options is not None:
         problems += task.option_problems(options)
+        metrics = options.get("compute_metrics")
+        problems += function_problems(metrics, "task.compute_metrics")
+        problems.need(
+            metrics is None or task.sequences_per_row == 1,
+            f"task.compute_metrics: task '{task.name}' scores {task.row_name} of "
+            f"{task.sequences_per_row} sequences, which the compute_metrics contract (logits "
+            "and labels of one sequence per row) cannot hold; its own metrics are logged",
+        )
     return problems

@@ -14,6 +14,10 @@ from lit_ft.errors import LitFtError
 from lit_ft.problems import Problems
 from lit_ft.tasks.chat import stop_at_end_of_turn
 
+# Auto classes whose logits span the vocabulary at every token (the memory estimate counts
+# them; compute_metrics gets their argmax by default).
+VOCABULARY_LOGITS = ("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModelForSeq2SeqLM")
+
 
 @dataclass(frozen=True)
 class TaskContext:

@@ -302,57 +302,111 @@ class PreferenceEvaluator(Evaluator):
 
 class _Gathered(torch.nn.Module):
     """Tensors of every evaluation batch, concatenated over all processes at compute (the
-    torchmetrics `cat` state: DDP ranks hand each other their rows)."""
+    torchmetrics `cat` state: DDP ranks hand each other their rows).
+
+    Per-token tensors ([rows, tokens, ...]) differ in length from batch to batch: each row
+    travels flat with its length, and at compute the rows are padded with -100 to the
+    longest, as the Hugging Face Trainer pads what it hands to compute_metrics."""
+
+    PAD = -100
 
     def __init__(self) -> None:
         super().__init__()
         from torchmetrics import CatMetric
 
-        self.rows = CatMetric()
-        self.width: tuple[int, ...] = ()  # a row's shape: (classes,) for logits, () for labels
+        # nan_strategy disable: a NaN logit stays in place (the default drops it, and every
+        # later row would shift)
+        self.rows = CatMetric(nan_strategy="disable")
+        self.lengths = CatMetric(nan_strategy="disable")
+        self.width: tuple[int, ...] = ()  # what follows a row's tokens: (classes,) for logits
+        self.per_token = False
 
-    def update(self, value: torch.Tensor) -> None:
+    def update(self, value: torch.Tensor, per_token: bool) -> None:
         # CatMetric flattens what it is given: each row travels flat and is reshaped after
-        self.width = tuple(value.shape[1:])
+        self.per_token = per_token
+        self.width = tuple(value.shape[2:] if per_token else value.shape[1:])
+        if per_token:
+            rows, tokens = value.shape[:2]
+            self.lengths.update(torch.full((rows,), float(tokens), device=value.device))
         self.rows.update(value.detach().float().reshape(-1))
 
     def compute(self):
-        return self.rows.compute().reshape(-1, *self.width).cpu().numpy()
+        import numpy as np
+
+        flat = self.rows.compute().cpu().numpy()
+        if not self.per_token:
+            return flat.reshape(-1, *self.width)
+        lengths = self.lengths.compute().cpu().numpy().astype("int64").reshape(-1)
+        per_token = int(np.prod(self.width)) if self.width else 1
+        longest = int(lengths.max()) if len(lengths) else 0
+        out = np.full((len(lengths), longest, *self.width), self.PAD, dtype=flat.dtype)
+        start = 0
+        for i, tokens in enumerate(lengths):
+            size = tokens * per_token
+            out[i, :tokens] = flat[start : start + size].reshape(tokens, *self.width)
+            start += size
+        return out
+
+    def reset(self) -> None:
+        self.rows.reset()
+        self.lengths.reset()
+
+
+def argmax_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The default `preprocess_logits_for_metrics` of tasks whose logits span the vocabulary
+    (causal, masked, seq2seq LMs): the predicted token ids. Logits of a whole evaluation set
+    would not fit in memory (1,000 rows x 1,024 tokens x 50,257 vocabulary x 4 bytes =
+    206 GB); Hugging Face's own language-modelling example passes this function."""
+    return logits.argmax(dim=-1)
 
 
 class UserMetrics(Evaluator):
     """The task's own figures plus those of a function with the Hugging Face Trainer's
-    `compute_metrics` contract: called once per evaluation with an `EvalPrediction` whose
-    `.predictions` are the logits of the whole evaluation set ([rows, classes]) and whose
-    `.label_ids` are its labels ([rows]), as numpy arrays, it returns a dict of name -> number.
+    `compute_metrics` contract: called once per evaluation with an `EvalPrediction` of numpy
+    arrays for the whole evaluation set, it returns a dict of name -> number.
+
+    `.label_ids` are the batch labels as the task builds them: [rows] for one label per row
+    (sequence classification), [rows, tokens] per token (token classification, language
+    models: -100 where no token is scored, and where rows were padded to the longest).
+    `.predictions` are the logits ([rows, classes] or [rows, tokens, classes]), or what
+    `preprocess_logits` (HF's `preprocess_logits_for_metrics(logits, labels)`) makes of each
+    batch's; tasks whose logits span the vocabulary take `argmax_logits` by default.
     Its names are logged beside the task's (`val/<name>`), and replace a task metric of the
     same name; `loss` is refused, the checkpoints and the best-model choice read it."""
 
-    def __init__(self, task_evaluator: Evaluator, compute_metrics) -> None:
+    def __init__(self, task_evaluator: Evaluator, compute_metrics, preprocess_logits=None):
         super().__init__()
         self.task_evaluator = task_evaluator
         self.compute_metrics = compute_metrics
-        self.logits, self.labels = _Gathered(), _Gathered()
+        self.preprocess_logits = preprocess_logits
+        self.predictions, self.labels = _Gathered(), _Gathered()
 
     def update(self, batch, outputs, model) -> None:
         self.task_evaluator.update(batch, outputs, model)
-        self.logits.update(outputs.logits)
-        self.labels.update(batch["labels"])
+        labels = batch["labels"]
+        per_token = labels.ndim > 1
+        predictions = outputs.logits
+        if self.preprocess_logits is not None:
+            predictions = self.preprocess_logits(predictions, labels)
+        self.predictions.update(predictions, per_token)
+        self.labels.update(labels, per_token)
 
     def compute(self) -> dict[str, torch.Tensor]:
         from transformers import EvalPrediction
 
         metrics = self.task_evaluator.compute()
         labels = self.labels.compute().astype("int64")
-        found = self.compute_metrics(
-            EvalPrediction(predictions=self.logits.compute(), label_ids=labels)
-        )
+        predictions = self.predictions.compute()
+        preprocessed = self.preprocess_logits is not None and predictions.dtype.kind == "f"
+        if preprocessed and (predictions == predictions.round()).all():  # ids travel as floats
+            predictions = predictions.astype("int64")
+        found = self.compute_metrics(EvalPrediction(predictions=predictions, label_ids=labels))
         return {**metrics, **user_metric_values(found)}
 
     def reset(self) -> None:
         self.task_evaluator.reset()
-        self.logits.rows.reset()
-        self.labels.rows.reset()
+        self.predictions.reset()
+        self.labels.reset()
 
     def generation_cost(self) -> tuple[int, float] | None:
         return self.task_evaluator.generation_cost()

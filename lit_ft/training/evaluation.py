@@ -12,15 +12,25 @@ from typing import Any
 from lit_ft.data.row_index import ROW_KEY
 from lit_ft.log import say
 from lit_ft.observe.step_numbers import without_step
-from lit_ft.tasks.metrics import UserMetrics
+from lit_ft.tasks.base import VOCABULARY_LOGITS
+from lit_ft.tasks.metrics import UserMetrics, argmax_logits
+from lit_ft.tasks.user_functions import load_function
 
 
-def use_compute_metrics(module, compute_metrics: Callable | None) -> None:
-    """Validation and test report what `compute_metrics` (the HF Trainer's contract) returns
-    beside the task's metrics (lit_ft/tasks/metrics.py UserMetrics)."""
+def use_compute_metrics(
+    module, compute_metrics: Callable | str | None, preprocess_logits: Callable | None = None
+) -> None:
+    """Validation and test report what `compute_metrics` (the HF Trainer's contract; a
+    function, or `task.compute_metrics`' module:function) returns beside the task's metrics
+    (lit_ft/tasks/metrics.py UserMetrics). Tasks whose logits span the vocabulary hand it
+    their argmax unless `preprocess_logits` (HF's preprocess_logits_for_metrics) says else."""
     if compute_metrics is None:
         return
-    module.evaluator = UserMetrics(module.evaluator, compute_metrics)
+    if isinstance(compute_metrics, str):
+        compute_metrics = load_function(compute_metrics, "task.compute_metrics")
+    if preprocess_logits is None and module.task.auto_class in VOCABULARY_LOGITS:
+        preprocess_logits = argmax_logits
+    module.evaluator = UserMetrics(module.evaluator, compute_metrics, preprocess_logits)
 
 
 def evaluate(

@@ -10,15 +10,13 @@ from functools import partial
 from lit_ft.model.chunked_loss import output_layer, unwrapped
 from lit_ft.model.fsdp2 import is_fsdp2
 from lit_ft.model.peft import enable_checkpointing
+from lit_ft.tasks.base import VOCABULARY_LOGITS
 from lit_ft.training.memory_estimate import (
     MemoryEstimate,
     checkpointing_choice,
     estimate_memory,
     free_bytes,
 )
-
-# Tasks whose model gives logits over the vocabulary at every token (the estimate counts them).
-PER_TOKEN_LOGITS = ("AutoModelForCausalLM", "AutoModelForMaskedLM", "AutoModelForSeq2SeqLM")
 
 
 def plan_memory(cfg, task, model, world_size: int, precision: str) -> MemoryEstimate:
@@ -28,7 +26,7 @@ def plan_memory(cfg, task, model, world_size: int, precision: str) -> MemoryEsti
 
     choice, per_row = task.loss_choice, task.sequences_per_row
     head = output_layer(model)
-    per_token_logits = task.auto_class in PER_TOKEN_LOGITS and head is not None
+    per_token_logits = task.auto_class in VOCABULARY_LOGITS and head is not None
     estimate = partial(
         estimate_memory,
         model,
