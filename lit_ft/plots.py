@@ -1,5 +1,9 @@
 """PNG plots of a run, drawn from the run's own CSV logs: `python -m lit_ft.plots <run_dir>`.
 
+In Python (a notebook), `loss_figure(run_dir)`, `learning_rate_figure(run_dir)` and
+`metrics_figure(run_dir)` return the same plots as matplotlib figures, which a notebook
+shows inline when a cell ends with one (no pyplot, no PNG read back).
+
 Reading the logs (not in-memory state) means the same code draws a finished run, a resumed
 one, or one still in progress. A resumed run logs into logs/version_1, version_2, ...; the
 versions are joined by step, and where two versions logged the same metric at the same step
@@ -12,6 +16,7 @@ import argparse
 import csv
 import re
 import sys
+from functools import cache
 from pathlib import Path
 
 from lit_ft.errors import EXIT_USER_ERROR, LitFtError
@@ -69,11 +74,29 @@ def new_figure(rows: int = 1):
     # The object API with the Agg canvas: no pyplot, so no global backend is touched and
     # nothing needs a display (servers, CI, notebooks alike).
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7, 3.2 * rows), layout="constrained")
+    figure = _figure_class()(figsize=(7, 3.2 * rows), layout="constrained")
     FigureCanvasAgg(figure)
     return figure, [figure.add_subplot(rows, 1, i + 1) for i in range(rows)]
+
+
+@cache
+def _figure_class():
+    from matplotlib.figure import Figure
+
+    class RunFigure(Figure):
+        """A Figure a notebook displays inline by itself: IPython asks objects for
+        `_repr_png_`, whatever matplotlib backend the kernel has (none is set up when
+        pyplot was never imported)."""
+
+        def _repr_png_(self) -> bytes:
+            from io import BytesIO
+
+            buffer = BytesIO()
+            self.savefig(buffer, format="png", dpi=100)
+            return buffer.getvalue()
+
+    return RunFigure
 
 
 def draw_series(ax, points: dict[int, float], label: str, **style) -> None:
@@ -81,7 +104,15 @@ def draw_series(ax, points: dict[int, float], label: str, **style) -> None:
     ax.plot(steps, [points[s] for s in steps], label=label, **style)
 
 
-def plot_loss(series: Series, out: Path) -> Path | None:
+def _series(run) -> Series:
+    """A run directory (str or Path) read into its series, or series already read."""
+    return read_metrics(run) if isinstance(run, (str, Path)) else run
+
+
+def loss_figure(run):
+    """Training and validation loss by optimizer step (None: the run logged no loss).
+    `run`: a run directory, or `read_metrics`' series."""
+    series = _series(run)
     names = [n for n in ("train/loss", "val/loss") if n in series]
     if not names:
         return None
@@ -92,11 +123,12 @@ def plot_loss(series: Series, out: Path) -> Path | None:
     ax.set(xlabel="optimizer step", ylabel="loss (nats per token)", title="Loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    figure.savefig(out, dpi=110)
-    return out
+    return figure
 
 
-def plot_learning_rate(series: Series, out: Path) -> Path | None:
+def learning_rate_figure(run):
+    """The learning rate by optimizer step, one curve per distinct parameter group."""
+    series = _series(run)
     names = _distinct(series, _lr_names(series))
     if not names:
         return None
@@ -108,8 +140,7 @@ def plot_learning_rate(series: Series, out: Path) -> Path | None:
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     ax.grid(alpha=0.3)
     ax.legend()
-    figure.savefig(out, dpi=110)
-    return out
+    return figure
 
 
 # y-axis labels of the metrics lit_ft logs (by the name's last part)
@@ -126,9 +157,10 @@ _UNITS = {
 }
 
 
-def plot_task_metrics(series: Series, out: Path) -> Path | None:
+def metrics_figure(run):
     """One panel per remaining metric: what the task measures (val/ppl, accuracy, F1, ROUGE)
     first, then throughput; points marked, so a short run's few values are visible."""
+    series = _series(run)
     skip = {"train/loss", "val/loss", *_lr_names(series)}
     names = sorted(
         (n for n in series if n not in skip), key=lambda n: (not n.startswith("val/"), n)
@@ -141,8 +173,7 @@ def plot_task_metrics(series: Series, out: Path) -> Path | None:
         unit = _UNITS.get(name.rsplit("/", 1)[-1], name.rsplit("/", 1)[-1])
         ax.set(xlabel="optimizer step", ylabel=unit, title=name)
         ax.grid(alpha=0.3)
-    figure.savefig(out, dpi=110)
-    return out
+    return figure
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
@@ -153,12 +184,17 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         return []
     out_dir = run_dir / "plots"
     out_dir.mkdir(exist_ok=True)
-    drawn = [
-        plot_loss(series, out_dir / "loss.png"),
-        plot_learning_rate(series, out_dir / "learning_rate.png"),
-        plot_task_metrics(series, out_dir / "metrics.png"),
-    ]
-    return [path for path in drawn if path is not None]
+    written = []
+    for draw, name in (
+        (loss_figure, "loss.png"),
+        (learning_rate_figure, "learning_rate.png"),
+        (metrics_figure, "metrics.png"),
+    ):
+        figure = draw(series)
+        if figure is not None:
+            figure.savefig(out_dir / name, dpi=110)
+            written.append(out_dir / name)
+    return written
 
 
 def main(argv: list[str] | None = None) -> None:

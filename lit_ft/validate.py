@@ -25,9 +25,9 @@ def validate_config(cfg: DictConfig) -> None:
     from lit_ft.model.fsdp2 import fsdp2_problems
     from lit_ft.model.peft import peft_problems
     from lit_ft.model.precision import precision_problems
-    from lit_ft.model.strategy import strategy_problems
+    from lit_ft.model.strategy import notebook_problems, strategy_problems
     from lit_ft.observe.loggers import wandb_problems
-    from lit_ft.observe.progress import progress_problems
+    from lit_ft.observe.progress import in_notebook, progress_problems
     from lit_ft.preflight import output_dir_problem
     from lit_ft.tasks import task_problems
     from lit_ft.tasks.sft import truncation_problems
@@ -51,6 +51,8 @@ def validate_config(cfg: DictConfig) -> None:
     strategy = trainer.get("strategy", "auto")
     problems += strategy_problems(strategy, str(trainer.accelerator), bool(cfg.export))
     problems += fsdp2_problems(strategy, cfg.get("peft"), cfg.model)
+    if in_notebook():
+        problems += notebook_problems(strategy, trainer.get("devices"), trainer.get("num_nodes"))
     problems += streaming_problems(cfg.data, trainer.get("max_steps", -1), cfg.task.name)
     problems += optimizer_problems(cfg.optimizer)
     problems += scheduler_problems(cfg.scheduler)

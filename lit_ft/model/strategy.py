@@ -39,6 +39,25 @@ def strategy_target(strategy: Any) -> str:
     return str(strategy.get("_target_", "") if hasattr(strategy, "get") else strategy)
 
 
+def notebook_problems(strategy: Any, devices: Any, num_nodes: Any) -> list[str]:
+    """What a run started from a Jupyter notebook cannot do: several processes. Lightning's
+    DDP starts ranks 1..N-1 by running the script again, which a notebook has not (it
+    refuses `ddp` in an interactive session), and its fork-based `ddp_notebook` runs only
+    `fit` in the children, while a lit_ft run also validates, tests and exports around it."""
+    target = strategy_target(strategy).lower()
+    several = any(name in target for name in ("ddp", "fsdp", "deepspeed"))
+    several = several or (isinstance(devices, int) and devices > 1)
+    several = several or (isinstance(num_nodes, int) and num_nodes > 1)
+    if not several:
+        return []
+    return [
+        "several processes (trainer.strategy / devices / num_nodes) cannot start from a "
+        "notebook: run the same overrides as a script, e.g. in a cell "
+        "`!python -m lit_ft.run trainer=ddp trainer.devices=2 ...`, then read its "
+        "results.json; in the notebook train on one device"
+    ]
+
+
 def strategy_problems(strategy: Any, accelerator: str, export: bool = False) -> list[str]:
     """What keeps `trainer.strategy` from running here (for validate_config)."""
     import torch

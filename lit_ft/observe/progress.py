@@ -1,4 +1,5 @@
-"""Training progress on the console: one step line, live on a terminal, plain elsewhere.
+"""Training progress on the console: one step line, live on a terminal and in a notebook,
+plain elsewhere.
 
 A live line redraws itself; in a log file, CI output or a SLURM .out file that becomes
 thousands of carriage-return fragments. So `progress_bar(style="auto")` redraws the step line
@@ -155,11 +156,12 @@ class LineProgress(ProgressBar):
         # A log file has no width: every field stays, so each line has the same columns.
         return " ".join(text for _, text in parts)
 
-    def _step_parts(self, trainer, pl_module) -> list[tuple[str, str]]:
-        """The step line as (name, text) parts, in the order shown."""
+    def _step_parts(self, trainer, pl_module, speed=None) -> list[tuple[str, str]]:
+        """The step line as (name, text) parts, in the order shown; `speed`: the window its
+        tok/s and MFU come from (the printed lines': the steps since the previous one)."""
         shown = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
         shown = {k.removeprefix("train/"): v for k, v in shown.items() if not k.startswith("val/")}
-        extra = _extra_metrics(trainer, self._speed)
+        extra = _extra_metrics(trainer, speed or self._speed)
         parts = [("prefix", "[lit_ft]"), ("step", f"step {self._step_text(trainer)}")]
         parts += [("loss", _format(shown) if shown else "loss -")]
         parts += [("lr", f"lr {extra['lr']}"), ("tok/s", f"{extra['tok/s']} tok/s")]
@@ -211,12 +213,23 @@ class LiveProgress(LineProgress):
 
     def __init__(self, every_n_steps: int = 10) -> None:
         super().__init__(every_n_steps=every_n_steps)
-        self._speed = _Speed(window_s=1.0)  # read at every redraw: a one-second window
+        # The redrawn line reads its own one-second window at every redraw; the permanent
+        # lines keep theirs (the steps since the previous line), as in a log file.
+        self._live_speed = _Speed(window_s=1.0)
         self._live = False
         self._drawn_step = -1
         self._drawn_at = 0.0
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._live_speed.restart()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        self._live_speed.restart()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._live_speed.add(batch)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         step, now = trainer.global_step, time.perf_counter()
         if not self._enabled or step in (self._first_step, self._printed_step, self._drawn_step):
@@ -224,12 +237,21 @@ class LiveProgress(LineProgress):
         if now - self._drawn_at < self.min_redraw_s:
             return
         self._drawn_step, self._drawn_at = step, now
-        self._write(_CLEAR_LINE + fit_line(self._live_parts(trainer, pl_module), _width()))
+        self._redraw(fit_line(self._live_parts(trainer, pl_module), self._columns()))
         self._live = True
 
     def _fit(self, parts: list[tuple[str, str]]) -> str:
         # The permanent step lines fit the terminal too: a narrow one does not split them.
-        return fit_line(parts, _width())
+        return fit_line(parts, self._columns())
+
+    def _columns(self) -> int:
+        return _width()
+
+    def _redraw(self, line: str) -> None:
+        self._write(_CLEAR_LINE + line)
+
+    def _erase(self) -> None:
+        self._write(_CLEAR_LINE)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._clear()  # validation's own output (samples) starts on a clean line
@@ -247,7 +269,8 @@ class LiveProgress(LineProgress):
 
     def _live_parts(self, trainer, pl_module) -> list[tuple[str, str]]:
         # The live line is read by eye, not by column: a figure not known yet takes no room.
-        parts = [p for p in self._step_parts(trainer, pl_module) if "-" not in p[1].split()]
+        parts = self._step_parts(trainer, pl_module, self._live_speed)
+        parts = [p for p in parts if "-" not in p[1].split()]
         total = self._total_steps(trainer)
         if total:
             # e.g. 20/180 = 11%, on a 10-cell bar: 1 cell filled
@@ -259,12 +282,43 @@ class LiveProgress(LineProgress):
 
     def _clear(self) -> None:
         if self._live:
-            self._write(_CLEAR_LINE)
+            self._erase()
             self._live = False
 
     def _write(self, text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
+
+
+class NotebookProgress(LiveProgress):
+    """In Jupyter: the same live line, redrawn in the cell's output. Jupyter's output area
+    overwrites a line after a carriage return but knows no terminal codes (the erase-line
+    code would show as text), so a shorter line is padded with spaces over a longer one;
+    and a notebook has no terminal size, so lines are fitted to 110 columns."""
+
+    columns = 110
+
+    def __init__(self, every_n_steps: int = 10) -> None:
+        super().__init__(every_n_steps=every_n_steps)
+        self._drawn_length = 0
+
+    def _columns(self) -> int:
+        return self.columns
+
+    def _redraw(self, line: str) -> None:
+        self._write("\r" + line + " " * max(0, self._drawn_length - len(line)))
+        self._drawn_length = len(line)
+
+    def _erase(self) -> None:
+        self._write("\r" + " " * self._drawn_length + "\r")
+        self._drawn_length = 0
+
+
+def in_notebook() -> bool:
+    """Running in a Jupyter kernel (IPython's ZMQ shell); IPython is not imported for this."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 _BAR_CELLS = 10
@@ -310,14 +364,17 @@ def progress_bar(
 ) -> ProgressBar | None:
     """The progress callback for `style`; None when the Trainer's progress bar is switched off.
 
-    auto: live on a terminal, lines otherwise; tqdm: Lightning's own bar (per epoch).
+    auto: live on a terminal and in a Jupyter notebook, lines otherwise; tqdm: Lightning's
+    own bar (per epoch).
     """
     if not enabled:
         return None
+    notebook = in_notebook()
     if style == "auto":
-        style = "live" if sys.stdout.isatty() else "lines"
+        style = "live" if sys.stdout.isatty() or notebook else "lines"
     if style == "live":
-        return LiveProgress(every_n_steps=every_n_steps)
+        live = NotebookProgress if notebook else LiveProgress
+        return live(every_n_steps=every_n_steps)
     if style == "lines":
         return LineProgress(every_n_steps=every_n_steps)
     if style == "tqdm":
