@@ -446,3 +446,99 @@ def test_compute_metrics_of_token_classification_gets_rows_padded_with_minus_100
                 tag = model.config.id2label[predicted[position]]
                 correct += tag == row["tags"][word]
     assert after["val/word_accuracy"] == pytest.approx(correct / after["val/words"])
+
+
+# -- exact resumption of a run whose rows came as a Python object ----------------------------
+RESUMABLE_SCRIPT = """
+import json, sys
+
+import datasets
+import lit_ft
+from helpers.callbacks import KillAt, LossLog
+
+overrides, text_file, log, kill, resume = json.loads(sys.argv[1])
+lines = [line for line in open(text_file).read().splitlines() if line.strip()]
+rows = datasets.Dataset.from_dict({"text": lines})  # built in memory, never written
+callbacks = [LossLog(log)] + ([KillAt(kill)] if kill else [])
+tuner = lit_ft.FineTuner(overrides, train_dataset=rows, callbacks=callbacks)
+tuner.train(resume_from_checkpoint="last" if resume else None)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_on_an_in_memory_dataset_resumes_after_sigkill_bit_identically(
+    tiny_tokenizer_dir, text_file, tmp_path
+):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    helpers = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([helpers, os.environ.get("PYTHONPATH", "")])}
+
+    def run(run_dir, log, kill=0, resume=False):
+        overrides = [
+            *tiny_run_overrides(tiny_tokenizer_dir, "unused.txt", run_dir),
+            "trainer.max_steps=16",
+            "callbacks.resumable_checkpoint.every_n_train_steps=4",
+            "evaluate_before=false",
+        ]
+        job = [overrides, str(text_file), str(log), kill, resume]
+        return subprocess.run(
+            [sys.executable, "-c", RESUMABLE_SCRIPT, json.dumps(job)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    full = run(tmp_path / "full", tmp_path / "full.jsonl")
+    assert full.returncode == 0, full.stderr[-3000:]
+    cut = run(tmp_path / "cut", tmp_path / "cut.jsonl", kill=11)
+    assert cut.returncode == -9, cut.stderr[-3000:]
+    resumed = run(tmp_path / "cut", tmp_path / "resumed.jsonl", resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+
+    def losses(path):
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    reference, after = losses(tmp_path / "full.jsonl"), losses(tmp_path / "resumed.jsonl")
+    start = len(reference) - len(after)
+    assert 0 < start < len(reference) and after == reference[start:]  # bit for bit
+    weights = [
+        torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        for d in (tmp_path / "full", tmp_path / "cut")
+    ]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_torch_dataset_of_rows_trains_as_the_same_list(tiny_tokenizer_dir, lines, tmp_path):
+    """A map-style torch Dataset returning raw rows (tensors allowed) is read as the list of
+    its rows: the same content fingerprint and the same first-step loss."""
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(lines)
+
+        def __getitem__(self, i):
+            return {"text": lines[i]}
+
+    def overrides(name):
+        run = _objects_overrides(tiny_tokenizer_dir, tmp_path / name)
+        return [*run, "trainer.max_steps=2"]
+
+    as_list = lit_ft.FineTuner(overrides("list"), train_dataset=[{"text": t} for t in lines])
+    as_torch = lit_ft.FineTuner(overrides("torch"), train_dataset=Rows())
+    given = as_torch.cfg.given.data.train
+    assert given.kind == "Rows" and given.rows == len(lines)
+    assert given.fingerprint == as_list.cfg.given.data.train.fingerprint
+    first = as_torch.train()["metrics"]["train"]["loss_first_step"]
+    assert first == pytest.approx(as_list.train()["metrics"]["train"]["loss_first_step"])
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield {"text": "a"}
+
+    with pytest.raises(LitFtError, match="a stream without a length"):
+        lit_ft.FineTuner(overrides("stream"), train_dataset=Stream())
+    with pytest.raises(LitFtError, match="list of dicts"):
+        lit_ft.FineTuner(overrides("dict"), train_dataset={"text": ["a"]})

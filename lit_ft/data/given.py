@@ -1,12 +1,15 @@
 """Rows handed over as Python objects (`lit_ft.FineTuner(train_dataset=...)`) instead of files:
-a `datasets.Dataset` or `DatasetDict`, a pandas DataFrame, or a list of dicts, with the raw
-columns a file would give (the `data.*_column` keys name them).
+a `datasets.Dataset` or `DatasetDict`, a pandas DataFrame, a list of dicts, or a map-style
+torch Dataset whose items are dicts (tensors and numpy arrays become lists), with the raw
+columns a file would give (the `data.*_column` keys name them). A torch IterableDataset is
+refused: rows without an index cannot be resumed exactly (data.streaming streams files).
 
 Each becomes a `datasets.Dataset` and from there goes through the datamodule like a loaded
 file: the same split, the same task preprocessing, the same cache keys. What a resumed run
 compares (the processed data's fingerprint) is as telling as for files: a `Dataset` keeps the
 fingerprint `datasets` gave it, a list or DataFrame gets a hash of its content, so the same
-rows give the same fingerprint in any process and any other rows a different one.
+rows give the same fingerprint in any process and any other rows a different one (a torch
+Dataset is read into its list of rows first, so it is hashed the same way).
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from typing import Any
 
 from lit_ft.errors import LitFtError
 
-KINDS = "a datasets.Dataset or DatasetDict, a pandas DataFrame, or a list of dicts"
+KINDS = (
+    "a datasets.Dataset or DatasetDict, a pandas DataFrame, a list of dicts, or a torch "
+    "Dataset (__len__ and __getitem__ returning dicts)"
+)
 
 
 def content_hash(rows: list[dict[str, Any]]) -> str:
@@ -43,6 +49,14 @@ def as_dataset(obj, what: str) -> tuple[Any, dict[str, Any]]:
         rows, kind = obj, "list"
     elif callable(getattr(obj, "to_dict", None)) and hasattr(obj, "columns"):  # a DataFrame
         rows, kind = obj.to_dict("records"), type(obj).__name__
+    elif _is_iterable_dataset(obj):
+        raise LitFtError(
+            f"{what} is a {type(obj).__name__}, a stream without a length: lit_ft's exact "
+            "resumption needs rows it can index; give a Dataset with __len__ and __getitem__, "
+            "or stream files or a Hub dataset with data.streaming=true"
+        )
+    elif not isinstance(obj, (str, bytes, Mapping)) and hasattr(obj, "__getitem__"):  # torch
+        rows, kind = [_plain(obj[i]) for i in range(len(obj))], type(obj).__name__
     else:
         raise LitFtError(f"{what} is a {type(obj).__name__}; give {KINDS}")
     if not rows:
@@ -58,6 +72,25 @@ def as_dataset(obj, what: str) -> tuple[Any, dict[str, Any]]:
     # checkpoint's data fingerprint start from it (lit_ft/tasks/base.py cached_map).
     dataset = datasets.Dataset(loaded.data, info=loaded.info, fingerprint=fingerprint)
     return dataset, _record(kind, dataset, fingerprint)
+
+
+def _is_iterable_dataset(obj) -> bool:
+    import torch
+
+    return isinstance(obj, torch.utils.data.IterableDataset)
+
+
+def _plain(row):
+    """A row with tensors and numpy arrays as lists and numbers: what a file would give, and
+    what the content hash reads faithfully (a tensor's repr elides long ones)."""
+    if not isinstance(row, Mapping):
+        return row  # refused below, with the other rows' check
+    return {key: _plain_value(value) for key, value in row.items()}
+
+
+def _plain_value(value):
+    tolist = getattr(value, "tolist", None)
+    return tolist() if callable(tolist) else value
 
 
 def _record(kind: str, dataset, fingerprint: str) -> dict[str, Any]:
