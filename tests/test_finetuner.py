@@ -542,3 +542,72 @@ def test_a_torch_dataset_of_rows_trains_as_the_same_list(tiny_tokenizer_dir, lin
         lit_ft.FineTuner(overrides("stream"), train_dataset=Stream())
     with pytest.raises(LitFtError, match="list of dicts"):
         lit_ft.FineTuner(overrides("dict"), train_dataset={"text": ["a"]})
+
+
+# -- rows already tokenized ------------------------------------------------------------------
+def test_tokenized_rows_train_as_given_and_score_as_plain_hf(
+    tiny_tokenizer_dir, lines, reference_text, tmp_path
+):
+    """Rows with input_ids (and labels) are not tokenized again: a classifier's validation
+    accuracy and a causal LM's evaluate() loss equal plain forward passes of the export over
+    the very ids given, row by row."""
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+
+    def encoded(rows):
+        ids = {"animal": 0, "vehicle": 1}
+        return [{"input_ids": tokenizer(r["text"])["input_ids"], "labels": ids[r["label"]]}
+                for r in rows]  # fmt: skip
+
+    evaluation = encoded(_rows(20, 1))
+    classifier = lit_ft.FineTuner(
+        _classification_overrides(tmp_path / "classify"),
+        train_dataset=encoded(_rows(64, 0)),
+        eval_dataset=evaluation,
+        model=tiny_models.bert("ForSequenceClassification", num_labels=2),
+        tokenizer=tokenizer,
+    )
+    after = classifier.train()["metrics"]["after"]
+    model = AutoModelForSequenceClassification.from_pretrained(classifier.results["export_dir"])
+    with torch.no_grad():
+        predicted = [int(model(torch.tensor([r["input_ids"]])).logits.argmax()) for r in evaluation]
+    want = np.mean([p == r["labels"] for p, r in zip(predicted, evaluation, strict=True)])
+    assert after["val/accuracy"] == pytest.approx(want)
+    rows = classifier.predict([{"input_ids": r["input_ids"]} for r in evaluation[:4]])
+    assert [r["input_ids"] for r in rows] == [r["input_ids"] for r in evaluation[:4]]
+    assert [r["prediction"] for r in rows] == [str(p) for p in predicted[:4]]  # names: "0", "1"
+
+    lm_tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    ids = [lm_tokenizer(t)["input_ids"][:32] for t in lines]  # data.block_size=32
+    lm = lit_ft.FineTuner(
+        _objects_overrides(tiny_tokenizer_dir, tmp_path / "lm"),
+        train_dataset=[{"input_ids": i} for i in ids if i],
+    )
+    lm.train()
+    new = [lm_tokenizer(t)["input_ids"][:32] for t in reference_text[20_000:22_000].splitlines()]
+    new = [i for i in new if len(i) > 1]
+    got = lm.evaluate([{"input_ids": i} for i in new])
+    model = AutoModelForCausalLM.from_pretrained(lm.results["export_dir"]).eval()
+    total = targets = 0
+    with torch.no_grad():
+        for row in new:
+            logits = model(torch.tensor([row])).logits[0, :-1]
+            total += float(F.cross_entropy(logits, torch.tensor(row[1:]), reduction="sum"))
+            targets += len(row) - 1
+    assert got["val/loss"] == pytest.approx(total / targets, rel=1e-5)
+
+    too_long = [{"input_ids": list(range(1, 40))}] * 8
+    with pytest.raises(LitFtError, match="row 0 of the train split has 39 input_ids"):
+        lit_ft.FineTuner(
+            _objects_overrides(tiny_tokenizer_dir, tmp_path / "long"), train_dataset=too_long
+        ).train()
+    with pytest.raises(LitFtError, match="holds input_ids .* but no labels"):
+        lit_ft.FineTuner(
+            _classification_overrides(tmp_path / "nolabels"),
+            train_dataset=[{"input_ids": [1, 2, 3]}] * 8,
+        ).train()

@@ -72,6 +72,7 @@ class FineTuneDataModule(L.LightningDataModule):
         self._fingerprint: dict[str, Any] | None = None
         # Raw splits handed over as objects (lit_ft/data/given.py): read instead of `path`.
         self.given = dict(given) if given is not None else None
+        self.tokenized = False  # rows already tokenized (set when the data is read)
 
     @property
     def train_sampler(self) -> ResumableRandomSampler:
@@ -124,16 +125,21 @@ class FineTuneDataModule(L.LightningDataModule):
         from lit_ft.tasks.labelled import fit_label_map
 
         self.setup("fit")
-        label = self.task.column.get("label_column")
-        if not labelled and label and label not in raw.column_names:  # to predict, not score
-            raw = raw.add_column(label, [None] * len(raw))
-        self.task.check_columns(raw, split)
         key = getattr(self.task, "label_key", None)
-        if key:  # refused as for a file's validation split: labels train never shows
-            splits = {"train": self.raw_splits["train"], split: raw}
-            fit_label_map(splits, self.task.column[key], split)
+        label = "labels" if self.tokenized else self.task.column.get("label_column")
+        if not labelled and key and label not in raw.column_names:  # to predict, not score
+            per_token = key == "tags_column"
+            if per_token and self.tokenized:  # a label per token, none scored
+                raw = raw.add_column(label, [[-100] * len(ids) for ids in raw["input_ids"]])
+            elif not per_token:
+                raw = raw.add_column(label, [None if not self.tokenized else -100] * len(raw))
+        if not self.tokenized:
+            self.task.check_columns(raw, split)
+        if key and labelled:  # refused as for a file's validation split: labels train never shows
+            column = label if self.tokenized else self.task.column[key]
+            fit_label_map({"train": self.raw_splits["train"], split: raw}, column, split)
         context = TaskContext(tokenizer_hash=self._tokenizer_hash, num_proc=None)
-        self.datasets[split] = self.task.preprocess(raw, split, context).with_format("python")
+        self.datasets[split] = self._preprocess(raw, split, context)
         self.raw_splits[split] = raw
 
     def eval_loader(self, split: str, indexed: bool = False) -> DataLoader:
@@ -188,7 +194,11 @@ class FineTuneDataModule(L.LightningDataModule):
     # -- building ----------------------------------------------------------------------------
     def _build(self) -> None:
         raw = self._load_raw()
-        self.task.fit_labels(raw, self._source)
+        # Rows already tokenized (FineTuner datasets with input_ids): checked, not re-tokenized
+        self.tokenized = "input_ids" in raw["train"].column_names
+        for split, dataset in raw.items() if self.tokenized else ():
+            self.task.check_tokenized(dataset, split)
+        self.task.fit_labels(raw, self._source, column="labels" if self.tokenized else None)
         # Hashing the tokenizer serializes its whole vocabulary: do it once per build.
         self._tokenizer_hash = tokenizer_fingerprint(self.tokenizer)
         context = TaskContext(
@@ -198,8 +208,15 @@ class FineTuneDataModule(L.LightningDataModule):
         )
         processed = {}
         for split, dataset in raw.items():
-            processed[split] = self.task.preprocess(dataset, split, context).with_format("python")
+            processed[split] = self._preprocess(dataset, split, context)
         self.datasets, self.raw_splits = processed, raw
+
+    def _preprocess(self, dataset, split: str, context):
+        if self.tokenized:
+            processed = self.task.preprocess_tokenized(dataset, split, context)
+        else:
+            processed = self.task.preprocess(dataset, split, context)
+        return processed.with_format("python")
 
     @property
     def _source(self) -> str:
@@ -215,7 +232,8 @@ class FineTuneDataModule(L.LightningDataModule):
         splits = {name: loaded[name] for name in loaded}
         if "train" not in splits:
             raise LitFtError(f"{self._source} has no 'train' split; splits: {', '.join(splits)}")
-        self.task.check_columns(splits["train"], self._source)
+        if "input_ids" not in splits["train"].column_names:  # tokenized rows: checked later
+            self.task.check_columns(splits["train"], self._source)
         if "validation" not in splits:
             splits.update(self._split_validation(splits["train"]))
         chosen = {"train": splits["train"], "validation": splits["validation"]}
@@ -227,6 +245,8 @@ class FineTuneDataModule(L.LightningDataModule):
     def _labelled(self, dataset) -> bool:
         """A test split is scored only when it has the task's columns and real labels (GLUE's
         test labels are all -1)."""
+        if "input_ids" in dataset.column_names:  # tokenized rows: labels, or none to score
+            return "labels" in dataset.column_names or self.task.tokenized_columns == ("input_ids",)
         try:
             self.task.check_columns(dataset, self._source)
         except LitFtError:

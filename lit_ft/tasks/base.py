@@ -92,8 +92,51 @@ class Task:
             f"columns: {', '.join(available)}{hint}"
         )
 
-    def fit_labels(self, splits: Mapping[str, Any], source: str) -> None:
-        """Learn the label set from the raw splits (classification tasks)."""
+    def fit_labels(self, splits: Mapping[str, Any], source: str, column: str | None = None):
+        """Learn the label set from the raw splits (classification tasks); `column`: another
+        column than the data config's (pre-tokenized rows' `labels`)."""
+
+    # -- rows already tokenized (lit_ft.FineTuner datasets with an `input_ids` column) -------
+    # The columns such a row must hold, which the task's collator reads as they are; None:
+    # the task reads raw columns only (it renders prompts, answers or pairs from them).
+    tokenized_columns: ClassVar[tuple[str, ...] | None] = None
+
+    def check_tokenized(self, dataset, split: str) -> None:
+        """Tokenized rows this task can take, with the columns it needs (before labels are
+        read from them)."""
+        if self.tokenized_columns is None:
+            raise LitFtError(
+                f"the {split} split holds input_ids (tokenized rows), which task '{self.name}' "
+                "does not take: it builds its inputs from the raw columns (data.*_column); give "
+                "those instead. Tokenized rows suit causal_lm, masked_lm, "
+                "sequence_classification and token_classification"
+            )
+        missing = [c for c in self.tokenized_columns if c not in dataset.column_names]
+        if missing:
+            raise LitFtError(
+                f"the {split} split holds input_ids (tokenized rows) but no "
+                f"{' or '.join(missing)}; task '{self.name}' needs "
+                f"{', '.join(self.tokenized_columns)}. Columns: {', '.join(dataset.column_names)}"
+            )
+
+    def preprocess_tokenized(self, dataset, split: str, context: TaskContext):
+        """Rows tokenized by the user: checked (columns, lengths, no empty row), labels mapped
+        to the label set's ids, nothing tokenized again; other columns are dropped."""
+        self.check_tokenized(dataset, split)
+        for index, length in enumerate(example_lengths(dataset).to_pylist()):
+            if not 0 < length <= self.max_length:
+                raise LitFtError(
+                    f"row {index} of the {split} split has {length} input_ids; rows need 1 to "
+                    f"{self.max_length} (data.block_size, within the model's positions): "
+                    f"tokenize with truncation=True, max_length={self.max_length}"
+                )
+        drop = [c for c in dataset.column_names if c not in self.tokenized_columns]
+        return self.cached_map(
+            dataset, self._tokenized_rows, split, context, "Checking", remove_columns=drop
+        )
+
+    def _tokenized_rows(self, batch: dict[str, list]) -> dict[str, list]:
+        return {key: batch[key] for key in self.tokenized_columns}
 
     def configure_model(self, hf_config) -> None:
         """Write what the task knows into the model config (e.g. num_labels, id2label)."""

@@ -12,6 +12,7 @@ from lit_ft.tasks.base import PadCollator, Task, TaskContext
 class CausalLMTask(Task):
     name = "causal_lm"
     auto_class = "AutoModelForCausalLM"
+    tokenized_columns = ("input_ids",)  # one example per row; labels come from the inputs
     shifted_labels = True
     description = "next-token prediction on text split into blocks"
     columns = ("text_column",)

@@ -44,7 +44,7 @@ def _distinct(values) -> set:
             flat.update(value)
         elif value is not None and value != -1:
             flat.add(value)
-    return flat
+    return flat - {-100}  # a token not scored (pre-tokenized token classification)
 
 
 class LabelledTask(Task):
@@ -58,8 +58,20 @@ class LabelledTask(Task):
         self.labels: list[str] = []
         self.label2id: dict[Any, int] = {}
 
-    def fit_labels(self, splits, source: str) -> None:
-        self.labels, self.label2id = fit_label_map(splits, self.column[self.label_key], source)
+    tokenized_columns = ("input_ids", "labels")
+
+    def fit_labels(self, splits, source: str, column: str | None = None) -> None:
+        column = column or self.column[self.label_key]
+        self.labels, self.label2id = fit_label_map(splits, column, source)
+
+    def _tokenized_rows(self, batch: dict[str, list]) -> dict[str, list]:
+        """The labels as the label set's ids (-100, a token not scored, stays)."""
+        ids = {**self.label2id, -100: -100}
+
+        def mapped(label):
+            return [ids[x] for x in label] if isinstance(label, list) else ids[label]
+
+        return {"input_ids": batch["input_ids"], "labels": [mapped(x) for x in batch["labels"]]}
 
     def configure_model(self, hf_config) -> None:
         # Saved with the model, so from_pretrained + pipeline() print names, not LABEL_3.

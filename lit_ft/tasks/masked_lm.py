@@ -12,6 +12,7 @@ from lit_ft.tasks.causal_lm import CausalLMTask
 class MaskedLMTask(CausalLMTask):
     name = "masked_lm"
     auto_class = "AutoModelForMaskedLM"
+    tokenized_columns = ("input_ids",)  # one example per row; labels come from the inputs
     shifted_labels = False
     description = "predict masked tokens in text split into blocks (dynamic masking)"
     special_tokens = True  # [CLS] ... [SEP] around each document, as the model was pretrained

@@ -58,12 +58,17 @@ class TokenClassificationTask(LabelledTask):
     def predict(self, model, batch) -> list[dict[str, Any]]:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         rows = []
-        for pred, gold in zip(logits.argmax(-1).tolist(), batch["labels"].tolist(), strict=True):
+        masks = batch["attention_mask"].tolist()
+        for pred, gold, mask in zip(
+            logits.argmax(-1).tolist(), batch["labels"].tolist(), masks, strict=True
+        ):
             first = [i for i, g in enumerate(gold) if g != -100]  # one position per word
+            if not first:  # tokenized rows given without labels: a tag for every token
+                first = [i for i, m in enumerate(mask) if m]
             rows.append(
                 {
                     "prediction": [self.labels[pred[i]] for i in first],
-                    "label": [self.labels[gold[i]] for i in first],
+                    "label": [self.labels[gold[i]] if gold[i] != -100 else None for i in first],
                 }
             )
         return rows

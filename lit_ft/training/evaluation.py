@@ -119,5 +119,7 @@ def prediction_rows(trainer, module, datamodule, split: str) -> list[dict[str, A
     for row in (row for batch in batches for row in batch):
         index = row.pop(ROW_KEY, None)
         raw = datamodule.raw_row(split, index) if index is not None else {}
-        lines.append({"split": split, **module.task.prediction_inputs(raw), **row})
+        # rows given tokenized: their input_ids are the input as the data holds it
+        given = {"input_ids": raw["input_ids"]} if getattr(datamodule, "tokenized", 0) else None
+        lines.append({"split": split, **(given or module.task.prediction_inputs(raw)), **row})
     return lines
