@@ -33,6 +33,9 @@ class FineTuner:
     of dicts, with the raw columns `data.*_column` name; without them `data.*` is read.
     `model`: a built `PreTrainedModel` of the task's kind, trained instead of
     `model.name_or_path` (with `tokenizer`, or one saved beside the model's own path).
+    `data_collator`: the HF Trainer's contract (a list of rows in, a batch out) in place of
+    the task's padding; it gets the task's tokenized rows (input_ids, labels, ...) and must
+    return tensors `input_ids` and `labels` (checked on its first batch).
     `compute_metrics`: the HF Trainer's contract (an `EvalPrediction` in, a dict of numbers
     out), logged as `val/<name>`, for every task of one sequence per row; per-token tasks get
     [rows, tokens] labels padded with -100, and language models the argmax token ids unless
@@ -50,6 +53,7 @@ class FineTuner:
         eval_dataset=None,
         model=None,
         tokenizer=None,
+        data_collator: Callable | None = None,
         compute_metrics: Callable | None = None,
         preprocess_logits_for_metrics: Callable | None = None,
         callbacks: Sequence | None = None,
@@ -88,6 +92,13 @@ class FineTuner:
             given.tokenizer = tokenizer
         if given.tokenizer is not None:
             record["tokenizer"] = {"kind": type(given.tokenizer).__name__}
+        if data_collator is not None:
+            if not callable(data_collator):
+                raise LitFtError("data_collator must be a function of a list of rows")
+            given.data_collator = data_collator
+            record["data_collator"] = getattr(
+                data_collator, "__name__", type(data_collator).__name__
+            )
         if compute_metrics is not None:
             if not callable(compute_metrics):
                 raise LitFtError("compute_metrics must be a function of an EvalPrediction")

@@ -54,6 +54,7 @@ class Given:
     callbacks: list = field(default_factory=list)
     compute_metrics: Callable | None = None
     preprocess_logits_for_metrics: Callable | None = None
+    data_collator: Callable | None = None  # in place of the task's (lit_ft/data/datamodule.py)
 
 
 __all__ = [  # in the order a run takes them

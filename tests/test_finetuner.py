@@ -611,3 +611,38 @@ def test_tokenized_rows_train_as_given_and_score_as_plain_hf(
             _classification_overrides(tmp_path / "nolabels"),
             train_dataset=[{"input_ids": [1, 2, 3]}] * 8,
         ).train()
+
+
+def test_a_data_collator_of_the_hf_trainer_kind_replaces_the_tasks(tmp_path):
+    """transformers' DataCollatorWithPadding pads a classification batch as lit_ft's own
+    collator does: the run is the same run. It is handed tokenized rows, as documented;
+    a collator returning something else is refused on its first batch, saying what is wrong."""
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    seen = []
+
+    def collate(rows):
+        seen.append(sorted(rows[0]))
+        return DataCollatorWithPadding(tokenizer)(rows)
+
+    def tuner(name, **kwargs):
+        return lit_ft.FineTuner(
+            _classification_overrides(tmp_path / name),
+            train_dataset=_rows(64, 0),
+            eval_dataset=_rows(20, 1),
+            model=tiny_models.bert("ForSequenceClassification", num_labels=2),
+            tokenizer=tokenizer,
+            **kwargs,
+        )
+
+    plain = tuner("plain").train()
+    with_collator = tuner("collator", data_collator=collate).train()
+    assert seen and seen[0] == ["input_ids", "labels"]  # the task's rows, tokenized
+    assert with_collator["given"]["data_collator"] == "collate"
+    for when in ("before", "after"):
+        for name, value in plain["metrics"][when].items():
+            assert with_collator["metrics"][when][name] == pytest.approx(value, rel=1e-6)
+
+    with pytest.raises(LitFtError, match="data_collator <lambda>: labels is missing"):
+        tuner("bad", data_collator=lambda rows: {"input_ids": torch.zeros(len(rows), 4)}).train()

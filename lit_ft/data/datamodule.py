@@ -73,6 +73,8 @@ class FineTuneDataModule(L.LightningDataModule):
         # Raw splits handed over as objects (lit_ft/data/given.py): read instead of `path`.
         self.given = dict(given) if given is not None else None
         self.tokenized = False  # rows already tokenized (set when the data is read)
+        # A collator of the user's (FineTuner(data_collator=...)) instead of the task's
+        self.data_collator = None
 
     @property
     def train_sampler(self) -> ResumableRandomSampler:
@@ -276,6 +278,8 @@ class FineTuneDataModule(L.LightningDataModule):
         assert self.datasets is not None, "call setup() first"
         dataset = self.datasets[split]
         collate = self.task.collate() if split == "train" else self.task.eval_collate()
+        if self.data_collator is not None:
+            collate = UserCollator(self.data_collator)
         if indexed:
             dataset, collate = IndexedRows(dataset), collate_with_rows(collate)
         elif split != "train":  # validation/test: DDP's repeated rows marked, never scored
@@ -291,6 +295,47 @@ class FineTuneDataModule(L.LightningDataModule):
             collate_fn=collate,
             persistent_workers=self.num_workers > 0,
         )
+
+
+class UserCollator:
+    """A collator of the user's (the HF Trainer's `data_collator` contract): it gets the
+    task's processed rows (already tokenized: input_ids, labels, ...; not the raw columns)
+    and returns the batch. Its first batch is checked, so a wrong one fails with what is
+    missing instead of deep inside the model or the loss."""
+
+    def __init__(self, collate) -> None:
+        self.collate, self.checked = collate, False
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collate(rows)
+        if not self.checked:
+            self.check(batch, len(rows))
+            self.checked = True
+        return dict(batch)  # e.g. transformers' BatchEncoding, a mapping of its own
+
+    def check(self, batch, rows: int) -> None:
+        name = getattr(self.collate, "__name__", type(self.collate).__name__)
+        if not isinstance(batch, Mapping):
+            raise LitFtError(
+                f"data_collator {name} returned a {type(batch).__name__}; it must return a "
+                "dict of tensors with input_ids and labels, one row per example"
+            )
+        problems = [
+            f"{key} is {'missing' if key not in batch else type(batch[key]).__name__}"
+            for key in ("input_ids", "labels")
+            if not isinstance(batch.get(key), torch.Tensor)
+        ]
+        problems += [
+            f"{key} has {value.shape[0]} rows for {rows} examples"
+            for key, value in batch.items()
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] != rows
+        ]
+        if problems:
+            raise LitFtError(
+                f"data_collator {name}: {'; '.join(problems)} (keys: {', '.join(batch)}); it "
+                "gets the task's tokenized rows and must return tensors input_ids and labels "
+                "(lit_ft's loss and token counts read them), one row per example"
+            )
 
 
 def token_count(dataset) -> int:

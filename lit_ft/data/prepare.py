@@ -64,6 +64,11 @@ def prepare_data(cfg, spec: ModelSpec, given=None) -> PreparedData:
     task, datamodule = build_task_and_data(
         cfg, tokenizer, hf_config, getattr(given, "splits", None)
     )
+    collator = getattr(given, "data_collator", None)
+    if collator is not None:
+        if not hasattr(datamodule, "data_collator"):
+            raise LitFtError("data_collator does not apply to data.streaming=true's blocks")
+        datamodule.data_collator = collator
     import datasets  # noqa: F401  (imported here so the timing below is the data's own)
 
     started = time.perf_counter()
