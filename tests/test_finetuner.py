@@ -646,3 +646,71 @@ def test_a_data_collator_of_the_hf_trainer_kind_replaces_the_tasks(tmp_path):
 
     with pytest.raises(LitFtError, match="data_collator <lambda>: labels is missing"):
         tuner("bad", data_collator=lambda rows: {"input_ids": torch.zeros(len(rows), 4)}).train()
+
+
+# -- every kind of dataset object, for three tasks, against the same rows in JSONL files --------
+def _task_rows(task: str, lines: list[str]) -> tuple[list[dict], list[str]]:
+    if task == "causal_lm":
+        return [{"text": line} for line in lines], []
+    if task == "instruction":  # the line's first words ask, the rest answers
+        rows = [line.split(" ", 3) for line in lines if len(line.split(" ")) > 4]
+        pairs = [{"prompt": " ".join(r[:3]), "response": r[3]} for r in rows]
+        return pairs, ["task=instruction", "task.eval_generations=0"]
+    rows = _rows(len(lines) // 4, 0)
+    return rows, ["task=sequence_classification", "data.block_size=16"]
+
+
+def _as_kind(kind: str, rows: list[dict]):
+    import datasets
+    import pandas as pd
+
+    if kind == "list":
+        return rows
+    if kind == "DataFrame":
+        return pd.DataFrame(rows)
+    if kind == "torch":
+
+        class Rows(torch.utils.data.Dataset):
+            def __len__(self):
+                return len(rows)
+
+            def __getitem__(self, i):
+                return rows[i]
+
+        return Rows()
+    return datasets.Dataset.from_list(rows)
+
+
+@pytest.mark.slow  # 3 tasks x (a file run + 5 kinds): ~90 s
+@pytest.mark.parametrize("task", ["causal_lm", "instruction", "sequence_classification"])
+def test_every_dataset_kind_trains_as_the_same_rows_in_files(
+    task, tiny_tokenizer_dir, lines, tmp_path
+):
+    rows, task_overrides = _task_rows(task, lines)
+    train, evaluation = rows[: len(rows) * 4 // 5], rows[len(rows) * 4 // 5 :]
+    files = {}
+    for split, part in (("train", train), ("validation", evaluation)):
+        files[split] = tmp_path / f"{split}.jsonl"
+        files[split].write_text("".join(json.dumps(r) + "\n" for r in part))
+
+    def overrides(name, data_files):
+        run = tiny_run_overrides(tiny_tokenizer_dir, data_files, tmp_path / name)
+        return [*run, *STEPS, *task_overrides, "data.path=json"]
+
+    in_files = f"{{train: {files['train']}, validation: {files['validation']}}}"
+    want = lit_ft.train_from_overrides(overrides("files", in_files))
+    for kind in ("list", "DataFrame", "Dataset", "DatasetDict", "torch"):
+        if kind == "DatasetDict":
+            import datasets
+
+            given = {"train_dataset": datasets.DatasetDict(
+                train=datasets.Dataset.from_list(train),
+                validation=datasets.Dataset.from_list(evaluation),
+            )}  # fmt: skip
+        else:
+            given = {
+                "train_dataset": _as_kind(kind, train),
+                "eval_dataset": _as_kind(kind, evaluation),
+            }
+        got = lit_ft.FineTuner(overrides(kind, "unused.jsonl"), **given).train()
+        _same_training(got, want)
