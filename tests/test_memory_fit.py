@@ -49,6 +49,11 @@ def test_a_run_that_would_not_fit_trains_with_checkpointing(tiny_overrides, monk
     results = lit_ft.train_from_overrides([*tiny_overrides, "trainer.max_steps=2"])
     out = capsys.readouterr().out
     assert "gradient checkpointing auto: on, the estimated" in out and "may not fit" in out
-    assert seen and seen[0].is_activation_checkpointing
+    # transformers renamed the flag (is_gradient_checkpointing -> is_activation_checkpointing)
+    # around 5.2x; users' installs may hold either name.
+    model = seen[0] if seen else None
+    assert model is not None and (
+        getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
+    )
     assert results["memory"]["gradient_checkpointing"].startswith("auto: on")
     assert results["metrics"]["train"]["steps"] == 2
