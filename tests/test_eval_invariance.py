@@ -5,7 +5,8 @@ Lightning Trainer at batch 1, 3 and 8, and every reported metric must equal a re
 computed here without lit_ft: a plain Hugging Face forward pass per row (no padding at all),
 the token-weighted loss as summed token cross-entropy / targets, perplexity as its exp,
 accuracy by hand, macro-F1 with scikit-learn, entity F1 by a hand count, ROUGE/BLEU of answers
-generated one row at a time, DPO's rewards from summed log-probabilities. 1e-5 relative, fp32.
+generated one row at a time, DPO's rewards from summed log-probabilities, a reward model's
+from one unpadded forward per text. 1e-5 relative, fp32.
 
 This is what caught torchmetrics 1.9's `MeanMetric(nan_strategy="disable")` turning a weighted
 mean into a mean of batch means (lit_ft/tasks/weighted_mean.py): the reported loss moved with
@@ -33,6 +34,7 @@ from lit_ft.model.build import ModelSpec
 from lit_ft.tasks.causal_lm import CausalLMTask
 from lit_ft.tasks.dpo import PreferenceTask
 from lit_ft.tasks.masked_lm import MaskedLMTask
+from lit_ft.tasks.reward_model import RewardModelTask
 from lit_ft.tasks.seq2seq import Seq2SeqTask
 from lit_ft.tasks.sequence_classification import SequenceClassificationTask
 from lit_ft.tasks.sft import InstructionTask
@@ -365,6 +367,44 @@ def test_preference(gpt2_tokenizer):
     _assert_invariant(*_preference_case(gpt2_tokenizer))
 
 
+def _reward_case(bert_tokenizer):
+    """A reward model (one output) on pairs of unequal lengths with per-pair margins: each
+    text scored alone, unpadded; loss -log sigmoid(r_c - r_r - m), every figure a mean over
+    pairs."""
+    rng = random.Random(8)
+    make_model = partial(tiny_models.bert, "ForSequenceClassification", 1)
+    model = make_model().eval()
+    rows, scores = [], []
+    with torch.no_grad():
+        for _ in range(ROWS):
+            row = {
+                f"{side}_input_ids": _random_ids(rng, rng.randint(2, 40), 30000)
+                for side in ("chosen", "rejected")
+            }
+            row["margin"] = rng.choice([0.0, 0.5, -1.0])
+            rows.append(row)
+            c, r = (
+                float(model(input_ids=torch.tensor([row[f"{side}_input_ids"]])).logits[0, 0])
+                for side in ("chosen", "rejected")
+            )
+            scores.append((c, r, row["margin"]))
+    columns = {"chosen_column": "c", "rejected_column": "r", "margin_column": "m"}
+    task = RewardModelTask(bert_tokenizer, columns, 64)
+    reference = {
+        "loss": sum(math.log1p(math.exp(-(c - r - m))) for c, r, m in scores) / ROWS,
+        "accuracy": sum(c > r for c, r, _ in scores) / ROWS,
+        "margin": sum(c - r for c, r, _ in scores) / ROWS,
+        "chosen_reward": sum(c for c, _, _ in scores) / ROWS,
+        "rejected_reward": sum(r for _, r, _ in scores) / ROWS,
+    }
+    assert 0 < reference["accuracy"] < 1  # pairs ranked right and wrong
+    return task, make_model, rows, reference
+
+
+def test_reward_model(bert_tokenizer):
+    _assert_invariant(*_reward_case(bert_tokenizer))
+
+
 def test_weighted_mean_keeps_weights_and_nan():
     mean = WeightedMean()
     mean.update(torch.tensor(2.0), weight=3)
@@ -392,3 +432,5 @@ def test_two_processes_report_the_figures_of_one(gpt2_tokenizer, bert_tokenizer)
     _assert_invariant(*_classification_case(bert_tokenizer), **ddp)
     _assert_invariant(*_tags_case(bert_tokenizer), **ddp)
     _assert_invariant(*_preference_case(gpt2_tokenizer), **ddp)
+    # 6 and 5 pairs, and their margins: the padding pair leaves with its margin
+    _assert_invariant(*_reward_case(bert_tokenizer), **ddp)

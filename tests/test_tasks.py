@@ -428,6 +428,16 @@ def _rows_and_batch(task: str, pad: int) -> tuple[list[dict], dict[str, torch.Te
                 [[-100, 6, 7, -100], [-100, 9, -100, -100], [-100, 6, -100, -100], [-100, 9, 4, 3]]
             ),
         }
+    elif task == "reward_model":  # both texts of a pair, chosen rows first; a score per row
+        rows = [
+            {"chosen_input_ids": [5, 6, 7], "rejected_input_ids": [5, 6]},
+            {"chosen_input_ids": [8, 9], "rejected_input_ids": [8, 9, 4, 3]},
+        ]
+        p = pad
+        return rows, {
+            "input_ids": torch.tensor([[5, 6, 7, p], [8, 9, p, p], [5, 6, p, p], [8, 9, 4, 3]]),
+            "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 0, 0], [1] * 4]),
+        }
     else:
         raise AssertionError(f"no hand-made batch for task {task}: add one")
     return rows, {"input_ids": padded, "attention_mask": mask, "labels": labels}

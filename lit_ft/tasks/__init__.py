@@ -18,6 +18,7 @@ from lit_ft.tasks.base import Task, TaskContext
 from lit_ft.tasks.causal_lm import CausalLMTask
 from lit_ft.tasks.dpo import PreferenceTask
 from lit_ft.tasks.masked_lm import MaskedLMTask
+from lit_ft.tasks.reward_model import RewardModelTask
 from lit_ft.tasks.seq2seq import Seq2SeqTask
 from lit_ft.tasks.sequence_classification import SequenceClassificationTask
 from lit_ft.tasks.sft import InstructionTask
@@ -34,6 +35,7 @@ TASKS: dict[str, type[Task]] = {
         Seq2SeqTask,
         MaskedLMTask,
         PreferenceTask,
+        RewardModelTask,
     )
 }
 

@@ -278,6 +278,15 @@ class Task:
         )
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Every dropout layer's p set to 0, as TRL does by default for preference and reward
+    training: with dropout the chosen and rejected texts of a pair see different masks, and a
+    comparison of their scores measures the masks as well as the texts."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
 def target_count(labels: torch.Tensor, shifted: bool) -> torch.Tensor:
     """Targets in a batch's labels: one per row for a label per row (classification), else the
     labelled tokens; a causal LM's first label is no target (nothing comes before it)."""

@@ -27,7 +27,7 @@ import torch
 from lit_ft.compat import dataset_fingerprint
 from lit_ft.errors import LitFtError
 from lit_ft.problems import Problems
-from lit_ft.tasks.base import Task, TaskContext, model_inputs, pad_rows
+from lit_ft.tasks.base import Task, TaskContext, disable_dropout, model_inputs, pad_rows
 from lit_ft.tasks.chat import answer_spans, resolve_template, template_problem, tokens_and_labels
 from lit_ft.tasks.preference import (
     LOSSES,
@@ -68,7 +68,7 @@ class PreferenceTask(Task):
         self.beta, self.loss, self.simpo_gamma = beta, loss, simpo_gamma
         self.template_source = resolve_template(tokenizer, chat_template)
         self.precompute = precompute_reference and NEEDS_REFERENCE[loss]
-        self.disable_dropout = disable_dropout
+        self.dropout_off = disable_dropout
         self.reference_kind = "none (SimPO)"
         self._reference = None  # the frozen copy, when that is the reference
 
@@ -156,13 +156,11 @@ class PreferenceTask(Task):
     def check_model(self, model) -> None:
         """Choose the reference for this network (called once it is built, before any
         checkpoint's weights are loaded into it)."""
-        if self.disable_dropout:
+        if self.dropout_off:
             # As TRL does by default: with dropout, the policy's log-probabilities are noisy
             # against the reference's (which runs in eval mode), so even the starting model
             # would not score ln 2.
-            for module in model.modules():
-                if isinstance(module, torch.nn.Dropout):
-                    module.p = 0.0
+            disable_dropout(model)
         if not NEEDS_REFERENCE[self.loss]:
             return
         if self.precompute:

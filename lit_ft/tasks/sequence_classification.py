@@ -21,21 +21,7 @@ class SequenceClassificationTask(LabelledTask):
 
     def configure_model(self, hf_config) -> None:
         super().configure_model(hf_config)
-        # The classification heads of causal LMs (GPT2ForSequenceClassification, Llama's, ...)
-        # read the logits at each row's last token that is not pad_token_id; with none set they
-        # refuse batches of more than one row. GPT-2 has no pad token: reuse the one the
-        # tokenizer pads with (EOS, lit_ft.model.build.load_tokenizer), as the HF docs do for
-        # GPT-2 classification. Written into the config, it is saved with the exported model.
-        if (
-            getattr(hf_config, "pad_token_id", None) is None
-            and self.tokenizer.pad_token_id is not None
-        ):
-            hf_config.pad_token_id = self.tokenizer.pad_token_id
-            self.pad_note = (
-                f"the model has no pad token; pad_token_id={self.tokenizer.pad_token_id} "
-                f"({self.tokenizer.pad_token}) set in its config, so each row is classified at "
-                "its last real token"
-            )
+        self.pad_note = pad_token_for_classification(hf_config, self.tokenizer)
 
     def describe(self) -> str | None:
         return self.pad_note
@@ -75,3 +61,21 @@ class SequenceClassificationTask(LabelledTask):
         pair = self.column["text_pair_column"]
         inputs = {"input": row[self.column["text_column"]]}
         return {**inputs, "input_pair": row[pair]} if pair else inputs
+
+
+def pad_token_for_classification(hf_config, tokenizer) -> str | None:
+    """Give a model without a pad token the tokenizer's, and say so (None: it had one).
+
+    The classification heads of causal LMs (GPT2ForSequenceClassification, Llama's, ...) read
+    the logits at each row's last token that is not pad_token_id; with none set they refuse
+    batches of more than one row. GPT-2 has no pad token: reuse the one the tokenizer pads with
+    (EOS, lit_ft.model.build.load_tokenizer), as the HF docs do for GPT-2 classification.
+    Written into the config, it is saved with the exported model."""
+    if getattr(hf_config, "pad_token_id", None) is not None or tokenizer.pad_token_id is None:
+        return None
+    hf_config.pad_token_id = tokenizer.pad_token_id
+    return (
+        f"the model has no pad token; pad_token_id={tokenizer.pad_token_id} "
+        f"({tokenizer.pad_token}) set in its config, so each row is classified at its last "
+        "real token"
+    )
