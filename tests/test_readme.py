@@ -195,7 +195,9 @@ def write_named_files(folder: Path, reference_text: str) -> None:
             words = p.split()[:12]
             shuffled = rng.sample(words, len(words))
             row = {"prompt": f"Summarize: {p[:80]}", "chosen": " ".join(words)}
-            f.write(json.dumps({**row, "rejected": " ".join(shuffled)}) + "\n")
+            # margin: read by README's reward model command (data.margin_column), unused by DPO's
+            row |= {"rejected": " ".join(shuffled), "margin": 0.5}
+            f.write(json.dumps(row) + "\n")
     (folder / "big").mkdir()
     (folder / "big" / "a.txt").write_text("\n".join(paragraphs[:150]), encoding="utf-8")
     (folder / "big" / "b.txt").write_text("\n".join(paragraphs[150:]), encoding="utf-8")

@@ -132,6 +132,33 @@ def test_dpo_run_resumes_exactly(run_cli, tiny_tokenizer_dir, text_file, tmp_pat
     _check_kill_and_resume(run_cli, tmp_path, common, tiny_tokenizer_dir, text_file, 10, 0)
 
 
+def test_reward_model_run_resumes_exactly(run_cli, tiny_tokenizer_dir, text_file, tmp_path):
+    """A reward model on pairs with margins, dropout left on (task.disable_dropout=false), so
+    the resumed run must also restore the random state its dropout masks come from."""
+    words = text_file.read_text().split()
+    rows = [
+        {"prompt": " ".join(words[i : i + 3]), "chosen": words[i + 3], "rejected": words[i + 7],
+         "margin": (i % 3) / 2}
+        for i in range(0, 1700, 10)
+    ]  # fmt: skip
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = [
+        "task=reward_model",
+        "task.disable_dropout=false",
+        "data.path=json",
+        f"data.data_files={data}",
+        "data.margin_column=margin",
+        "data.batch_size=8",  # 161 training pairs: 21 batches, one epoch
+        "trainer.max_epochs=1",
+        "trainer.max_steps=-1",
+        "callbacks.resumable_checkpoint.every_n_train_steps=4",
+        "callbacks.generations.num_prompts=0",
+        "evaluate_before=false",
+    ]
+    _check_kill_and_resume(run_cli, tmp_path, common, tiny_tokenizer_dir, text_file, 10, 0)
+
+
 def _check_kill_and_resume(
     run_cli, tmp_path, common, tokenizer_dir, text_file, kill_step, micro, sig="SIGKILL"
 ):

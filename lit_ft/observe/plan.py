@@ -55,4 +55,6 @@ def show_training_example(task, train, output_dir: Path) -> None:
     if is_global_zero():
         (output_dir / "train_example.txt").write_text(example + "\n", encoding="utf-8")
     shown = example if len(example) <= 600 else example[:600] + " [...]"
-    say(f"a training example, trained tokens in «»:\n{shown}")
+    # a reward model scores whole texts: nothing is marked, and the header says so
+    marks = ", trained tokens in «»" if "«" in example else " (every token is read)"
+    say(f"a training example{marks}:\n{shown}")

@@ -29,6 +29,14 @@ DPO_EXAMPLE = (
     r" (-[\d.]+)"
 )
 
+# Reward models, "Offline example": "100 steps of 8 pairs ... first 160 of the 722 held-out
+# pairs: accuracy **0.43 -> 0.97**, margin -0.04 -> 6.58, loss 0.719 -> 0.054"
+REWARD_EXAMPLE = (
+    r"tiny_gpt2_docstring_reward`\).*?(\d+) steps of 8 pairs.*?first (\d+) of the ([\d,]+) held-out"
+    r"\s+pairs: accuracy \*\*([\d.]+) -> ([\d.]+)\*\*, margin (-?[\d.]+) -> ([\d.]+), loss"
+    r" ([\d.]+) -> (\d[\d.]*\d)"
+)
+
 # Chat fine-tuning: the example's budget in the text, then its table of figures.
 CHAT_EXAMPLE = (
     r"tiny_gpt2_docstring_chat` trains (\d+) optimizer steps"
