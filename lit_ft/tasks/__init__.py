@@ -17,6 +17,7 @@ from lit_ft.problems import Problems
 from lit_ft.tasks.base import Task, TaskContext
 from lit_ft.tasks.causal_lm import CausalLMTask
 from lit_ft.tasks.dpo import PreferenceTask
+from lit_ft.tasks.grpo import GRPOTask
 from lit_ft.tasks.masked_lm import MaskedLMTask
 from lit_ft.tasks.reward_model import RewardModelTask
 from lit_ft.tasks.seq2seq import Seq2SeqTask
@@ -36,6 +37,7 @@ TASKS: dict[str, type[Task]] = {
         MaskedLMTask,
         PreferenceTask,
         RewardModelTask,
+        GRPOTask,
     )
 }
 

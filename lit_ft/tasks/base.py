@@ -56,6 +56,9 @@ class Task:
         # by build_network (lit_ft/model/network.py) once the model is known; None: the
         # model's own loss.
         self.loss_choice = None
+        # Set by the module before each training micro-batch (lit_ft/training/module.py): a
+        # seed for what the task samples then (GRPO's rollouts); other tasks ignore it.
+        self.step_seed = 0
 
     @classmethod
     def option_problems(cls, options) -> Problems:

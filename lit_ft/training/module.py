@@ -85,6 +85,9 @@ class FineTuneModule(L.LightningModule):
         self.step_loss.reset()  # a resumed run starts on a step boundary
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # A task that samples (GRPO's rollouts) draws from a stream seeded by where it is:
+        # the same (seed, step, batch, rank) after a resume gives the same samples.
+        self.task.step_seed = _step_seed(self.trainer.global_step, batch_idx, self.global_rank)
         loss, targets, metrics = self.task.training_loss(self.model, batch)
         self.last_train_loss = loss.detach()
         rows = batch["input_ids"].shape[0]
@@ -222,3 +225,12 @@ class FineTuneModule(L.LightningModule):
             # the chat template and end-of-turn token the task set on the tokenizer
             "tokenizer": chat_settings(self.task.tokenizer),
         }
+
+
+def _step_seed(step: int, batch_idx: int, rank: int) -> int:
+    """A seed for (the run's seed, optimizer step, batch index, rank): e.g. seed 42, step 7,
+    batch 15, rank 1 -> one 63-bit number; hash() of a tuple of ints is stable across runs."""
+    import os
+
+    base = int(os.environ.get("PL_GLOBAL_SEED", 0))  # lightning.seed_everything sets it
+    return hash((base, step, batch_idx, rank)) & (2**63 - 1)

@@ -1,0 +1,432 @@
+"""grpo: online reinforcement learning from rewards with group-relative advantages (GRPO).
+
+Each training micro-batch of b prompts:
+1. rollouts: `task.num_generations` (G) completions per prompt sampled from the current policy
+   (the trained network itself, so LoRA runs sample from the adapted model) in eval mode, with
+   `task.temperature` / `task.top_p`, at most `task.max_new_tokens`, stopping at EOS or the chat's
+   end of turn; one batched `generate` of b x G rows with a KV cache;
+2. rewards: every function of `task.reward_funcs` (lit_ft/tasks/rewards.py) on the decoded
+   completions, weighed by `task.reward_weights`;
+3. advantages within each prompt's group, and the clipped policy-gradient loss of
+   `task.loss_type` over the completion tokens (lit_ft/tasks/policy_gradient.py), with a KL
+   term to the starting model when `task.beta` > 0.
+
+Exact resumption: the sampling draws from its own random stream, seeded from (seed, optimizer
+step, batch index, rank) inside `torch.random.fork_rng`, so a resumed run samples the same
+completions as the uninterrupted one and the training stream (dropout) is left as it was.
+
+Validation: one completion per validation prompt (greedy by default), its rewards averaged:
+`val/reward` and `val/rewards/<name>`; the first prompts' completions are printed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from functools import partial
+from typing import Any
+
+import torch
+
+from lit_ft.errors import LitFtError
+from lit_ft.log import say
+from lit_ft.problems import Problems
+from lit_ft.tasks.base import Task, TaskContext, pad_rows
+from lit_ft.tasks.chat import render, resolve_template, template_problem
+from lit_ft.tasks.metrics import Evaluator
+from lit_ft.tasks.policy_gradient import (
+    LOSS_TYPES,
+    SCALINGS,
+    aggregate,
+    clipped_token_loss,
+    group_advantages,
+)
+from lit_ft.tasks.rewards import call_reward, reward_name
+from lit_ft.tasks.user_functions import function_problems, load_function
+from lit_ft.tasks.weighted_mean import WeightedMean
+
+PROMPT_IDS = "prompt_input_ids"
+COLUMNS_KEY = "_columns"  # the rows' other columns, for the reward functions
+
+
+def _positive(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+class GRPOTask(Task):
+    name = "grpo"
+    auto_class = "AutoModelForCausalLM"
+    description = "prompts -> sampled completions, rewarded; group-relative policy gradient"
+    columns = ("prompt_column",)
+    headline, headline_label = "val/reward", "validation mean reward"
+    token_loss = False  # a policy-gradient loss over sampled completions
+    row_name = "prompts"
+
+    def __init__(
+        self,
+        tokenizer,
+        columns,
+        max_length: int,
+        reward_funcs: list | None = None,
+        reward_weights: list[float] | None = None,
+        num_generations: int = 8,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
+        scale_rewards: str = "group",
+        loss_type: str = "dapo",
+        epsilon: float = 0.2,
+        epsilon_high: float | None = None,
+        beta: float = 0.0,
+        num_iterations: int = 1,
+        chat_template: str | None = None,
+        eval_greedy: bool = True,
+        eval_samples: int = 2,
+    ):
+        super().__init__(tokenizer, columns, max_length)
+        specs = list(reward_funcs or [])
+        self.reward_specs = [s if isinstance(s, str) else reward_name(s, s) for s in specs]
+        self.rewards = [s if callable(s) else load_function(s, "task.reward_funcs") for s in specs]
+        self.reward_names = [reward_name(f, s) for f, s in zip(self.rewards, specs, strict=True)]
+        self.weights = list(reward_weights) if reward_weights else [1.0] * len(self.rewards)
+        self.num_generations = self.sequences_per_row = num_generations
+        self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
+        self.scale_rewards, self.loss_type = scale_rewards, loss_type
+        self.epsilon = epsilon
+        self.epsilon_high = epsilon if epsilon_high is None else epsilon_high
+        self.beta, self.num_iterations = beta, num_iterations
+        self.template_source = resolve_template(tokenizer, chat_template)
+        self.template_setting = chat_template
+        self.eval_greedy, self.eval_samples = eval_greedy, eval_samples
+        self._reference = None
+        self.reference_kind = "none (task.beta=0)"
+
+    @classmethod
+    def option_problems(cls, options) -> Problems:
+        problems = Problems()
+        funcs = options.get("reward_funcs") or []
+        problems.need(
+            len(funcs) > 0,
+            "task.reward_funcs is empty: name at least one reward function, e.g. "
+            "task.reward_funcs=[lit_ft.tasks.rewards:numeric_match] or [my_rewards.py:fn]",
+        )
+        for spec in funcs:
+            problems += function_problems(spec, "task.reward_funcs")
+        weights = options.get("reward_weights")
+        problems.need(
+            weights is None or len(weights) == len(funcs),
+            f"task.reward_weights has {len(weights or [])} weights for {len(funcs)} reward "
+            "functions; give one per function (or null: 1 each)",
+        )
+        g = options.get("num_generations")
+        problems.need(
+            isinstance(g, int) and not isinstance(g, bool) and g >= 2,
+            f"task.num_generations must be an integer >= 2 (a group needs two completions to "
+            f"compare), got {g!r}",
+        )
+        problems.need(
+            options.get("loss_type") in LOSS_TYPES,
+            f"task.loss_type='{options.get('loss_type')}' is unknown; use one of "
+            f"{', '.join(LOSS_TYPES)}",
+        )
+        problems.need(
+            options.get("scale_rewards") in SCALINGS,
+            f"task.scale_rewards='{options.get('scale_rewards')}' is unknown; use one of "
+            f"{', '.join(SCALINGS)}",
+        )
+        for key in ("temperature", "epsilon", "max_new_tokens"):
+            problems.need(
+                _positive(options.get(key)),
+                f"task.{key} must be positive, got {options.get(key)!r}",
+            )
+        top_p = options.get("top_p")
+        problems.need(
+            _positive(top_p) and top_p <= 1, f"task.top_p must be in (0, 1], got {top_p!r}"
+        )
+        beta = options.get("beta")
+        problems.need(
+            isinstance(beta, int | float) and not isinstance(beta, bool) and beta >= 0,
+            f"task.beta must be a number >= 0, got {beta!r}",
+        )
+        problems.need(
+            options.get("num_iterations") == 1,
+            f"task.num_iterations={options.get('num_iterations')!r}: lit_ft's GRPO uses each "
+            "batch's samples once (1); reusing them for more optimizer steps is not built yet",
+        )
+        problems.add(template_problem(options.get("chat_template")))
+        return problems
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "chat_template": self.tokenizer.chat_template}
+
+    def describe(self) -> str:
+        weights = ", ".join(
+            f"{n} x {w:g}" for n, w in zip(self.reward_names, self.weights, strict=True)
+        )
+        return (
+            f"{self.num_generations} completions per prompt (temperature {self.temperature}, "
+            f"top_p {self.top_p}, up to {self.max_new_tokens} tokens); rewards: {weights}; "
+            f"loss {self.loss_type}, advantages scaled by {self.scale_rewards}, clip "
+            f"{self.epsilon}/{self.epsilon_high}, beta {self.beta} (reference: "
+            f"{self.reference_kind}); chat template: {self.template_source}"
+        )
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "reward_funcs": self.reward_specs,
+            "reward_weights": self.weights,
+            "num_generations": self.num_generations,
+            "loss_type": self.loss_type,
+            "scale_rewards": self.scale_rewards,
+            "beta": self.beta,
+        }
+
+    # -- prompts ---------------------------------------------------------------------------
+    def preprocess(self, dataset, split: str, context: TaskContext):
+        kept = self.cached_map(dataset, self._encode, split, context, "Rendering prompts")
+        if len(kept) < len(dataset):
+            logging.getLogger(__name__).warning(
+                "%s: %d of %d prompts are longer than data.block_size=%d tokens and are left out",
+                split,
+                len(dataset) - len(kept),
+                len(dataset),
+                self.max_length,
+            )
+        return kept
+
+    def _encode(self, batch: dict[str, list]) -> dict[str, list]:
+        keep: list[int] = []
+        ids_out = []
+        for i, prompt in enumerate(batch[self.column["prompt_column"]]):
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            text = render(self.tokenizer, messages, generation_prompt=True)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if 0 < len(ids) <= self.max_length:
+                keep.append(i)
+                ids_out.append(ids)
+        out = {k: [v[i] for i in keep] for k, v in batch.items()}
+        return {**out, PROMPT_IDS: ids_out}
+
+    def preview(self, dataset) -> str | None:
+        if dataset is None or len(dataset) == 0:
+            return None
+        return f"prompt: {self.tokenizer.decode(dataset[0][PROMPT_IDS])!r}"
+
+    def collate(self):
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return partial(collate_prompts, pad=pad, prompt_column=self.column["prompt_column"])
+
+    def select_rows(self, batch, keep: torch.Tensor):
+        columns = batch.get(COLUMNS_KEY)
+        kept = super().select_rows({k: v for k, v in batch.items() if k != COLUMNS_KEY}, keep)
+        if columns is not None:
+            index = keep.nonzero().flatten().tolist()
+            kept[COLUMNS_KEY] = {k: [v[i] for i in index] for k, v in columns.items()}
+        return kept
+
+    def count_targets(self, batch) -> torch.Tensor:
+        return torch.tensor(batch["input_ids"].shape[0] * self.num_generations)
+
+    # -- the reference (beta > 0) ----------------------------------------------------------
+    def held_models(self) -> list[torch.nn.Module]:
+        return [self._reference] if self._reference is not None else []
+
+    def check_model(self, model) -> None:
+        if not self.beta:
+            return
+        if hasattr(model, "disable_adapter"):  # a PeftModel: the base is the reference
+            self.reference_kind = "the same network with its LoRA adapters off"
+        else:  # copied before any checkpoint loads: the starting model, also after a resume
+            self.reference_kind = "a frozen copy of the starting model"
+            self._reference = copy.deepcopy(model).eval().requires_grad_(False)
+
+    # -- rollouts --------------------------------------------------------------------------
+    def rollout(self, model, batch, generations: int, sample: bool, seed: int):
+        """(sequences [b x g, prompt + completion], completion mask, prompt width): every
+        completion of prompt i in rows i*g .. i*g + g-1; the mask covers each completion up to
+        and including its first stop token."""
+        ids = batch["input_ids"].repeat_interleave(generations, dim=0)
+        mask = batch["attention_mask"].repeat_interleave(generations, dim=0)
+        sequences = self.generate(model, ids, mask, sample, seed)
+        completion = sequences[:, ids.shape[1] :]
+        stops = torch.tensor(self._stop_ids(model), device=completion.device)
+        is_stop = torch.isin(completion, stops).int()
+        after_first_stop = (is_stop.cumsum(-1) - is_stop) > 0
+        return sequences, ~after_first_stop, ids.shape[1]
+
+    def generate(self, model, ids, mask, sample: bool, seed: int) -> torch.Tensor:
+        """Prompts + completions, one batched `generate` with a KV cache, in eval mode, from
+        the rollout's own random stream (`seed`)."""
+        was_training = model.training
+        model.eval()  # no dropout while sampling; restored below
+        devices = [ids.device] if ids.device.type == "cuda" else []
+        settings = {"do_sample": sample, "max_new_tokens": self.max_new_tokens}
+        if sample:
+            settings |= {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                torch.manual_seed(seed)  # the rollout's own stream: the training one stays
+                sequences = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    **settings,
+                )
+        finally:
+            model.train(was_training)
+        return sequences
+
+    def _stop_ids(self, model) -> list[int]:
+        config = getattr(model, "generation_config", None)
+        eos = getattr(config, "eos_token_id", None) if config is not None else None
+        eos = eos if eos is not None else self.tokenizer.eos_token_id
+        return list(eos) if isinstance(eos, list | tuple) else [eos]
+
+    def completion_texts(self, sequences, completion_mask, width: int) -> list[str]:
+        rows = [
+            [t for t, keep in zip(row, kept, strict=True) if keep]
+            for row, kept in zip(
+                sequences[:, width:].tolist(), completion_mask.tolist(), strict=True
+            )
+        ]
+        return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+    def score(self, batch, completions: list[str], generations: int):
+        """(weighted total per completion, {name: scores}) as float32 tensors on the batch's
+        device."""
+        prompts = [p for p in batch[COLUMNS_KEY]["_prompt"] for _ in range(generations)]
+        columns = {
+            k: [v for v in values for _ in range(generations)]
+            for k, values in batch[COLUMNS_KEY].items()
+            if k != "_prompt"
+        }
+        device = batch["input_ids"].device
+        per_function = {}
+        total = torch.zeros(len(completions), device=device)
+        for fn, name, weight in zip(self.rewards, self.reward_names, self.weights, strict=True):
+            scores = call_reward(fn, name, prompts, completions, columns)
+            per_function[name] = torch.tensor(scores, device=device)
+            total = total + weight * per_function[name]
+        return total, per_function
+
+    def completion_logps(self, model, sequences, mask, width: int) -> torch.Tensor:
+        """Log-probabilities of the completion tokens, [rows, completion tokens], in fp32."""
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left-padded prompts start at 0
+        logits = model(input_ids=sequences, attention_mask=mask, position_ids=positions).logits
+        logits = logits[:, width - 1 : -1].float()
+        targets = sequences[:, width:]
+        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return picked - torch.logsumexp(logits, dim=-1)
+
+    # -- training --------------------------------------------------------------------------
+    def training_loss(self, model, batch):
+        g = self.num_generations
+        started = time.perf_counter()
+        sequences, completion_mask, width = self.rollout(model, batch, g, True, self.step_seed)
+        generation_s = time.perf_counter() - started
+        completions = self.completion_texts(sequences, completion_mask, width)
+        total, per_function = self.score(batch, completions, g)
+        advantages = group_advantages(total, g, self.scale_rewards)
+        prompt_mask = batch["attention_mask"].repeat_interleave(g, dim=0)
+        mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)
+        logps = self.completion_logps(model, sequences, mask, width)
+        reference = None
+        if self.beta:
+            with torch.no_grad():
+                reference = self._reference_logps(model, sequences, mask, width)
+        # each batch's samples are used once (num_iterations 1): the old policy is this one
+        token_loss, clipped, kl = clipped_token_loss(
+            logps, logps.detach(), advantages, self.epsilon, self.epsilon_high, reference, self.beta
+        )
+        loss, count = aggregate(token_loss, completion_mask, self.loss_type, self.max_new_tokens)
+        lengths = completion_mask.sum(-1).float()
+        grouped = total.view(-1, g)
+        metrics = {
+            "reward": total.mean(),
+            "reward_std": total.std() if total.numel() > 1 else torch.zeros(()),
+            "frac_reward_zero_std": (grouped.std(dim=1) < 1e-6).float().mean(),
+            "completion_length": lengths.mean(),
+            "clip_ratio": _masked_mean(clipped.float(), completion_mask),
+            "generation_tokens_per_s": torch.tensor(lengths.sum().item() / generation_s),
+            "generation_s": torch.tensor(generation_s),
+        }
+        for name, scores in per_function.items():
+            metrics[f"rewards/{name}"] = scores.mean()
+            metrics[f"rewards/{name}_std"] = scores.std() if scores.numel() > 1 else scores * 0
+        if kl is not None:
+            metrics["kl"] = _masked_mean(kl.detach(), completion_mask)
+        return loss, count.to(loss.device), metrics
+
+    def _reference_logps(self, model, sequences, mask, width):
+        if self._reference is not None:
+            if next(self._reference.parameters()).device != sequences.device:
+                self._reference.to(sequences.device)
+            return self.completion_logps(self._reference, sequences, mask, width)
+        if hasattr(model, "disable_adapter"):
+            with model.disable_adapter():
+                return self.completion_logps(model, sequences, mask, width)
+        raise LitFtError("task=grpo with task.beta > 0 has no reference model")
+
+    def evaluator(self):
+        return RolloutEvaluator(self)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+class RolloutEvaluator(Evaluator):
+    """Validation prompts, one completion each (greedy, or sampled from a fixed seed): the
+    mean weighted reward and each function's, as sums across batches and processes."""
+
+    def __init__(self, task: GRPOTask) -> None:
+        super().__init__()
+        self.task = task
+        names = ["reward", *(f"rewards/{n}" for n in task.reward_names), "completion_length"]
+        self.means = torch.nn.ModuleDict({n.replace("/", "__"): WeightedMean() for n in names})
+        self._shown = False
+
+    def update(self, batch, outputs, model) -> None:
+        task = self.task
+        sequences, completion_mask, width = task.rollout(
+            model, batch, 1, not task.eval_greedy, int(os.environ.get("PL_GLOBAL_SEED", 0))
+        )
+        completions = task.completion_texts(sequences, completion_mask, width)
+        total, per_function = task.score(batch, completions, 1)
+        n = total.shape[0]
+        self.means["reward"].update(total.mean(), weight=n)
+        for name, scores in per_function.items():
+            self.means[f"rewards__{name}"].update(scores.mean(), weight=n)
+        self.means["completion_length"].update(completion_mask.sum(-1).float().mean(), weight=n)
+        if not self._shown and task.eval_samples:
+            self._shown = True
+            prompts = batch[COLUMNS_KEY]["_prompt"]
+            for i in range(min(task.eval_samples, n)):
+                say(f"sample: {prompts[i]!r} -> {completions[i]!r} (reward {float(total[i]):.3g})")
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {k.replace("__", "/"): m.compute() for k, m in self.means.items()}
+
+    def reset(self) -> None:
+        self._shown = False
+        for metric in self.means.values():
+            metric.reset()
+
+
+def collate_prompts(rows: list[dict[str, Any]], pad: int, prompt_column: str) -> dict[str, Any]:
+    """b prompts, left-padded (generation continues every row from its last real token), and
+    the rows' other columns as lists for the reward functions."""
+    ids = [r[PROMPT_IDS] for r in rows]
+    width = max(len(i) for i in ids)
+    left = [[pad] * (width - len(i)) + list(i) for i in ids]
+    mask = [[0] * (width - len(i)) + [1] * len(i) for i in ids]
+    columns = {k: [r[k] for r in rows] for k in rows[0] if k not in (PROMPT_IDS, prompt_column)}
+    columns["_prompt"] = [r[prompt_column] for r in rows]
+    return {
+        "input_ids": pad_rows(left, pad),
+        "attention_mask": pad_rows(mask, 0),
+        COLUMNS_KEY: columns,
+    }

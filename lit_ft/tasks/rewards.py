@@ -1,0 +1,108 @@
+"""Reward functions for task=grpo: the built-in ones, and calling anyone's with checks.
+
+The convention (TRL's, so functions written for it work here): each is called as
+
+    fn(prompts=[...], completions=[...], **columns) -> list[float]
+
+once per micro-batch, with one entry per completion (a prompt repeated for each of its
+completions), and every other column of the rows as a keyword list of the same length (e.g.
+`answer=[...]`). Prompts and completions are strings (a chat prompt: its messages). A function
+may return None for a completion it does not score; it then counts as 0 in the weighted sum.
+
+Named in the config as `task.reward_funcs=[lit_ft.tasks.rewards:numeric_match, my_file.py:fn]`
+(lit_ft/tasks/user_functions.py loads them); `task.reward_weights` weighs them (default 1 each).
+
+Built in (all take the reference answer from a column passed as `answer`, or `solution`):
+- `exact_match`: 1.0 when the completion, stripped, equals the answer, else 0.0;
+- `numeric_match`: 1.0 when the completion's last number equals the answer's (1e-6), else 0.0;
+- `contains_digit`: 1.0 when the completion holds a digit (a format reward for toy runs);
+- `length_penalty`: -(characters / 100): shorter completions score higher.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lit_ft.errors import LitFtError
+
+NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def _references(kwargs: dict[str, Any], n: int) -> list[Any]:
+    for key in ("answer", "solution"):
+        if key in kwargs:
+            return list(kwargs[key])
+    raise LitFtError(
+        "this built-in reward compares with a reference answer: the rows need a column named "
+        f"'answer' or 'solution'; they have: {', '.join(sorted(kwargs)) or 'none'}"
+    )
+
+
+def exact_match(prompts, completions, **kwargs) -> list[float]:
+    answers = _references(kwargs, len(completions))
+    return [float(c.strip() == str(a).strip()) for c, a in zip(completions, answers, strict=True)]
+
+
+def _last_number(text: str) -> float | None:
+    found = NUMBER.findall(str(text))
+    return float(found[-1].replace(",", "")) if found else None
+
+
+def numeric_match(prompts, completions, **kwargs) -> list[float]:
+    answers = _references(kwargs, len(completions))
+    scores = []
+    for completion, answer in zip(completions, answers, strict=True):
+        got, want = _last_number(completion), _last_number(answer)
+        scores.append(float(got is not None and want is not None and abs(got - want) < 1e-6))
+    return scores
+
+
+def contains_digit(prompts, completions, **kwargs) -> list[float]:
+    return [float(any(ch.isdigit() for ch in c)) for c in completions]
+
+
+def length_penalty(prompts, completions, **kwargs) -> list[float]:
+    return [-len(c) / 100 for c in completions]
+
+
+def reward_name(fn: Callable, spec: Any) -> str:
+    """How logs name a reward function: its own name (train/rewards/<name>)."""
+    return getattr(fn, "__name__", None) or str(spec).rpartition(":")[2]
+
+
+def call_reward(
+    fn: Callable, name: str, prompts: Sequence, completions: Sequence[str], columns: dict
+) -> list[float]:
+    """`fn`'s scores, checked: a list of numbers (or None), one per completion, none NaN.
+    Anything else is one LitFtError naming the function and what it returned."""
+    try:
+        scores = fn(prompts=list(prompts), completions=list(completions), **columns)
+    except LitFtError:
+        raise
+    except Exception as err:
+        raise LitFtError(
+            f"reward function '{name}' failed when called as {name}(prompts, completions, "
+            f"**columns) with columns {', '.join(sorted(columns)) or 'none'}: {err!r}"
+        ) from err
+    if not isinstance(scores, list | tuple) or len(scores) != len(completions):
+        got = f"{len(scores)} values" if isinstance(scores, list | tuple) else type(scores).__name__
+        raise LitFtError(
+            f"reward function '{name}' must return a list of {len(completions)} numbers (one "
+            f"per completion), got {got}"
+        )
+    out = []
+    for i, score in enumerate(scores):
+        if score is None:
+            out.append(0.0)
+            continue
+        if isinstance(score, bool) or not isinstance(score, numbers.Real) or math.isnan(score):
+            raise LitFtError(
+                f"reward function '{name}' returned {score!r} for completion {i}; rewards must "
+                "be numbers (None: not scored), not NaN"
+            )
+        out.append(float(score))
+    return out

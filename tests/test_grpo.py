@@ -1,0 +1,236 @@
+"""GRPO (task=grpo): advantages and each loss type by hand; the step's loss and gradients the
+same at accumulation 1 vs 4 and on 1 vs 2 processes (on fixed rollouts, so every layout sees
+the same completions); rollouts from the LoRA-adapted policy; rewards checked; a run that
+raises its reward; SIGKILL resume bit-identical (tests/test_resume.py)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import datasets
+import pytest
+import torch
+from helpers.fixed_rollouts import FixedRolloutGRPO, completion
+from helpers.step_gradients import fit_one_step
+
+from lit_ft.errors import LitFtError
+from lit_ft.tasks import TaskContext
+from lit_ft.tasks.grpo import GRPOTask
+from lit_ft.tasks.policy_gradient import aggregate, clipped_token_loss, group_advantages
+from lit_ft.tasks.rewards import call_reward, numeric_match
+
+PROMPTS = ["Count:", "Add two and two.", "Name a number", "Say it"]
+
+
+def _gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=512, resid_pdrop=0.0,
+        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    return GPT2LMHeadModel(config)
+
+
+def _ids_length(prompts, completions, **columns) -> list[float]:
+    """A reward the fixed completions spread: their decoded length."""
+    return [float(len(c)) for c in completions]
+
+
+def _rows(task):
+    data = datasets.Dataset.from_dict({"prompt": PROMPTS, "answer": ["1", "4", "7", "2"]})
+    return list(task.preprocess(data, "train", TaskContext("t", load_from_cache=False)))
+
+
+def _task(tokenizer, cls=GRPOTask, **options):
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = None
+    settings = {"num_generations": 4, "max_new_tokens": 5, "reward_funcs": [_ids_length]}
+    return cls(tokenizer, {"prompt_column": "prompt"}, 32, **{**settings, **options})
+
+
+# -- the arithmetic, by hand -----------------------------------------------------------------
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+    group = group_advantages(rewards, 4, "group")
+    # group 1: mean 0.5, unbiased std 0.5774 -> +-0.866; group 2: all equal -> 0
+    assert group[:4].tolist() == pytest.approx([0.8659, -0.8659, -0.8659, 0.8659], abs=2e-4)
+    assert group[4:].tolist() == [0.0] * 4
+    assert group_advantages(rewards, 4, "none").tolist() == [0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]
+    batch = group_advantages(rewards, 4, "batch")
+    assert batch[0].item() == pytest.approx(0.5 / (rewards.std().item() + 1e-4))
+
+
+def test_each_loss_type_by_hand():
+    # two completions of 2 and 4 tokens (mask), advantages 1 and -0.5, the policy unchanged
+    # (ratio 1): l_t = -A on each completion token
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    logps = torch.zeros(2, 4, requires_grad=True)
+    token_loss, clipped, _ = clipped_token_loss(
+        logps, logps.detach(), torch.tensor([1.0, -0.5]), 0.2, 0.2
+    )
+    assert not clipped.any()
+    grpo, n = aggregate(token_loss, mask, "grpo", 4)  # mean(-1, 0.5) = -0.25
+    assert (grpo.item(), int(n)) == (pytest.approx(-0.25), 2)
+    dr, n = aggregate(token_loss, mask, "dr_grpo", 4)  # (-2 + 2) / (2 x 4) = 0
+    assert (dr.item(), int(n)) == (pytest.approx(0.0), 2)
+    dapo, n = aggregate(token_loss, mask, "dapo", 4)  # (-2 + 2) / 6 tokens = 0
+    assert (dapo.item(), int(n)) == (pytest.approx(0.0), 6)
+    # a moved policy: ratio e^0.5 = 1.65 > 1.2 is clipped for A > 0 (no gain past the clip)
+    token_loss, clipped, _ = clipped_token_loss(
+        torch.full((1, 1), 0.5), torch.zeros(1, 1), torch.tensor([2.0]), 0.2, 0.2
+    )
+    assert clipped.all() and token_loss.item() == pytest.approx(-1.2 * 2.0)
+    # KL (k3) to a reference 0.1 below: e^-0.1 + 0.1 - 1 = 0.00484, x beta 0.5
+    token_loss, _, kl = clipped_token_loss(
+        torch.zeros(1, 1),
+        torch.zeros(1, 1),
+        torch.zeros(1),
+        0.2,
+        0.2,
+        torch.full((1, 1), -0.1),
+        0.5,
+    )
+    assert kl.item() == pytest.approx(math.exp(-0.1) + 0.1 - 1, rel=1e-5)  # float32
+    assert token_loss.item() == pytest.approx(0.5 * kl.item())
+
+
+# -- one step, whatever the layout -------------------------------------------------------------
+def _hand_loss(task, rows) -> float:
+    """The step's loss from its definition, over all 16 fixed completions at once: with the
+    policy unchanged l_t = -A_i on each of completion i's n_i tokens."""
+    eos = task.tokenizer.eos_token_id
+    advantages, lengths = [], []
+    for row in rows:
+        texts, ns = [], []
+        for k in range(task.num_generations):
+            ids = completion(row["prompt_input_ids"][-1], k)[: task.max_new_tokens]
+            kept = ids[: ids.index(eos) + 1] if eos in ids else ids
+            ns.append(len(kept))
+            texts.append(task.tokenizer.decode(kept, skip_special_tokens=True))
+        scores = torch.tensor(_ids_length(None, texts))
+        advantages += group_advantages(scores, task.num_generations, "group").tolist()
+        lengths += ns
+    pairs = list(zip(advantages, lengths, strict=True))
+    if task.loss_type == "grpo":
+        return -sum(a for a, _ in pairs) / len(pairs)
+    if task.loss_type == "dr_grpo":
+        return -sum(a * n for a, n in pairs) / (len(pairs) * task.max_new_tokens)
+    return -sum(a * n for a, n in pairs) / sum(lengths)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_accumulation_gives_the_step_of_the_whole_batch(gpt2_tokenizer, tmp_path, loss_type):
+    task = _task(gpt2_tokenizer, FixedRolloutGRPO, loss_type=loss_type)
+    rows = _rows(task)
+    whole = fit_one_step(task, _gpt2, rows, 4, 1, tmp_path / "b4.pt")
+    accumulated = fit_one_step(task, _gpt2, rows, 1, 4, tmp_path / "b1a4.pt")
+    assert float(whole["loss"]) == pytest.approx(_hand_loss(task, rows), abs=1e-6)
+    torch.testing.assert_close(whole["loss"], accumulated["loss"], atol=1e-6, rtol=1e-5)
+    for name, grad in whole["grads"].items():
+        torch.testing.assert_close(grad, accumulated["grads"][name], atol=1e-7, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in whole["grads"].values())  # a real gradient
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_two_processes_give_the_step_of_the_whole_batch(gpt2_tokenizer, tmp_path, loss_type):
+    task = _task(gpt2_tokenizer, FixedRolloutGRPO, loss_type=loss_type)
+    rows = _rows(task)
+    whole = fit_one_step(task, _gpt2, rows, 4, 1, tmp_path / "b4.pt")
+    ddp = fit_one_step(
+        task, _gpt2, rows, 2, 1, tmp_path / "ddp.pt",
+        strategy="ddp_spawn", accelerator="cpu", devices=2,
+    )  # fmt: skip
+    torch.testing.assert_close(whole["loss"], ddp["loss"], atol=1e-6, rtol=1e-5)
+    for name, grad in whole["grads"].items():
+        torch.testing.assert_close(grad, ddp["grads"][name], atol=1e-7, rtol=1e-4)
+
+
+# -- rollouts ------------------------------------------------------------------------------
+def test_rollouts_come_from_the_lora_adapted_policy(gpt2_tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    task = _task(gpt2_tokenizer, max_new_tokens=8)
+    batch = task.collate()(_rows(task)[:2])
+    model = get_peft_model(_gpt2(), LoraConfig(r=4, target_modules=["c_attn"]))
+    with torch.no_grad():  # trained adapters: B is no longer zero
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 2.0)
+    model.train()
+    adapted, _, width = task.rollout(model, batch, 1, False, 0)
+    with model.disable_adapter():
+        base, _, _ = task.rollout(model, batch, 1, False, 0)
+    merged = copy.deepcopy(model).merge_and_unload().eval()
+    want = merged.generate(
+        **{k: v for k, v in batch.items() if not k.startswith("_")},
+        do_sample=False, max_new_tokens=8, pad_token_id=task.tokenizer.pad_token_id,
+    )  # fmt: skip
+    assert torch.equal(adapted, want) and not torch.equal(adapted[:, width:], base[:, width:])
+    assert model.training  # generation ran in eval mode and gave training back
+
+
+def test_the_same_seed_samples_the_same_completions_and_leaves_the_training_stream(
+    gpt2_tokenizer,
+):
+    task = _task(gpt2_tokenizer, max_new_tokens=8)
+    batch = task.collate()(_rows(task)[:2])
+    model = _gpt2()
+    torch.manual_seed(123)
+    first, _, _ = task.rollout(model, batch, 4, True, seed=7)
+    after = torch.rand(1)
+    torch.manual_seed(123)
+    again, _, _ = task.rollout(model, batch, 4, True, seed=7)
+    assert torch.equal(first, again) and torch.equal(torch.rand(1), after)
+    other, _, _ = task.rollout(model, batch, 4, True, seed=8)
+    assert not torch.equal(first, other)
+
+
+# -- rewards -------------------------------------------------------------------------------
+def test_built_in_numeric_match():
+    got = numeric_match(None, ["it is 4", "4.0", "five", "1,000"], answer=["4", "4", "5", "1000"])
+    assert got == [1.0, 1.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        ([1.0], "must return a list of 2 numbers (one per completion), got 1 values"),
+        ("no", "must return a list of 2 numbers (one per completion), got str"),
+        ([1.0, float("nan")], "returned nan for completion 1"),
+        ([1.0, "x"], "returned 'x' for completion 1"),
+    ],
+)
+def test_a_reward_function_that_returns_the_wrong_thing_is_named(returned, message):
+    def bad(prompts, completions, **kw):
+        return returned
+
+    with pytest.raises(LitFtError, match="reward function 'bad' " + message.replace("(", r"\(")
+                       .replace(")", r"\)")):  # fmt: skip
+        call_reward(bad, "bad", ["p", "p"], ["a", "b"], {})
+
+
+def test_bad_grpo_options_are_reported_together():
+    problems = GRPOTask.option_problems(
+        {
+            "reward_funcs": ["no_such_module_xyz:fn"],
+            "reward_weights": [1.0, 2.0],
+            "num_generations": 1,
+            "loss_type": "ppo",
+            "scale_rewards": "group",
+            "temperature": 1.0,
+            "epsilon": 0.2,
+            "max_new_tokens": 8,
+            "top_p": 1.0,
+            "beta": 0.0,
+            "num_iterations": 1,
+        }
+    )
+    text = str(problems)
+    assert "cannot import module 'no_such_module_xyz'" in text
+    assert "task.reward_weights has 2 weights for 1 reward functions" in text
+    assert "task.num_generations must be an integer >= 2" in text
+    assert "task.loss_type='ppo' is unknown" in text
