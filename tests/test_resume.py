@@ -159,6 +159,31 @@ def test_reward_model_run_resumes_exactly(run_cli, tiny_tokenizer_dir, text_file
     _check_kill_and_resume(run_cli, tmp_path, common, tiny_tokenizer_dir, text_file, 10, 0)
 
 
+def test_grpo_run_resumes_exactly(run_cli, tiny_tokenizer_dir, text_file, tmp_path):
+    """GRPO samples its own training data: the resumed run must sample the same completions
+    (the rollout stream is seeded by seed, step, batch and rank), and its dropout (on here)
+    must draw the same masks, so losses and weights match bit for bit."""
+    words = text_file.read_text().split()
+    rows = [{"prompt": " ".join(words[i : i + 4])} for i in range(0, 1200, 20)]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = [
+        "task=grpo",
+        "task.reward_funcs=[lit_ft.tasks.rewards:length_penalty]",
+        "task.num_generations=4",
+        "task.max_new_tokens=8",
+        "data.path=json",
+        f"data.data_files={data}",
+        "data.batch_size=2",  # 54 training prompts: 27 batches, one epoch
+        "trainer.max_epochs=1",
+        "trainer.max_steps=-1",
+        "callbacks.resumable_checkpoint.every_n_train_steps=4",
+        "callbacks.generations.num_prompts=0",
+        "evaluate_before=false",
+    ]
+    _check_kill_and_resume(run_cli, tmp_path, common, tiny_tokenizer_dir, text_file, 10, 0)
+
+
 def _check_kill_and_resume(
     run_cli, tmp_path, common, tokenizer_dir, text_file, kill_step, micro, sig="SIGKILL"
 ):

@@ -65,6 +65,9 @@ def build_task(
     add_eos: bool = False,
     truncation: str = "cut",
     compute_metrics=None,  # the evaluation's (lit_ft/training/evaluation.py), not the task's
+    monitor=None,  # the metric the callbacks watch (conf/callbacks), not the task's either
+    monitor_mode=None,
+    monitor_label=None,
     **options,
 ) -> Task:
     """The task `name` with its options (conf/task/<name>.yaml) and the data's column names."""

@@ -12,9 +12,12 @@ may return None for a completion it does not score; it then counts as 0 in the w
 Named in the config as `task.reward_funcs=[lit_ft.tasks.rewards:numeric_match, my_file.py:fn]`
 (lit_ft/tasks/user_functions.py loads them); `task.reward_weights` weighs them (default 1 each).
 
-Built in (all take the reference answer from a column passed as `answer`, or `solution`):
+Built in (those that compare take the reference from a column named `answer`, `solution`, or
+`chosen`, a preference pair's preferred answer):
 - `exact_match`: 1.0 when the completion, stripped, equals the answer, else 0.0;
 - `numeric_match`: 1.0 when the completion's last number equals the answer's (1e-6), else 0.0;
+- `word_f1`: unigram F1 between the completion's first line and the answer (0 to 1), e.g.
+  "Return the path." against "Return the absolute path.": precision 3/3, recall 3/4, F1 0.857;
 - `contains_digit`: 1.0 when the completion holds a digit (a format reward for toy runs);
 - `length_penalty`: -(characters / 100): shorter completions score higher.
 """
@@ -33,12 +36,12 @@ NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 
 
 def _references(kwargs: dict[str, Any], n: int) -> list[Any]:
-    for key in ("answer", "solution"):
+    for key in ("answer", "solution", "chosen"):
         if key in kwargs:
             return list(kwargs[key])
     raise LitFtError(
         "this built-in reward compares with a reference answer: the rows need a column named "
-        f"'answer' or 'solution'; they have: {', '.join(sorted(kwargs)) or 'none'}"
+        f"'answer', 'solution' or 'chosen'; they have: {', '.join(sorted(kwargs)) or 'none'}"
     )
 
 
@@ -58,6 +61,24 @@ def numeric_match(prompts, completions, **kwargs) -> list[float]:
     for completion, answer in zip(completions, answers, strict=True):
         got, want = _last_number(completion), _last_number(answer)
         scores.append(float(got is not None and want is not None and abs(got - want) < 1e-6))
+    return scores
+
+
+WORD = re.compile(r"\w+")
+
+
+def word_f1(prompts, completions, **kwargs) -> list[float]:
+    answers = _references(kwargs, len(completions))
+    scores = []
+    for completion, answer in zip(completions, answers, strict=True):
+        first_line = next((line for line in completion.splitlines() if line.strip()), "")
+        got, want = WORD.findall(first_line.lower()), WORD.findall(str(answer).lower())
+        common = sum(min(got.count(w), want.count(w)) for w in set(got))
+        if not common:
+            scores.append(0.0)
+            continue
+        precision, recall = common / len(got), common / len(want)
+        scores.append(2 * precision * recall / (precision + recall))
     return scores
 
 
