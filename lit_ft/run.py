@@ -74,6 +74,7 @@ def run_job(cfg: DictConfig, given=None) -> Job:
             cfg.paths.checkpoint_dir,
             lora,
             started,
+            output_dir=str(output_dir),
         )
         precision = steps.choose_precision(cfg.trainer)
         # The Trainer before the data: a setting this machine cannot run fails in seconds.

@@ -6,7 +6,9 @@ raises its reward; SIGKILL resume bit-identical (tests/test_resume.py)."""
 from __future__ import annotations
 
 import copy
+import json
 import math
+from pathlib import Path
 
 import datasets
 import pytest
@@ -14,6 +16,7 @@ import torch
 from helpers.fixed_rollouts import FixedRolloutGRPO, completion
 from helpers.step_gradients import fit_one_step
 
+import lit_ft
 from lit_ft.errors import LitFtError
 from lit_ft.tasks import TaskContext
 from lit_ft.tasks.grpo import GRPOTask
@@ -234,3 +237,116 @@ def test_bad_grpo_options_are_reported_together():
     assert "task.reward_weights has 2 weights for 1 reward functions" in text
     assert "task.num_generations must be an integer >= 2" in text
     assert "task.loss_type='ppo' is unknown" in text
+
+
+# -- runs ----------------------------------------------------------------------------------
+def _prompts_file(tmp_path, text_file) -> str:
+    words = text_file.read_text().split()
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": " ".join(words[i : i + 4]), "answer": str(i % 7)} for i in range(0, 600, 20)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def _grpo_overrides(tiny_overrides, prompts: str, *extra: str) -> list[str]:
+    return [
+        *tiny_overrides,
+        "task=grpo",
+        "data.path=json",
+        f"data.data_files={prompts}",
+        "data.batch_size=2",
+        "task.num_generations=4",
+        "task.max_new_tokens=6",
+        "trainer.max_steps=3",
+        "callbacks.generations.num_prompts=0",
+        *extra,
+    ]
+
+
+def test_a_run_logs_every_completion_with_its_reward(tiny_overrides, text_file, tmp_path):
+    """completions.jsonl: steps x prompts x generations lines, each reward the function's own
+    on the logged completion, advantages centred within each group; the rewards are in the
+    step metrics and the best checkpoint follows val/reward."""
+    overrides = _grpo_overrides(
+        tiny_overrides,
+        _prompts_file(tmp_path, text_file),
+        "task.reward_funcs=[lit_ft.tasks.rewards:length_penalty]",
+    )
+    results = lit_ft.train_from_overrides(overrides)
+    run_dir = Path(results["output_dir"])
+    lines = [json.loads(x) for x in (run_dir / "completions.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 * 2 * 4 and [x["step"] for x in lines[::8]] == [1, 2, 3]
+    for line in lines:
+        assert line["reward"] == pytest.approx(-len(line["completion"]) / 100, abs=1e-6)
+        assert line["rewards"] == {"length_penalty": line["reward"]}
+    for group in range(0, len(lines), 4):
+        assert sum(x["advantage"] for x in lines[group : group + 4]) == pytest.approx(0, abs=1e-4)
+    assert "val/reward" in results["metrics"]["after"]
+
+
+def test_without_a_validation_loss_the_callbacks_follow_the_reward():
+    from lit_ft.config.compose import compose
+
+    cfg = compose(["task=grpo", "callbacks=early_stopping"])
+    best, stop = cfg.callbacks.best_checkpoint, cfg.callbacks.early_stopping
+    assert (best.monitor, best.mode, stop.monitor, stop.mode) == ("val/reward", "max") * 2
+    assert best.filename == "best-step{step:06d}-reward{val/reward:.4f}"
+    assert cfg.optimized_metric == "val/reward"
+    default = compose([])
+    assert (default.callbacks.best_checkpoint.monitor, default.optimized_metric) == (
+        "val/loss",
+    ) * 2
+
+
+def test_a_reward_function_that_fails_stops_the_run_before_training(
+    tiny_overrides, text_file, tmp_path
+):
+    rewards = tmp_path / "my_rewards.py"
+    rewards.write_text(
+        "def needs_solution(prompts, completions, solution, **kw):\n    return [1.0]\n"
+    )
+    overrides = _grpo_overrides(
+        tiny_overrides,
+        _prompts_file(tmp_path, text_file),
+        f"task.reward_funcs=[{rewards}:needs_solution]",
+    )
+    with pytest.raises(LitFtError, match="reward function 'needs_solution' failed") as err:
+        lit_ft.train_from_overrides(overrides)
+    assert "columns answer" in str(err.value)
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.ckpt"))  # nothing trained
+
+
+@pytest.mark.slow
+def test_a_reward_model_export_rewards_as_it_scores(tiny_overrides, text_file, tmp_path):
+    """A task=reward_model run's export as task.reward_model: each logged reward equals the
+    export's logit on prompt + completion + EOS, computed here with plain transformers."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps({"prompt": f"Say {i}:", "chosen": f" {i} is fine", "rejected": f" no {i}"})
+            + "\n"
+            for i in range(16)
+        )
+    )
+    reward_run = lit_ft.train_from_overrides(
+        [*tiny_overrides, "task=reward_model", "data.path=json", f"data.data_files={pairs}",
+         "trainer.max_steps=2", f"paths.output_dir={tmp_path / 'rm'}"]
+    )  # fmt: skip
+    export = reward_run["export_dir"]
+    overrides = _grpo_overrides(
+        tiny_overrides,
+        _prompts_file(tmp_path, text_file),
+        f"task.reward_model={export}",
+        f"paths.output_dir={tmp_path / 'grpo'}",
+    )
+    lit_ft.train_from_overrides(overrides)
+    lines = (tmp_path / "grpo" / "completions.jsonl").read_text().splitlines()
+    model = AutoModelForSequenceClassification.from_pretrained(export).eval()
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    with torch.no_grad():
+        for line in map(json.loads, lines[:8]):
+            ids = tokenizer(line["prompt"] + line["completion"] + tokenizer.eos_token)["input_ids"]
+            want = float(model(input_ids=torch.tensor([ids])).logits[0, 0])
+            assert line["rewards"]["reward_model"] == pytest.approx(want, abs=1e-4)

@@ -428,6 +428,15 @@ def _rows_and_batch(task: str, pad: int) -> tuple[list[dict], dict[str, torch.Te
                 [[-100, 6, 7, -100], [-100, 9, -100, -100], [-100, 6, -100, -100], [-100, 9, 4, 3]]
             ),
         }
+    elif task == "grpo":  # prompts left-padded: generation continues from each last token
+        rows = [
+            {"prompt_input_ids": [5, 6, 7], "prompt": "a", "answer": "1"},
+            {"prompt_input_ids": [8, 9], "prompt": "b", "answer": "2"},
+        ]
+        return rows, {
+            "input_ids": torch.tensor([[5, 6, 7], [pad, 8, 9]]),
+            "attention_mask": torch.tensor([[1, 1, 1], [0, 1, 1]]),
+        }
     elif task == "reward_model":  # both texts of a pair, chosen rows first; a score per row
         rows = [
             {"chosen_input_ids": [5, 6, 7], "rejected_input_ids": [5, 6]},

@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,7 +44,7 @@ from lit_ft.tasks.policy_gradient import (
     clipped_token_loss,
     group_advantages,
 )
-from lit_ft.tasks.rewards import call_reward, reward_name
+from lit_ft.tasks.rewards import RewardModelScore, call_reward, reward_name
 from lit_ft.tasks.user_functions import function_problems, load_function
 from lit_ft.tasks.weighted_mean import WeightedMean
 
@@ -71,6 +72,7 @@ class GRPOTask(Task):
         max_length: int,
         reward_funcs: list | None = None,
         reward_weights: list[float] | None = None,
+        reward_model: str | None = None,
         num_generations: int = 8,
         temperature: float = 1.0,
         top_p: float = 1.0,
@@ -89,6 +91,10 @@ class GRPOTask(Task):
         specs = list(reward_funcs or [])
         self.reward_specs = [s if isinstance(s, str) else reward_name(s, s) for s in specs]
         self.rewards = [s if callable(s) else load_function(s, "task.reward_funcs") for s in specs]
+        if reward_model:  # a trained reward model's export (task=reward_model) scores too
+            specs.append(reward_model)
+            self.reward_specs.append(f"reward_model:{reward_model}")
+            self.rewards.append(RewardModelScore(reward_model))
         self.reward_names = [reward_name(f, s) for f, s in zip(self.rewards, specs, strict=True)]
         self.weights = list(reward_weights) if reward_weights else [1.0] * len(self.rewards)
         self.num_generations = self.sequences_per_row = num_generations
@@ -102,23 +108,32 @@ class GRPOTask(Task):
         self.eval_greedy, self.eval_samples = eval_greedy, eval_samples
         self._reference = None
         self.reference_kind = "none (task.beta=0)"
+        self.last_rollout: list[dict] | None = None  # read by lit_ft/observe/completions.py
 
     @classmethod
     def option_problems(cls, options) -> Problems:
         problems = Problems()
         funcs = options.get("reward_funcs") or []
+        model_dir = options.get("reward_model")
         problems.need(
-            len(funcs) > 0,
+            model_dir is None or (Path(str(model_dir)) / "config.json").is_file(),
+            f"task.reward_model='{model_dir}' holds no model (no config.json); give the hf_model "
+            "folder of a task=reward_model run",
+        )
+        problems.need(
+            len(funcs) > 0 or model_dir is not None,
             "task.reward_funcs is empty: name at least one reward function, e.g. "
-            "task.reward_funcs=[lit_ft.tasks.rewards:numeric_match] or [my_rewards.py:fn]",
+            "task.reward_funcs=[lit_ft.tasks.rewards:numeric_match] or [my_rewards.py:fn], or "
+            "a reward model (task.reward_model=<run>/hf_model)",
         )
         for spec in funcs:
             problems += function_problems(spec, "task.reward_funcs")
         weights = options.get("reward_weights")
         problems.need(
-            weights is None or len(weights) == len(funcs),
-            f"task.reward_weights has {len(weights or [])} weights for {len(funcs)} reward "
-            "functions; give one per function (or null: 1 each)",
+            weights is None or len(weights) == len(funcs) + (model_dir is not None),
+            f"task.reward_weights has {len(weights or [])} weights for "
+            f"{len(funcs) + (model_dir is not None)} reward functions (the reward model last); "
+            "give one per function (or null: 1 each)",
         )
         g = options.get("num_generations")
         problems.need(
@@ -352,12 +367,42 @@ class GRPOTask(Task):
             "generation_tokens_per_s": torch.tensor(lengths.sum().item() / generation_s),
             "generation_s": torch.tensor(generation_s),
         }
+        self.last_rollout = self._records(batch, completions, total, per_function, advantages)
         for name, scores in per_function.items():
             metrics[f"rewards/{name}"] = scores.mean()
             metrics[f"rewards/{name}_std"] = scores.std() if scores.numel() > 1 else scores * 0
         if kl is not None:
             metrics["kl"] = _masked_mean(kl.detach(), completion_mask)
         return loss, count.to(loss.device), metrics
+
+    def _records(self, batch, completions, total, per_function, advantages) -> list[dict]:
+        """completions.jsonl's lines for this micro-batch (lit_ft/observe/completions.py)."""
+        g = self.num_generations
+        prompts = batch[COLUMNS_KEY]["_prompt"]
+        scores = {name: values.tolist() for name, values in per_function.items()}
+        return [
+            {
+                "prompt": prompts[i // g],
+                "completion": text,
+                "reward": round(float(total[i]), 6),
+                "rewards": {name: round(values[i], 6) for name, values in scores.items()},
+                "advantage": round(float(advantages[i]), 6),
+            }
+            for i, text in enumerate(completions)
+        ]
+
+    def prepare_with_model(self, model, datamodule) -> None:
+        """Each reward function called once on the first training prompt with an empty and a
+        short completion, before any training: a function that cannot take the rows'
+        columns, or returns the wrong thing, stops the run here with its name."""
+        train = datamodule.datasets.get("train")
+        if train is None or len(train) == 0:
+            return
+        batch = self.collate()([train[0]])
+        prompts = batch[COLUMNS_KEY]["_prompt"] * 2
+        columns = {k: v * 2 for k, v in batch[COLUMNS_KEY].items() if k != "_prompt"}
+        for fn, name in zip(self.rewards, self.reward_names, strict=True):
+            call_reward(fn, name, prompts, ["", " 1."], columns)
 
     def _reference_logps(self, model, sequences, mask, width):
         if self._reference is not None:

@@ -20,6 +20,9 @@ Built in (those that compare take the reference from a column named `answer`, `s
   "Return the path." against "Return the absolute path.": precision 3/3, recall 3/4, F1 0.857;
 - `contains_digit`: 1.0 when the completion holds a digit (a format reward for toy runs);
 - `length_penalty`: -(characters / 100): shorter completions score higher.
+
+And a trained reward model (`task.reward_model=<run>/hf_model`, from task=reward_model):
+`RewardModelScore` scores prompt + completion (+ EOS) as that task trained it, its one logit.
 """
 
 from __future__ import annotations
@@ -127,3 +130,50 @@ def call_reward(
             )
         out.append(float(score))
     return out
+
+
+class RewardModelScore:
+    """A reward model's export as a reward function: the logit of prompt + completion (+ EOS,
+    as task=reward_model reads strings; a chat prompt is rendered with the model's own chat
+    template first), in batches, in eval mode, on the device of the run's first call."""
+
+    __name__ = "reward_model"
+
+    def __init__(self, model_dir: str, batch_size: int = 16) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        self.model.requires_grad_(False)
+        if self.model.config.num_labels != 1:
+            raise LitFtError(
+                f"task.reward_model='{model_dir}' has {self.model.config.num_labels} outputs; a "
+                "reward model has one (train it with task=reward_model)"
+            )
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if self.tokenizer.pad_token is None:  # the head reads the last token that is not pad
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.batch_size = batch_size
+
+    def _text(self, prompt, completion: str) -> str:
+        if not isinstance(prompt, str):  # messages: the reward model's template renders them
+            messages = [*prompt, {"role": "assistant", "content": completion}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+        text = prompt + completion
+        eos = self.tokenizer.eos_token
+        return text + eos if eos and not text.endswith(eos) else text
+
+    def __call__(self, prompts, completions, **columns) -> list[float]:
+        import torch
+
+        texts = [self._text(p, c) for p, c in zip(prompts, completions, strict=True)]
+        if torch.cuda.is_available() and next(self.model.parameters()).device.type == "cpu":
+            self.model.to(torch.device("cuda", torch.cuda.current_device()))  # this rank's GPU
+        device = next(self.model.parameters()).device
+        scores: list[float] = []
+        with torch.no_grad():
+            for start in range(0, len(texts), self.batch_size):
+                encoded = self.tokenizer(
+                    texts[start : start + self.batch_size], padding=True, return_tensors="pt"
+                ).to(device)
+                scores += self.model(**encoded).logits[:, 0].float().tolist()
+        return scores
