@@ -73,3 +73,15 @@ def test_memory_benchmark_measures_every_run_and_the_estimate(tmp_path):
         assert run["peak_memory_mb"] > 0 and run["tokens_per_s"] > 0
     assert runs["lit_ft_chunked_gc"]["training_loss"].startswith("training loss chunked")
     assert runs["lit_ft"]["estimated_mb"] > 0 and "met" in report["targets"]
+
+
+@pytest.mark.parametrize("script", ["dpo_compare", "grpo_compare"])
+def test_trl_comparisons_run_both_frameworks(tmp_path, script):
+    command = [sys.executable, f"benchmarks/{script}.py", "--steps=5", "--repeats=1"]
+    command.append(f"--out-dir={tmp_path}")
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| lit_ft |" in result.stdout and "| trl |" in result.stdout
+    (path,) = tmp_path.glob("*_5steps_cpu.json")
+    runs = json.loads(path.read_text())["runs"]
+    assert {run["framework"] for run in runs} == {"lit_ft", "trl"}

@@ -182,7 +182,8 @@ def first_job(args: list[str]) -> list[str]:
 
 
 def write_named_files(folder: Path, reference_text: str) -> None:
-    """The files README's commands name, small: notes.txt, train/val.jsonl, pairs.jsonl, big/."""
+    """The files README's commands name, small: notes.txt, train/val.jsonl, pairs.jsonl,
+    prompts.jsonl and my_rewards.py, big/."""
     paragraphs = [" ".join(p.split()) for p in reference_text.split("\n\n") if p.strip()][:300]
     # 300 lines: 5% held out = 15 lines, more than one block of the model's 256 positions
     (folder / "notes.txt").write_text("\n".join(paragraphs), encoding="utf-8")
@@ -198,6 +199,14 @@ def write_named_files(folder: Path, reference_text: str) -> None:
             # margin: read by README's reward model command (data.margin_column), unused by DPO's
             row |= {"rejected": " ".join(shuffled), "margin": 0.5}
             f.write(json.dumps(row) + "\n")
+    with open(folder / "prompts.jsonl", "w", encoding="utf-8") as f:  # GRPO's prompts
+        for i, p in enumerate(paragraphs[:40]):
+            f.write(json.dumps({"prompt": f"How many words? {p[:60]}", "answer": str(i)}) + "\n")
+    (folder / "my_rewards.py").write_text(  # README's own-reward example names this file
+        "def format_reward(prompts, completions, **columns):\n"
+        "    return [float(c.strip().endswith('.')) for c in completions]\n",
+        encoding="utf-8",
+    )
     (folder / "big").mkdir()
     (folder / "big" / "a.txt").write_text("\n".join(paragraphs[:150]), encoding="utf-8")
     (folder / "big" / "b.txt").write_text("\n".join(paragraphs[150:]), encoding="utf-8")
@@ -446,8 +455,10 @@ def _check_run(command: ReadmeCommand, run_cli, prior: Path, folder: Path) -> No
 
 def _promised_files(args: list[str], results: dict) -> list[str]:
     """What README says such a run writes besides results.json."""
-    files = ["hf_model", "plots/loss.png", "logs/version_0/metrics.csv"]
     text = " ".join(args)
+    # GRPO logs no validation loss: on a 2-step budget its plot is of the reward (metrics.png)
+    plot = "plots/metrics.png" if "grpo" in text else "plots/loss.png"
+    files = ["hf_model", plot, "logs/version_0/metrics.csv"]
     files += ["tensorboard"] * ("tensorboard" in text) + ["mlruns"] * ("mlflow" in text)
     files += ["wandb"] * ("logger=wandb" in text)
     if "peft.export=adapter" in text:

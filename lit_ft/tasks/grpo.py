@@ -347,6 +347,7 @@ class GRPOTask(Task):
         prompt_mask = batch["attention_mask"].repeat_interleave(g, dim=0)
         mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)
         logps = self.completion_logps(model, sequences, mask, width)
+        batch["_real_tokens"] = mask.sum()  # the token counter's: prompts and completions
         reference = None
         if self.beta:
             with torch.no_grad():

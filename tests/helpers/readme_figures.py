@@ -37,6 +37,15 @@ REWARD_EXAMPLE = (
     r" ([\d.]+) -> (\d[\d.]*\d)"
 )
 
+# Learning from rewards (GRPO), "Offline example": "100 steps of 4 prompts x 8 completions
+# ... first 64 of the 725 validation prompts) **0.049 -> 0.090**, training reward 0.067 (mean
+# of the first 10 steps) -> 0.139 (last 10)"
+GRPO_EXAMPLE = (
+    r"tiny_gpt2_docstring_grpo`\).*?(\d+) steps of 4 prompts.*?first (\d+) of the ([\d,]+)"
+    r" validation prompts\) \*\*([\d.]+) -> ([\d.]+)\*\*,\s+training reward ([\d.]+) \(mean"
+    r"\s+of the first 10 steps\) -> ([\d.]+) \(last 10\)"
+)
+
 # Chat fine-tuning: the example's budget in the text, then its table of figures.
 CHAT_EXAMPLE = (
     r"tiny_gpt2_docstring_chat` trains (\d+) optimizer steps"
