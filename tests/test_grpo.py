@@ -271,6 +271,7 @@ def test_a_run_logs_every_completion_with_its_reward(tiny_overrides, text_file, 
         tiny_overrides,
         _prompts_file(tmp_path, text_file),
         "task.reward_funcs=[lit_ft.tasks.rewards:length_penalty]",
+        "trainer.log_every_n_steps=1",
     )
     results = lit_ft.train_from_overrides(overrides)
     run_dir = Path(results["output_dir"])
@@ -282,6 +283,8 @@ def test_a_run_logs_every_completion_with_its_reward(tiny_overrides, text_file, 
     for group in range(0, len(lines), 4):
         assert sum(x["advantage"] for x in lines[group : group + 4]) == pytest.approx(0, abs=1e-4)
     assert "val/reward" in results["metrics"]["after"]
+    logged = (run_dir / "logs" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/generation_share" in logged and "train/rewards/length_penalty" in logged
 
 
 def test_without_a_validation_loss_the_callbacks_follow_the_reward():

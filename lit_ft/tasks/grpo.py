@@ -109,6 +109,7 @@ class GRPOTask(Task):
         self._reference = None
         self.reference_kind = "none (task.beta=0)"
         self.last_rollout: list[dict] | None = None  # read by lit_ft/observe/completions.py
+        self.last_generation_s: float | None = None  # ...and so is this
 
     @classmethod
     def option_problems(cls, options) -> Problems:
@@ -340,7 +341,7 @@ class GRPOTask(Task):
         g = self.num_generations
         started = time.perf_counter()
         sequences, completion_mask, width = self.rollout(model, batch, g, True, self.step_seed)
-        generation_s = time.perf_counter() - started
+        generation_s = self.last_generation_s = time.perf_counter() - started
         completions = self.completion_texts(sequences, completion_mask, width)
         total, per_function = self.score(batch, completions, g)
         advantages = group_advantages(total, g, self.scale_rewards)
