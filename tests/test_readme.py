@@ -139,7 +139,13 @@ RESUME_BUDGET = ["trainer.max_steps=4", *BUDGET[1:]]
 # what the slow tier runs: the rest, less what runs merged into another command
 RUNNABLE = [c for c in COMMANDS if c.text not in CANNOT_RUN and c.text not in MERGED_INTO]
 # the modules test_readme_command_runs knows how to run and check
-RUNNERS = {"lit_ft.run", "lit_ft.plots", "lit_ft.sweep_report", "lit_ft.recipes.tiny_gpt2"}
+RUNNERS = {
+    "lit_ft.run",
+    "lit_ft.plots",
+    "lit_ft.sweep_report",
+    "lit_ft.recipes.tiny_gpt2",
+    "lit_ft.chat",
+}
 
 
 def _key(arg: str) -> str:
@@ -389,6 +395,8 @@ def test_readme_command_runs(command, run_cli, prior_run, request, tmp_path, ref
         _check_sweep_report(command, run_cli, prior, sweeps[0], tmp_path)
     elif command.module == "lit_ft.recipes.tiny_gpt2":
         _check_recipe(run_cli, tmp_path)
+    elif command.module == "lit_ft.chat":
+        _check_chat(command, prior, tmp_path)
     elif _is_grid(command):
         assert sweep_result.returncode == 0, sweep_result.stderr[-3000:]
         (sweep,) = sweeps
@@ -486,6 +494,22 @@ def _check_sweep_report(command, run_cli, prior: Path, sweep: Path, folder: Path
     assert result.returncode == 0, result.stderr[-3000:]
     assert "val/loss" in result.stdout and "*" in result.stdout  # the metrics, the best job
     assert (copy / "comparison.png").is_file()
+
+
+def _check_chat(command: ReadmeCommand, prior: Path, folder: Path) -> None:
+    """Fed what README pipes into it (an `echo` before it), else one line: a reply, exit 0."""
+    import subprocess
+    import sys
+
+    echoed = [shlex.split(a)[1:] for a in command.after if shlex.split(a)[:1] == ["echo"]]
+    text = " ".join(echoed[-1]) if echoed else "hello"
+    args = [*substituted(command, prior), "--max-new-tokens", "8"]
+    result = subprocess.run(
+        [sys.executable, "-m", command.module, *args], input=text + "\n", cwd=folder,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip(), "no reply"
 
 
 def _check_recipe(run_cli, folder: Path) -> None:
