@@ -17,7 +17,6 @@ EOS or the chat's end of turn. LoRA: a merged export loads as any model; an adap
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -80,17 +79,14 @@ def _merged(model):
 
 
 def _adapter_export(path: Path):
-    """An adapter-only export on its base; `lit_ft/assets/<name>` (how lit_ft names the bundled
-    model in adapter_config.json) is this installation's copy."""
+    """An adapter-only export, applied to its base and merged."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lit_ft.config.compose import ASSETS_DIR
+    from lit_ft.model.peft import adapter_base
 
-    base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-    if base.startswith("lit_ft/assets/"):
-        base = str(ASSETS_DIR / base.removeprefix("lit_ft/assets/"))
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), path)
+    base = AutoModelForCausalLM.from_pretrained(adapter_base(path))
+    model = PeftModel.from_pretrained(base, path)
     return _causal(model.merge_and_unload(), path), AutoTokenizer.from_pretrained(path)
 
 

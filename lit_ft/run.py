@@ -128,6 +128,7 @@ def run_job(cfg: DictConfig, given=None) -> Job:
         job.results = steps.results(
             data.task, metrics, trainer, recorder, data.seconds, started, paths, estimate
         )
+        job.results["lm_eval"] = steps.lm_eval_at_end(cfg, job.results.get("export_dir"))
         if cfg.get("given"):  # what came as objects: kind, rows, fingerprint
             job.results["given"] = to_plain(cfg.given)
         steps.write_results(job.results, data.task)

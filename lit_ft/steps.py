@@ -17,6 +17,7 @@ from typing import Any
 from lightning import seed_everything
 
 from lit_ft.data.prepare import PreparedData, build_task_and_data, prepare_data
+from lit_ft.evaluate import lm_eval_at_end
 from lit_ft.export import export_model, export_run
 from lit_ft.hub import check_run_sources
 from lit_ft.model.network import build_network
@@ -86,6 +87,7 @@ __all__ = [  # in the order a run takes them
     "last_checkpoint",  # lit_ft/training/checkpoint.py
     "export_run",
     "export_model",  # lit_ft/export.py
+    "lm_eval_at_end",  # lit_ft/evaluate.py
     "results",
     "write_results",  # lit_ft/observe/results.py
 ]

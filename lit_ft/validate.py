@@ -20,6 +20,7 @@ def validate_config(cfg: DictConfig) -> None:
     """Check the whole config before any long work starts; report every problem at once."""
     from lit_ft.data.sources import data_problems
     from lit_ft.data.streaming import streaming_problems
+    from lit_ft.evaluate import lm_eval_problems
     from lit_ft.model.build import model_problems
     from lit_ft.model.compile import compile_problems
     from lit_ft.model.fsdp2 import fsdp2_problems
@@ -57,6 +58,7 @@ def validate_config(cfg: DictConfig) -> None:
     problems += optimizer_problems(cfg.optimizer)
     problems += scheduler_problems(cfg.scheduler)
     problems += compile_problems(cfg.get("compile"))
+    problems += lm_eval_problems((cfg.get("evaluation") or {}).get("lm_eval"), bool(cfg.export))
     problems += progress_problems((cfg.callbacks or {}).get("progress"))
     problems += wandb_problems((cfg.logger or {}).get("wandb"))
     problems += peft_problems(cfg.get("peft"), bool(cfg.model.from_scratch))

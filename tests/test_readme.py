@@ -145,6 +145,7 @@ RUNNERS = {
     "lit_ft.sweep_report",
     "lit_ft.recipes.tiny_gpt2",
     "lit_ft.chat",
+    "lit_ft.evaluate",
 }
 
 
@@ -211,6 +212,19 @@ def write_named_files(folder: Path, reference_text: str) -> None:
     (folder / "my_rewards.py").write_text(  # README's own-reward example names this file
         "def format_reward(prompts, completions, **columns):\n"
         "    return [float(c.strip().endswith('.')) for c in completions]\n",
+        encoding="utf-8",
+    )
+    tasks = folder / "my_tasks"  # README's lm-eval commands: a local task over local rows
+    tasks.mkdir()
+    rows = [{"question": p[:60], "choices": [" yes", " no"], "answer": i % 2}
+            for i, p in enumerate(paragraphs[:12])]  # fmt: skip
+    (tasks / "docstrings.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tasks / "docstrings.yaml").write_text(
+        "task: docstrings\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {tasks / 'docstrings.jsonl'}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: "{{answer}}"\n'
+        "metric_list:\n  - metric: acc\nmetadata:\n  version: 1.0\n",
         encoding="utf-8",
     )
     (folder / "big").mkdir()
@@ -397,6 +411,10 @@ def test_readme_command_runs(command, run_cli, prior_run, request, tmp_path, ref
         _check_recipe(run_cli, tmp_path)
     elif command.module == "lit_ft.chat":
         _check_chat(command, prior, tmp_path)
+    elif command.module == "lit_ft.evaluate":
+        result = run_cli(substituted(command, prior), cwd=tmp_path, module=command.module)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads((prior / "eval_results.json").read_text())["results"]
     elif _is_grid(command):
         assert sweep_result.returncode == 0, sweep_result.stderr[-3000:]
         (sweep,) = sweeps

@@ -216,6 +216,19 @@ def portable_adapter_config(directory: str | Path) -> None:
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def adapter_base(directory: str | Path) -> str:
+    """Where an adapter export's base model is: its adapter_config.json's name, with
+    `lit_ft/assets/<name>` (portable_adapter_config's name for the bundled model) read as this
+    installation's copy."""
+    from lit_ft.config.compose import ASSETS_DIR
+
+    config = json.loads((Path(directory) / "adapter_config.json").read_text())
+    base = config["base_model_name_or_path"]
+    if base.startswith("lit_ft/assets/"):
+        return str(ASSETS_DIR / base.removeprefix("lit_ft/assets/"))
+    return base
+
+
 class AdapterCheckpoint(L.Callback):
     """Checkpoints of a LoRA run hold the trainable (adapter) weights only.
 
