@@ -137,6 +137,25 @@ def test_accumulation_gives_the_step_of_the_whole_batch(gpt2_tokenizer, tmp_path
     assert any(g.abs().sum() > 0 for g in whole["grads"].values())  # a real gradient
 
 
+def test_chunked_log_probabilities_give_the_plain_step(gpt2_tokenizer):
+    """model.chunked_loss for GRPO: per-token log-probabilities by chunks of 7 tokens (the
+    [rows, tokens, vocab] logits never formed) give the plain path's loss and gradients."""
+    from lit_ft.model.chunked_loss import LossChoice
+
+    task = _task(gpt2_tokenizer, FixedRolloutGRPO)
+    batch = task.collate()(_rows(task))
+    got = {}
+    for chunked in (False, True):
+        task.loss_choice = LossChoice(chunked, 7, "test") if chunked else None
+        model = _gpt2()
+        loss, count, _ = task.training_loss(model, dict(batch))
+        loss.backward()
+        got[chunked] = (loss.detach(), {n: p.grad for n, p in model.named_parameters()})
+    torch.testing.assert_close(got[True][0], got[False][0], atol=1e-6, rtol=1e-5)
+    for name, grad in got[False][1].items():
+        torch.testing.assert_close(got[True][1][name], grad, atol=1e-7, rtol=1e-4, msg=name)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
 def test_two_processes_give_the_step_of_the_whole_batch(gpt2_tokenizer, tmp_path, loss_type):

@@ -244,13 +244,13 @@ class LinearCrossEntropy(torch.autograd.Function):
         return dh, dw, db, None, None
 
 
-# -- per-row log-probabilities (preference tuning) -------------------------------------------
+# -- per-row and per-token log-probabilities (preference tuning, GRPO) -------------------------
 def causal_logps(model, inputs: Mapping[str, torch.Tensor], chunk_tokens: int):
     """(summed log-probability of each row's labelled tokens, their count), as
     `lit_ft.tasks.preference.answer_logps` computes them from full logits, chunked.
 
     DPO's loss is a function of these per-row sums, so a chunk's gradients cannot be made in
-    the forward pass and scaled later (each row gets its own incoming gradient):
+    the forward pass and scaled later (each token gets its row's incoming gradient):
     `LinearLogProbs` keeps the hidden states and recomputes each chunk's logits in backward,
     4 matmuls per chunk instead of 3. Under `torch.no_grad` (the reference) nothing is kept."""
     hidden = base_of(model)(**{k: v for k, v in inputs.items() if k != "labels"})[0]
@@ -260,38 +260,50 @@ def causal_logps(model, inputs: Mapping[str, torch.Tensor], chunk_tokens: int):
     hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     # row of each of the rows x (length - 1) shifted positions: 0, 0, ..., 1, 1, ...
     row_of = torch.arange(rows, device=hidden.device).repeat_interleave(length - 1)
-    sums = LinearLogProbs.apply(
-        hidden, head.weight, head.bias, labels.reshape(-1), row_of, rows, chunk_tokens
-    )
+    logps = LinearLogProbs.apply(hidden, head.weight, head.bias, labels.reshape(-1), chunk_tokens)
+    sums = torch.zeros(rows, dtype=logps.dtype, device=logps.device).index_add(0, row_of, logps)
     return sums, (labels != -100).sum(-1)
 
 
+def causal_token_logps(
+    model, inputs: Mapping[str, torch.Tensor], start: int, chunk_tokens: int
+) -> torch.Tensor:
+    """Log-probability of every token from position `start` on, [rows, length - start], in
+    fp32, chunked (GRPO's completions: their loss is a function of each token's)."""
+    hidden = base_of(model)(**inputs)[0]
+    head = output_layer(model)
+    rows = hidden.shape[0]
+    targets = inputs["input_ids"][:, start:].to(hidden.device)
+    hidden = hidden[:, start - 1 : -1].reshape(-1, hidden.shape[-1])  # t - 1 predicts t
+    logps = LinearLogProbs.apply(hidden, head.weight, head.bias, targets.reshape(-1), chunk_tokens)
+    return logps.view(rows, -1)
+
+
 class LinearLogProbs(torch.autograd.Function):
-    """Per row r: sum over its valid tokens t of log_softmax(hidden_t @ weight.T + bias)[target_t],
-    by chunks of tokens; fp32 softmax and sums whatever the matmuls' dtype."""
+    """Per token t: log_softmax(hidden_t @ weight.T + bias)[target_t] (0 where the target is
+    -100), by chunks of tokens; fp32 softmax whatever the matmuls' dtype."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, row_of, rows, chunk_tokens):
+    def forward(ctx, hidden, weight, bias, targets, chunk_tokens):
         compute = compute_dtype(hidden)
         h, w, b = head_in(compute, hidden, weight, bias)
-        sums = torch.zeros(rows, dtype=torch.float32, device=hidden.device)
+        out = torch.zeros(h.shape[0], dtype=torch.float32, device=hidden.device)
         for start in range(0, h.shape[0], chunk_tokens):
             chunk = slice(start, start + chunk_tokens)
             logits = F.linear(h[chunk], w, b).float()
             picked = logits.gather(1, targets[chunk].clamp(min=0)[:, None]).squeeze(1)
-            logp = torch.where(targets[chunk] != -100, picked - logits.logsumexp(-1), 0.0)
-            sums.index_add_(0, row_of[chunk], logp)
-        ctx.save_for_backward(hidden, weight, bias, targets, row_of)
+            out[chunk] = torch.where(targets[chunk] != -100, picked - logits.logsumexp(-1), 0.0)
+        ctx.save_for_backward(hidden, weight, bias, targets)
         ctx.compute, ctx.chunk_tokens = compute, chunk_tokens
-        return sums
+        return out
 
     @staticmethod
-    def backward(ctx, grad_sums):
-        hidden, weight, bias, targets, row_of = ctx.saved_tensors
+    def backward(ctx, grad_tokens):
+        hidden, weight, bias, targets = ctx.saved_tensors
         compute, wants = ctx.compute, ctx.needs_input_grad
         h, w, b = head_in(compute, hidden, weight, bias)
-        # each token's incoming gradient: its row's, zero where ignored
-        scale = grad_sums.float()[row_of] * (targets != -100)
+        # each token's incoming gradient, zero where ignored
+        scale = grad_tokens.float() * (targets != -100)
         grad_hidden = torch.empty_like(hidden) if wants[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if wants[1] else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None else None
@@ -310,7 +322,7 @@ class LinearLogProbs(torch.autograd.Function):
                 grad_bias += grad.float().sum(0)
         dw = grad_weight.to(weight.dtype) if grad_weight is not None else None
         db = grad_bias.to(bias.dtype) if grad_bias is not None else None
-        return grad_hidden, dw, db, None, None, None, None
+        return grad_hidden, dw, db, None, None
 
 
 def chunked_loss_problems(model_cfg) -> Problems:

@@ -45,7 +45,7 @@ def build_network(
     task.check_model(model)  # e.g. packing needs attention that reads position ids
     if task.shifted_labels:  # causal: before compiling, the probe runs a small forward
         # e.g. 4 x 1,024 = 4,096 tokens per micro-batch; dpo: 4 pairs x 2 x 1,024 = 8,192
-        tokens = batch_size * task.sequences_per_row * task.max_length
+        tokens = batch_size * task.sequences_per_row * task.sequence_length
         task.loss_choice = choose_loss(
             spec.chunked_loss,
             model,

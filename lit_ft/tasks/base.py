@@ -65,6 +65,12 @@ class Task:
         """Bad values among the task's options (conf/task/<name>.yaml), all at once."""
         return Problems()
 
+    @property
+    def sequence_length(self) -> int:
+        """The longest sequence a training row puts through the model: `max_length`, unless
+        the task grows its rows (GRPO: prompt + completion), for the memory plan."""
+        return self.max_length
+
     @classmethod
     def model_class(cls):
         import transformers

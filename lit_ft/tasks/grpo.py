@@ -63,6 +63,7 @@ class GRPOTask(Task):
     columns = ("prompt_column",)
     headline, headline_label = "val/reward", "validation mean reward"
     token_loss = False  # a policy-gradient loss over sampled completions
+    shifted_labels = True  # a causal LM: the loss choice may chunk its log-probabilities
     row_name = "prompts"
 
     def __init__(
@@ -327,10 +328,21 @@ class GRPOTask(Task):
             total = total + weight * per_function[name]
         return total, per_function
 
+    @property
+    def sequence_length(self) -> int:
+        return self.max_length + self.max_new_tokens  # a prompt and its completion
+
     def completion_logps(self, model, sequences, mask, width: int) -> torch.Tensor:
-        """Log-probabilities of the completion tokens, [rows, completion tokens], in fp32."""
+        """Log-probabilities of the completion tokens, [rows, completion tokens], in fp32:
+        chunk by chunk when the loss choice says so (the [rows, tokens, vocab] logits never
+        exist), else from the model's logits; the same numbers (tests/test_grpo.py)."""
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left-padded prompts start at 0
-        logits = model(input_ids=sequences, attention_mask=mask, position_ids=positions).logits
+        inputs = {"input_ids": sequences, "attention_mask": mask, "position_ids": positions}
+        if self.loss_choice is not None and self.loss_choice.chunked:
+            from lit_ft.model.chunked_loss import causal_token_logps
+
+            return causal_token_logps(model, inputs, width, self.loss_choice.chunk_tokens)
+        logits = model(**inputs).logits
         logits = logits[:, width - 1 : -1].float()
         targets = sequences[:, width:]
         picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

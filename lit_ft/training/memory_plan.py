@@ -31,7 +31,7 @@ def plan_memory(cfg, task, model, world_size: int, precision: str) -> MemoryEsti
         estimate_memory,
         model,
         batch_size=cfg.data.batch_size * per_row,  # dpo: b pairs are 2b sequences
-        seq_len=task.max_length,
+        seq_len=task.sequence_length,  # grpo: prompt + completion
         mixed_precision="mixed" in precision,
         chunk_tokens=choice.chunk_tokens if choice is not None and choice.chunked else None,
         vocab=head.weight.shape[0] if per_token_logits else None,
