@@ -18,14 +18,14 @@ shared machine hits both alike. Results: a printed table and benchmarks/results/
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # alternate.py, beside this file
+from alternate import compare_frameworks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -120,35 +120,12 @@ def run_trl(steps: int, workdir: str) -> dict:
     }
 
 
-def worker(framework: str, steps: int, out: str) -> None:
-    with tempfile.TemporaryDirectory() as workdir:
-        run = (run_lit_ft if framework == "lit_ft" else run_trl)(steps, workdir)
-    Path(out).write_text(json.dumps(run))
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out-dir", default=str(RESULTS_DIR))
-    parser.add_argument("--worker", nargs=3, metavar=("FRAMEWORK", "STEPS", "OUT"))
-    args = parser.parse_args()
-    if args.worker:
-        framework, steps, out = args.worker
-        worker(framework, int(steps), out)
+    runners = {"lit_ft": run_lit_ft, "trl": run_trl}
+    done = compare_frameworks(__doc__, __file__, runners, 40, 2, RESULTS_DIR)
+    if done is None:  # a worker: one framework's run, written for the parent
         return
-    runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for repeat in range(args.repeats):
-            for framework in ("lit_ft", "trl"):
-                out = f"{tmp}/{framework}{repeat}.json"
-                command = [sys.executable, __file__, "--worker", framework, str(args.steps), out]
-                done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-                if done.returncode:
-                    sys.exit(f"{framework} failed:\n{done.stderr[-3000:]}")
-                runs.append(json.loads(Path(out).read_text()))
-    cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    kind = next((f for f in ("amx_bf16", "avx512_bf16") if f in cpu), "avx2 only")
+    args, runs, kind = done
     lines = [
         f"DPO, bundled tiny GPT-2, {BATCH} pairs/step, {args.steps} steps, fp32; "
         f"{platform.processor() or platform.machine()} ({kind})",

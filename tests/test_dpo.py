@@ -10,16 +10,13 @@ import math
 from functools import partial
 
 import datasets
-import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from helpers.step_gradients import fit_recording
 
-from lit_ft.model.build import ModelSpec
 from lit_ft.tasks import TaskContext
 from lit_ft.tasks.dpo import PreferenceTask
 from lit_ft.tasks.preference import PairScores, answer_logps, preference_loss
-from lit_ft.training.module import FineTuneModule
 
 COLUMNS = {"prompt_column": "prompt", "chosen_column": "chosen", "rejected_column": "rejected"}
 PAIRS = {
@@ -201,35 +198,8 @@ def _lit_ft_steps(tokenizer) -> list[dict]:
     task, rows = _task_and_rows(tokenizer, beta=BETA)
     model = _model()
     task.check_model(model)
-    seen = []
-
-    class Record(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            metrics = trainer.callback_metrics
-            seen.append(
-                {
-                    "loss": float(pl_module.step_loss.value),
-                    "accuracy": float(metrics["train/reward_accuracy"]),
-                    "margin": float(metrics["train/reward_margin"]),
-                }
-            )
-
-    module = FineTuneModule(
-        ModelSpec(task="dpo", name_or_path="unused"),
-        optimizer=partial(torch.optim.AdamW, lr=LR, weight_decay=0.0),
-        scheduler=None,
-        num_training_steps=STEPS,
-        task=task,
-        model=model,
-    )
-    loader = DataLoader(list(rows), batch_size=4, shuffle=False, collate_fn=task.collate())
-    trainer = L.Trainer(
-        max_steps=STEPS, precision="32-true", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        callbacks=[Record()],
-    )  # fmt: skip
-    trainer.fit(module, train_dataloaders=loader)
-    return seen
+    names = {"accuracy": "train/reward_accuracy", "margin": "train/reward_margin"}
+    return fit_recording(task, model, rows, STEPS, LR, names)
 
 
 def _trl_steps(tokenizer, tmp_path) -> list[dict]:

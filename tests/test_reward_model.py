@@ -8,22 +8,18 @@ from __future__ import annotations
 import copy
 import json
 import math
-from functools import partial
 from pathlib import Path
 
 import datasets
-import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from helpers.step_gradients import fit_recording
 
 import lit_ft
 from lit_ft.errors import LitFtError
-from lit_ft.model.build import ModelSpec
 from lit_ft.tasks import TaskContext
 from lit_ft.tasks.chat import NAMED_TEMPLATES
 from lit_ft.tasks.reward_model import MARGIN_KEY, RewardModelTask
-from lit_ft.training.module import FineTuneModule
 
 COLUMNS = {"prompt_column": "prompt", "chosen_column": "chosen", "rejected_column": "rejected"}
 PAIRS = {
@@ -125,35 +121,8 @@ def _lit_ft_steps(tokenizer) -> list[dict]:
     rows = _rows(task)
     model = _model(tokenizer)
     task.check_model(model)
-    seen = []
-
-    class Record(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            metrics = trainer.callback_metrics
-            seen.append(
-                {
-                    "loss": float(pl_module.step_loss.value),
-                    "accuracy": float(metrics["train/accuracy"]),
-                    "margin": float(metrics["train/margin"]),
-                }
-            )
-
-    module = FineTuneModule(
-        ModelSpec(task="reward_model", name_or_path="unused"),
-        optimizer=partial(torch.optim.AdamW, lr=LR, weight_decay=0.0),
-        scheduler=None,
-        num_training_steps=STEPS,
-        task=task,
-        model=model,
-    )
-    loader = DataLoader(list(rows), batch_size=4, shuffle=False, collate_fn=task.collate())
-    trainer = L.Trainer(
-        max_steps=STEPS, precision="32-true", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        callbacks=[Record()],
-    )  # fmt: skip
-    trainer.fit(module, train_dataloaders=loader)
-    return seen
+    names = {"accuracy": "train/accuracy", "margin": "train/margin"}
+    return fit_recording(task, model, rows, STEPS, LR, names)
 
 
 def _trl_steps(tokenizer, tmp_path) -> list[dict]:

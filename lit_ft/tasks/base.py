@@ -246,21 +246,19 @@ class Task:
         """Everything besides the raw data that decides the processed rows (the cache key)."""
         return {"columns": self.column, "max_length": self.max_length}
 
-    def tokenize_keeping_answers(self, dataset, split: str, context: TaskContext, rows: str):
-        """`self._encode` over the split; it drops rows whose answer the block size cuts off
-        entirely, and the warning counts them (e.g. "3 of 7766 pairs ...")."""
-        kept = self.cached_map(
-            dataset, self._encode, split, context, "Tokenizing", remove_columns=dataset.column_names
-        )
+    def encode_dropping(
+        self, dataset, split: str, context: TaskContext, rows: str, why: str, **map_kw
+    ):
+        """`self._encode` over the split, which leaves out rows it cannot use; the warning
+        counts them and says why, e.g. "validation: 3 of 725 pairs are longer than
+        data.block_size=128 tokens on one side and are left out". `map_kw`: e.g.
+        remove_columns (default: all, the encoder returns what the task keeps)."""
+        map_kw.setdefault("remove_columns", dataset.column_names)
+        step = map_kw.pop("step", "Tokenizing")
+        kept = self.cached_map(dataset, self._encode, split, context, step, **map_kw)
         if len(kept) < len(dataset):
             logging.getLogger(type(self).__module__).warning(
-                "%s: %d of %d %s have no answer token left within data.block_size=%d and are "
-                "skipped",
-                split,
-                len(dataset) - len(kept),
-                len(dataset),
-                rows,
-                self.max_length,
+                "%s: %d of %d %s %s", split, len(dataset) - len(kept), len(dataset), rows, why
             )
         return kept
 

@@ -101,8 +101,8 @@ class PreferenceTask(Task):
 
     # -- rows -> token ids and answer masks for both answers ----------------------------------
     def preprocess(self, dataset, split: str, context: TaskContext):
-        kept = self.tokenize_keeping_answers(dataset, split, context, "pairs")
-        return kept
+        why = f"have no answer token left within data.block_size={self.max_length} and are skipped"
+        return self.encode_dropping(dataset, split, context, "pairs", why)
 
     def _encode(self, batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {f"{s}_{k}": [] for s in SIDES for k in ("input_ids", "labels")}

@@ -22,7 +22,6 @@ Validation: one completion per validation prompt (greedy by default), its reward
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import time
 from functools import partial
@@ -202,16 +201,11 @@ class GRPOTask(Task):
 
     # -- prompts ---------------------------------------------------------------------------
     def preprocess(self, dataset, split: str, context: TaskContext):
-        kept = self.cached_map(dataset, self._encode, split, context, "Rendering prompts")
-        if len(kept) < len(dataset):
-            logging.getLogger(__name__).warning(
-                "%s: %d of %d prompts are longer than data.block_size=%d tokens and are left out",
-                split,
-                len(dataset) - len(kept),
-                len(dataset),
-                self.max_length,
-            )
-        return kept
+        why = f"are longer than data.block_size={self.max_length} tokens and are left out"
+        # every column stays: the reward functions receive them
+        return self.encode_dropping(
+            dataset, split, context, "prompts", why, remove_columns=[], step="Rendering prompts"
+        )
 
     def _encode(self, batch: dict[str, list]) -> dict[str, list]:
         keep: list[int] = []
@@ -470,9 +464,8 @@ class RolloutEvaluator(Evaluator):
         return {k.replace("__", "/"): m.compute() for k, m in self.means.items()}
 
     def reset(self) -> None:
+        super().reset()
         self._shown = False
-        for metric in self.means.values():
-            metric.reset()
 
 
 def collate_prompts(rows: list[dict[str, Any]], pad: int, prompt_column: str) -> dict[str, Any]:

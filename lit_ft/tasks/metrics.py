@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 import torch
-from torchmetrics import SumMetric
+from torchmetrics import Metric, SumMetric
 
 from lit_ft.tasks.base import target_count
 from lit_ft.tasks.rouge import RougeF
@@ -33,8 +33,10 @@ class Evaluator(torch.nn.Module):
         raise NotImplementedError
 
     def reset(self) -> None:
-        for metric in self.children():
-            metric.reset()
+        """Every torchmetrics state it holds, also inside containers (a ModuleDict of means)."""
+        for module in self.modules():
+            if isinstance(module, Metric):
+                module.reset()
 
     def generation_cost(self) -> tuple[int, float] | None:
         """(answers generated, seconds) on this process since the last reset; None when the
@@ -293,11 +295,6 @@ class PreferenceEvaluator(Evaluator):
 
     def compute(self) -> dict[str, torch.Tensor]:
         return {"loss": self.loss.compute(), **{k: m.compute() for k, m in self.means.items()}}
-
-    def reset(self) -> None:
-        self.loss.reset()
-        for metric in self.means.values():
-            metric.reset()
 
 
 class _Gathered(torch.nn.Module):

@@ -26,7 +26,6 @@ reward (lit_ft's GRPO takes it as a reward function, task.reward_model=<dir>).
 
 from __future__ import annotations
 
-import logging
 from functools import partial
 from typing import Any
 
@@ -115,19 +114,11 @@ class RewardModelTask(Task):
 
     # -- rows -> token ids of both texts ---------------------------------------------------
     def preprocess(self, dataset, split: str, context: TaskContext):
-        kept = self.cached_map(
-            dataset, self._encode, split, context, "Tokenizing", remove_columns=dataset.column_names
+        why = (
+            f"are longer than data.block_size={self.max_length} tokens on one side and are left "
+            "out (cut, they would be scored on part of the answer)"
         )
-        if len(kept) < len(dataset):
-            logging.getLogger(__name__).warning(
-                "%s: %d of %d pairs are longer than data.block_size=%d tokens on one side and "
-                "are left out (cut, they would be scored on part of the answer)",
-                split,
-                len(dataset) - len(kept),
-                len(dataset),
-                self.max_length,
-            )
-        return kept
+        return self.encode_dropping(dataset, split, context, "pairs", why)
 
     def _encode(self, batch: dict[str, list]) -> dict[str, list]:
         margin = self.column["margin_column"]
@@ -279,11 +270,6 @@ class RewardEvaluator(Evaluator):
 
     def compute(self) -> dict[str, torch.Tensor]:
         return {"loss": self.loss.compute(), **{k: m.compute() for k, m in self.means.items()}}
-
-    def reset(self) -> None:
-        self.loss.reset()
-        for metric in self.means.values():
-            metric.reset()
 
 
 def collate_scored_pairs(rows: list[dict[str, Any]], pad: int) -> dict[str, torch.Tensor]:
