@@ -28,6 +28,13 @@ def is_local_data(path: str) -> bool:
     return path in LOCAL_DATA_BUILDERS or Path(path).expanduser().exists()
 
 
+def data_paths(data) -> list[str]:
+    """The paths a data config reads: `data.path`, or each source's under data=mixture."""
+    if data.get("path") == "mixture":
+        return [str(source.get("path")) for source in data.get("sources") or []]
+    return [str(data.get("path"))]
+
+
 def offline_requested() -> bool:
     flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
     return any(flag.strip().upper() in {"1", "ON", "YES", "TRUE"} for flag in flags)
@@ -100,7 +107,12 @@ def check_run_sources(cfg, spec, given=None) -> None:
     tokenizer = None if given_tokenizer is not None or model is None else spec.tokenizer_name
     given_data = getattr(given, "splits", None) is not None
     data = (None, None) if given_data else (cfg.data.path, cfg.data.name)
-    check_hub_sources(model, tokenizer, *data)
+    if data[0] == "mixture":  # data=mixture: each source's own path (lit_ft/data/mixture.py)
+        check_hub_sources(model, tokenizer, None, None)
+        for source in cfg.data.sources:
+            check_hub_sources(None, None, source.get("path"), source.get("name"))
+    else:
+        check_hub_sources(model, tokenizer, *data)
     check_push_to_hub(cfg.push_to_hub.enabled, cfg.push_to_hub.repo_id)
 
 

@@ -101,6 +101,7 @@ def run_job(cfg: DictConfig, given=None) -> Job:
                 given_model=given.model,
             ),
             targets_per_batch=cfg.data.batch_size * data.task.max_length,  # a loss scale
+            sources=getattr(data.datamodule, "source_labels", None),  # data=mixture
         )
         metric_fn = given.compute_metrics or cfg.task.get("compute_metrics")  # fn or module:fn
         steps.use_compute_metrics(module, metric_fn, given.preprocess_logits_for_metrics)

@@ -270,7 +270,7 @@ def fake_prior(tmp_path) -> Path:
 def test_readme_run_command_composes_and_validates(
     command, tmp_path, fake_prior, monkeypatch, reference_text
 ):
-    from lit_ft.hub import is_local_data, is_local_model
+    from lit_ft.hub import data_paths, is_local_data, is_local_model
 
     monkeypatch.chdir(tmp_path)
     write_named_files(tmp_path, reference_text)
@@ -288,7 +288,8 @@ def test_readme_run_command_composes_and_validates(
         validate_config(cfg)
     except ConfigError as err:
         pytest.fail(f"{problem}:\n{err}")
-    assert is_local_model(cfg.model.name_or_path) and is_local_data(cfg.data.path), problem
+    local_data = all(is_local_data(path) for path in data_paths(cfg.data))
+    assert is_local_model(cfg.model.name_or_path) and local_data, problem
 
 
 def test_slow_tier_has_a_runner_for_every_runnable_module():
@@ -323,13 +324,13 @@ def test_commands_that_cannot_run_fail_as_promised(command, tmp_path, fake_prior
     args = [*substituted(command, fake_prior), f"paths.output_dir={tmp_path / 'run'}"]
     cfg = compose(args)
     if kind == HUB:
-        from lit_ft.hub import is_local_data, is_local_model
+        from lit_ft.hub import data_paths, is_local_data, is_local_model
 
         spec = ModelSpec(task=cfg.task.name, **to_plain(cfg.model))
         with pytest.raises(HubUnavailableError) as raised:
             check_hub_sources(spec.name_or_path, spec.tokenizer_name, cfg.data.path, cfg.data.name)
         named = [] if is_local_model(spec.name_or_path) else [f"'{spec.name_or_path}'"]
-        named += [] if is_local_data(cfg.data.path) else [f"dataset '{cfg.data.path}"]
+        named += [f"dataset '{p}" for p in data_paths(cfg.data) if not is_local_data(p)]
         assert named, "a Hub command with a local model and data: wrong CANNOT_RUN reason"
         assert_clear_offline_message(str(raised.value), named)
     elif kind == CUDA:

@@ -184,6 +184,35 @@ def test_grpo_run_resumes_exactly(run_cli, tiny_tokenizer_dir, text_file, tmp_pa
     _check_kill_and_resume(run_cli, tmp_path, common, tiny_tokenizer_dir, text_file, 10, 0)
 
 
+@pytest.mark.parametrize("mode", ["with_replacement", "without_replacement"])
+def test_mixture_run_resumes_exactly(mode, run_cli, tiny_tokenizer_dir, text_file, tmp_path):
+    """data=mixture: the resumed run draws the rest of the interrupted epoch, and the next
+    epochs, from the sources as the uninterrupted one does."""
+    words = text_file.read_text().split()
+    half = len(words) // 2
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps({"text": " ".join(words[i : i + 40])}) + "\n"
+                         for i in range(0, half, 40)))  # fmt: skip
+    b.write_text("".join(json.dumps({"body": " ".join(words[i : i + 40])}) + "\n"
+                         for i in range(half, len(words), 40)))  # fmt: skip
+    sources = (
+        f"[{{label: a, path: json, data_files: '{a}', weight: 0.7}},"
+        f" {{label: b, path: json, data_files: '{b}', weight: 0.3,"
+        " columns: {text_column: body}}]"
+    )
+    common = [
+        "data=mixture",
+        f"data.sources={sources}",
+        f"data.mixture_mode={mode}",
+        "data.mixture_size=160",  # 20 batches of 8 an epoch: the kill at 10, 2 epochs
+        "trainer.max_epochs=2",
+        "trainer.max_steps=-1",
+        "callbacks.resumable_checkpoint.every_n_train_steps=4",
+        "evaluate_before=false",
+    ]
+    _check_kill_and_resume(run_cli, tmp_path, common, tiny_tokenizer_dir, text_file, 10, 0)
+
+
 def _check_kill_and_resume(
     run_cli, tmp_path, common, tokenizer_dir, text_file, kill_step, micro, sig="SIGKILL"
 ):

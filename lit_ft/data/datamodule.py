@@ -18,12 +18,22 @@ from torch.utils.data import DataLoader
 
 from lit_ft.compat import dataset_fingerprint
 from lit_ft.data.eval_rows import marked_for_evaluation
+from lit_ft.data.mixture import (
+    SOURCE_KEY,
+    MixturePlan,
+    SourceTagged,
+    interleaved,
+    parse_sources,
+    to_task_columns,
+)
 from lit_ft.data.row_index import IndexedRows, collate_with_rows
 from lit_ft.data.sampler import ResumableRandomSampler
 from lit_ft.data.sources import DataFiles, load_source, tokenizer_fingerprint
 from lit_ft.errors import LitFtError
 from lit_ft.tasks import Task, TaskContext
 from lit_ft.tasks.base import example_lengths
+
+SPLITS = ("train", "validation")  # what a mixture's sources give (no test split)
 
 
 class FineTuneDataModule(L.LightningDataModule):
@@ -48,6 +58,9 @@ class FineTuneDataModule(L.LightningDataModule):
         seed: int = 42,
         split_seed: int = 42,
         given: Mapping[str, Any] | None = None,
+        sources: list[Mapping[str, Any]] | None = None,
+        mixture_mode: str = "with_replacement",
+        mixture_size: int | None = None,
     ):
         super().__init__()
         self.tokenizer, self.task = tokenizer, task
@@ -75,6 +88,10 @@ class FineTuneDataModule(L.LightningDataModule):
         self.tokenized = False  # rows already tokenized (set when the data is read)
         # A collator of the user's (FineTuner(data_collator=...)) instead of the task's
         self.data_collator = None
+        # data=mixture (lit_ft/data/mixture.py): the sources, and where their rows lie
+        self.sources = [dict(s) for s in sources] if sources else None
+        self.mixture_mode, self.mixture_size = mixture_mode, mixture_size
+        self.mixture: MixturePlan | None = None
 
     @property
     def train_sampler(self) -> ResumableRandomSampler:
@@ -83,10 +100,11 @@ class FineTuneDataModule(L.LightningDataModule):
             self.setup("fit")
             train = self.datasets["train"]
             self._sampler = ResumableRandomSampler(
-                len(train),
+                len(train) if self.mixture is None else self.mixture.epoch_size,
                 seed=self.seed,
                 lengths=example_lengths(train).to_pylist() if self.group_by_length else None,
                 batch_size=self.batch_size,
+                mixture=self.mixture,
             )
         return self._sampler
 
@@ -184,6 +202,15 @@ class FineTuneDataModule(L.LightningDataModule):
                 "sampler_seed": self.seed,
                 "group_by_length": self.group_by_length,  # another order of the same data
             }
+            if self.mixture is not None:  # other weights or sizes: another order
+                plan = self.mixture
+                self._fingerprint["mixture"] = [
+                    plan.labels,
+                    plan.weights,
+                    plan.mode,
+                    plan.epoch_size,
+                    plan.sizes,
+                ]
         return self._fingerprint
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -194,7 +221,14 @@ class FineTuneDataModule(L.LightningDataModule):
         self.train_sampler.resume(epoch, done)
 
     # -- building ----------------------------------------------------------------------------
+    @property
+    def source_labels(self) -> list[str] | None:
+        """data=mixture: the sources' labels (validation reports each), else None."""
+        return list(self.mixture.labels) if self.mixture is not None else None
+
     def _build(self) -> None:
+        if self.sources:
+            return self._build_mixture()
         raw = self._load_raw()
         # Rows already tokenized (FineTuner datasets with input_ids): checked, not re-tokenized
         self.tokenized = "input_ids" in raw["train"].column_names
@@ -211,6 +245,60 @@ class FineTuneDataModule(L.LightningDataModule):
         processed = {}
         for split, dataset in raw.items():
             processed[split] = self._preprocess(dataset, split, context)
+        self.datasets, self.raw_splits = processed, raw
+
+    def _build_mixture(self) -> None:
+        """data=mixture: each source read, given the task's columns, split and processed on
+        its own; the processed sources laid end to end, each row tagged with its source."""
+        import datasets
+
+        sources = parse_sources(self.sources)
+        targets = {k: v for k, v in self.task.column.items() if v is not None}
+        raws = []
+        for source in sources:
+            loaded = load_source(
+                source.path, source.name, source.data_files, source.corpus, self.corpus_dir,
+                source.load_kwargs,
+            )  # fmt: skip
+            splits = {name: loaded[name] for name in loaded}
+            if "train" not in splits:
+                raise LitFtError(
+                    f"data.sources '{source.label}' ({source.path}) has no 'train' split; "
+                    f"splits: {', '.join(splits)}"
+                )
+            if "validation" not in splits:
+                splits.update(self._split_validation(splits["train"]))
+            raws.append({k: to_task_columns(splits[k], source, targets) for k in SPLITS})
+        raw = {k: datasets.concatenate_datasets([r[k] for r in raws]) for k in SPLITS}
+        self.task.fit_labels(raw, "data.sources")
+        self._tokenizer_hash = tokenizer_fingerprint(self.tokenizer)
+        context = TaskContext(
+            tokenizer_hash=self._tokenizer_hash,
+            num_proc=self.preprocessing_num_workers,
+            load_from_cache=not self.overwrite_cache,
+        )
+        processed, sizes = {}, []
+        for split in SPLITS:
+            parts = []
+            for i, (source, part) in enumerate(zip(sources, raws, strict=True)):
+                done = self._preprocess(part[split], f"{split} of {source.label}", context)
+                parts.append(done.add_column(SOURCE_KEY, [i] * len(done)))
+            laid_out = datasets.concatenate_datasets(parts)
+            if split == "train":
+                sizes = [len(p) for p in parts]
+            else:  # interleaved, so a limited validation (limit_val_batches) sees every source
+                order = interleaved([len(p) for p in parts])
+                laid_out = laid_out.select(order)
+                if len(raw[split]) == len(order):  # rows map one to one: predictions' inputs
+                    raw[split] = raw[split].select(order)
+            processed[split] = laid_out.with_format("python")
+        self.mixture = MixturePlan(
+            labels=tuple(s.label for s in sources),
+            sizes=tuple(sizes),
+            weights=tuple(float(s.weight) for s in sources),
+            mode=self.mixture_mode,
+            size=self.mixture_size,
+        )
         self.datasets, self.raw_splits = processed, raw
 
     def _preprocess(self, dataset, split: str, context):
@@ -280,6 +368,8 @@ class FineTuneDataModule(L.LightningDataModule):
         collate = self.task.collate() if split == "train" else self.task.eval_collate()
         if self.data_collator is not None:
             collate = UserCollator(self.data_collator)
+        if self.mixture is not None:  # each row's source travels beside the task's batch
+            collate = SourceTagged(collate)
         if indexed:
             dataset, collate = IndexedRows(dataset), collate_with_rows(collate)
         elif split != "train":  # validation/test: DDP's repeated rows marked, never scored

@@ -38,12 +38,14 @@ class ResumableRandomSampler(DistributedSampler):
         shuffle: bool = True,
         lengths: Sequence[int] | None = None,
         batch_size: int = 1,
+        mixture=None,
     ):
         self.dataset_size = dataset_size
         self.seed = seed
         self.shuffle = shuffle
         self.lengths = lengths  # given: each batch's examples have similar lengths
         self.batch_size = batch_size  # per process; grouping needs it
+        self.mixture = mixture  # data=mixture (lit_ft/data/mixture.py): draws by weight
         self.drop_last = False
         self.epoch = 0
         self._resume_at: tuple[int, int] | None = None  # (epoch, samples of all ranks to skip)
@@ -75,7 +77,10 @@ class ResumableRandomSampler(DistributedSampler):
         if not self.shuffle:
             return list(range(self.dataset_size))
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(self.dataset_size, generator=generator).tolist()
+        if self.mixture is not None:  # indices into the sources laid end to end
+            order = self.mixture.order(generator)
+        else:
+            order = torch.randperm(self.dataset_size, generator=generator).tolist()
         if self.lengths is not None:
             # One step trains on `batch_size x world` consecutive positions (see above).
             group = self.batch_size * world

@@ -158,6 +158,11 @@ def data_problems(data, given: bool = False) -> Problems:
             "memory already: drop data.streaming",
         )
         return problems
+    from lit_ft.data.mixture import mixture_problems
+
+    problems += mixture_problems(data)
+    if data.path == "mixture":  # its sources are checked above
+        return problems
     problems.need(
         bool(data.path), "data.path is empty: give a Hub dataset name or text/csv/json/parquet"
     )

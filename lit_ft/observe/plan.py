@@ -33,6 +33,9 @@ def print_plan(cfg, data, module, num_steps: int, world_size: int, estimate) -> 
         f"step: {batch} {rows} x {accumulate} accumulation x {world_size} devices = "
         f"{sequences} {rows} = up to {sequences * per_row * length:,} tokens per optimizer step"
     )
+    mixture = getattr(data.datamodule, "mixture", None)
+    if mixture is not None:  # data=mixture: the realised share of each source in epoch 1
+        say(mixture.describe(data.datamodule.train_sampler.order(0)))
     say(f"schedule: {num_steps:,} optimizer steps, {module.warmup_steps:,} warmup")
     say(f"model: {size.text()}")
     say(f"output: {cfg.paths.output_dir}")  # the precision was said when it was chosen

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 
 from lit_ft.data.eval_rows import PADDING_KEY
+from lit_ft.data.mixture import SOURCE_KEY
 from lit_ft.data.row_index import ROW_KEY
 from lit_ft.log import say
 from lit_ft.model.build import ModelSpec, build_model
@@ -40,6 +41,7 @@ class FineTuneModule(L.LightningModule):
         task: Task,
         model=None,
         targets_per_batch: int = 1,
+        sources: list[str] | None = None,
     ):
         super().__init__()
         self.spec = spec
@@ -58,6 +60,10 @@ class FineTuneModule(L.LightningModule):
             num_training_steps, warmup.get("warmup_steps", 0), warmup.get("warmup_ratio", 0.0)
         )
         self.evaluator = task.evaluator()  # a Module: its metric states follow the device
+        # data=mixture: one more evaluator per source, fed the same forwards (val/<label>/...)
+        self.source_evaluators = torch.nn.ModuleDict(
+            {label: task.evaluator() for label in sources or []}
+        )
         self.last_train_loss: torch.Tensor | None = None  # the micro-batch's mean (NaN check)
         # The step's loss weighted by tokens (lit_ft/training/step_loss.py); off under
         # DeepSpeed, whose engine owns backward and the gradient buffers.
@@ -113,6 +119,8 @@ class FineTuneModule(L.LightningModule):
     # in one cannot be updated in place in the other.
     def on_validation_epoch_start(self) -> None:
         self.evaluator.reset()
+        for evaluator in self.source_evaluators.values():
+            evaluator.reset()
         self._validation_started = time.perf_counter()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -128,7 +136,18 @@ class FineTuneModule(L.LightningModule):
                 self(**batch)
                 return
             batch = self.task.select_rows(batch, ~padding)
-        self.evaluator.update(batch, self(**batch), self.model)
+        sources = batch.get(SOURCE_KEY)
+        if sources is None or not len(self.source_evaluators):
+            self.evaluator.update(batch, self(**batch), self.model)
+            return
+        # data=mixture: a forward per source's rows, each counted for the mixture and its source
+        for index, evaluator in enumerate(self.source_evaluators.values()):
+            keep = sources == index
+            if bool(keep.any()):
+                part = self.task.select_rows(batch, keep)
+                outputs = self(**part)
+                self.evaluator.update(part, outputs, self.model)
+                evaluator.update(part, outputs, self.model)
 
     def on_validation_epoch_end(self) -> None:
         self._log_evaluation("val")
@@ -160,6 +179,10 @@ class FineTuneModule(L.LightningModule):
     def _log_evaluation(self, stage: str) -> None:
         metrics = self.evaluator.compute()
         self.log_dict({f"{stage}/{name}": value for name, value in metrics.items()}, prog_bar=True)
+        if stage == "val":  # data=mixture: each source's figures (the test split is not mixed)
+            for label, evaluator in self.source_evaluators.items():
+                figures = evaluator.compute()
+                self.log_dict({f"val/{label}/{name}": v for name, v in figures.items()})
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict[str, Any]]:
         # The rows' indices in the split (lit_ft/data/row_index.py): for the writer, not the model.
