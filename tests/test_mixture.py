@@ -150,3 +150,47 @@ def test_a_source_without_the_tasks_column_is_named(tmp_path, tiny_overrides):
                        r"text_column='text'; columns: kind, size"):  # fmt: skip
         lit_ft.train_from_overrides([*common, "data=mixture", f"data.sources={sources}",
                                      f"paths.output_dir={tmp_path / 'run'}"])  # fmt: skip
+
+
+def test_a_streamed_mixture_validates_each_source_and_resumes_exactly(
+    tiny_overrides, reference_text, tmp_path
+):
+    """data.streaming=true with data=mixture: the sources' streams interleaved by weight
+    (datasets' interleave, a pass ending when a source runs out), each source validated on its
+    own held-out rows, and a run stopped at step 6 resumes to the uninterrupted run's losses."""
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    paragraphs = [p for p in reference_text[:12_000].split("\n\n") if p.strip()]
+    a.write_text("".join(json.dumps({"text": p}) + "\n" for p in paragraphs[::2]))
+    b.write_text("".join(json.dumps({"body": p}) + "\n" for p in paragraphs[1::2]))
+    sources = (
+        f"[{{label: a, path: json, data_files: '{a}', weight: 0.75}},"
+        f" {{label: b, path: json, data_files: '{b}', weight: 0.25,"
+        " columns: {text_column: body}}]"
+    )
+
+    def args(run: str, log: str, *extra: str) -> list[str]:
+        return [
+            *(o for o in tiny_overrides if not o.startswith(("data=", "data.data", "paths."))),
+            "data=mixture", f"data.sources={sources}", "data.block_size=32",
+            f"paths.output_dir={tmp_path / run}", "data.streaming=true",
+            "data.streaming_validation_rows=5", "trainer.max_epochs=-1",
+            "trainer.val_check_interval=6", "trainer.max_steps=12",
+            "callbacks.resumable_checkpoint.every_n_train_steps=4", "export=false",
+            "evaluate_before=false",
+            "+callbacks.loss_log="
+            f"{{_target_: helpers.callbacks.LossLog, path: '{tmp_path / log}'}}",
+            *extra,
+        ]  # fmt: skip
+
+    full = lit_ft.train_from_overrides(args("full", "full.jsonl"))
+    assert {"val/a/loss", "val/b/loss", "val/loss"} <= set(full["metrics"]["after"])
+    kill = "+callbacks.kill={_target_: helpers.callbacks.KillAt, step: 6, sig: SIGTERM}"
+    with pytest.raises(SystemExit):
+        lit_ft.train_from_overrides(args("cut", "cut.jsonl", kill))
+    lit_ft.train_from_overrides(args("cut", "resumed.jsonl", "ckpt_path=last"))
+
+    def losses(name):
+        lines = (tmp_path / name).read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    assert losses("resumed.jsonl") == losses("full.jsonl")[6:]

@@ -95,11 +95,6 @@ def mixture_problems(data) -> Problems:
     size = data.get("mixture_size")
     if size is not None:
         problems.positive_int("data.mixture_size", size)
-    problems.need(
-        not data.get("streaming"),
-        "data=mixture reads its sources into memory; data.streaming=true is not supported with "
-        "it yet (drop one of them)",
-    )
     weights, labels = [], []
     for i, raw in enumerate(sources):
         where = f"data.sources[{i}]"

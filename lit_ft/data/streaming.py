@@ -23,6 +23,7 @@ the stream is read in the training process (`data.num_workers` must be 0).
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Iterator, Mapping
 from itertools import islice
@@ -121,6 +122,7 @@ class StreamingDataModule(L.LightningDataModule):
         max_positions: int | None = None,
         seed: int = 42,
         validation_rows: int = 1000,
+        sources: list[Mapping[str, Any]] | None = None,
         **in_memory_only: Any,  # split/caching keys of the in-memory path; nothing to do here
     ):
         super().__init__()
@@ -142,6 +144,9 @@ class StreamingDataModule(L.LightningDataModule):
         self._train: StreamingBlocks | None = None
         self._position = (0, 0)  # (epoch, training batches taken in it by this rank)
         self._resume_state: dict | None = None
+        # data=mixture: the sources, streamed and interleaved by weight (lit_ft/data/mixture.py)
+        self.sources = [dict(s) for s in sources] if sources else None
+        self.source_labels: list[str] | None = None
 
     # -- Lightning hooks -------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -174,8 +179,9 @@ class StreamingDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         self.setup("fit")
+        collate = getattr(self, "_validation_collate", None) or self._collate
         return DataLoader(
-            self.datasets["validation"], batch_size=self.eval_batch_size, collate_fn=self._collate
+            self.datasets["validation"], batch_size=self.eval_batch_size, collate_fn=collate
         )
 
     # -- resumption ------------------------------------------------------------------------
@@ -221,11 +227,14 @@ class StreamingDataModule(L.LightningDataModule):
         tokenizer."""
         self.setup("fit")
         source = [self.path, self.name, str(self.data_files), self.text_column, self.block_size]
+        if self.sources:  # data=mixture: the sources and their weights
+            source.append(json.dumps(self.sources, sort_keys=True, default=str))
         return {"train_data": "stream:" + "|".join(map(str, source)), "tokenizer": self._hash}
 
     # -- building ----------------------------------------------------------------------------
     def _build(self) -> None:
-
+        if self.sources:
+            return self._build_mixture()
         streams = load_source(
             self.path,
             self.name,
@@ -275,6 +284,65 @@ class StreamingDataModule(L.LightningDataModule):
         self._collate = PadCollator(self.tokenizer.pad_token_id, labels="from_inputs")
         self.datasets = {"train": None, "validation": validation}
 
+    def _build_mixture(self) -> None:
+        """data=mixture streamed: each source's stream given the text column (its own, or a
+        template's), its first `validation_rows` rows held out (or its validation split), and
+        the training streams interleaved by weight with `datasets.interleave_datasets` (a
+        pass ends when a source runs out, so the shares hold throughout; its state resumes
+        exactly). Validation blocks carry their source (val/<label>/...)."""
+        import datasets
+
+        from lit_ft.data.mixture import SOURCE_KEY, interleaved, parse_sources
+
+        sources = parse_sources(self.sources)
+        trains, blocks = [], []
+        for index, source in enumerate(sources):
+            streams = load_source(
+                source.path, source.name, source.data_files, source.corpus, self.corpus_dir,
+                source.load_kwargs, streaming=True,
+            )  # fmt: skip
+            if "train" not in streams:
+                raise LitFtError(
+                    f"data.sources '{source.label}' ({source.path}) has no 'train' split; "
+                    f"splits: {', '.join(streams)}"
+                )
+            train = _with_text_column(streams["train"], source, self.text_column)
+            if "validation" in streams:
+                held_out = _with_text_column(streams["validation"], source, self.text_column)
+            else:  # its first rows: held out here, skipped by training
+                held_out, train = train, train.skip(self.validation_rows)
+            rows = list(islice(iter(held_out), self.validation_rows))
+            ids = [t for row in rows for t in self._tokenize(row)]
+            usable = len(ids) // self.block_size * self.block_size
+            mine = [
+                {"input_ids": ids[i : i + self.block_size], SOURCE_KEY: index}
+                for i in range(0, usable, self.block_size)
+            ]
+            if not mine:
+                raise LitFtError(
+                    f"the {self.validation_rows} validation rows of data.sources "
+                    f"'{source.label}' hold {len(ids)} tokens, fewer than one block of "
+                    f"data.block_size={self.block_size}; raise data.streaming_validation_rows"
+                )
+            blocks.append(mine)
+            trains.append(train)
+        total = sum(s.weight for s in sources)
+        self._train_source = datasets.interleave_datasets(
+            trains,
+            probabilities=[s.weight / total for s in sources],
+            seed=self.seed,
+            stopping_strategy="first_exhausted",
+        )
+        laid_out = [block for mine in blocks for block in mine]
+        validation = [laid_out[i] for i in interleaved([len(mine) for mine in blocks])]
+        self._hash = tokenizer_fingerprint(self.tokenizer)
+        padded = PadCollator(self.tokenizer.pad_token_id, labels="from_inputs")
+        from lit_ft.data.mixture import SourceTagged
+
+        self._collate, self._validation_collate = padded, SourceTagged(padded)
+        self.source_labels = [s.label for s in sources]
+        self.datasets = {"train": None, "validation": validation}
+
     def _tokenize(self, row: dict[str, Any]) -> list[int]:
         ids = self.tokenizer(row[self.text_column], add_special_tokens=False, verbose=False)
         ids = ids["input_ids"]
@@ -302,3 +370,21 @@ def streaming_problems(data, max_steps, task_name: str) -> Problems:
         "(set data.group_by_length=false)",
     )
     return problems
+
+
+def _with_text_column(stream, source, text_column: str):
+    """A source's stream with the text the task reads under `text_column` (from its own column
+    or its template) and nothing else."""
+    if "text_column" in source.template:
+        template = source.template["text_column"]
+        stream = stream.map(lambda row: {text_column: template.format(**row)})
+    elif source.columns.get("text_column", text_column) != text_column:
+        stream = stream.rename_column(source.columns["text_column"], text_column)
+    first = next(iter(stream.take(1)), {})
+    if text_column not in first:
+        raise LitFtError(
+            f"data.sources '{source.label}' ({source.path}) has no column for "
+            f"text_column='{text_column}'; columns: {', '.join(first)}. Name its own with "
+            "columns: {text_column: <column>}, or build one with template:"
+        )
+    return stream.select_columns([text_column])

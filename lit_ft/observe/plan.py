@@ -36,6 +36,13 @@ def print_plan(cfg, data, module, num_steps: int, world_size: int, estimate) -> 
     mixture = getattr(data.datamodule, "mixture", None)
     if mixture is not None:  # data=mixture: the realised share of each source in epoch 1
         say(mixture.describe(data.datamodule.train_sampler.order(0)))
+    elif getattr(data.datamodule, "source_labels", None):  # a streamed mixture
+        weights = [s["weight"] for s in data.datamodule.sources]
+        shares = ", ".join(
+            f"{label} {w / sum(weights):.0%}"
+            for label, w in zip(data.datamodule.source_labels, weights, strict=True)
+        )
+        say(f"mixture streamed, sources interleaved by weight: {shares}")
     say(f"schedule: {num_steps:,} optimizer steps, {module.warmup_steps:,} warmup")
     say(f"model: {size.text()}")
     say(f"output: {cfg.paths.output_dir}")  # the precision was said when it was chosen
