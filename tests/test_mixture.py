@@ -125,7 +125,7 @@ def test_bad_mixtures_are_refused_with_every_problem(tmp_path):
         f" {{label: x, path: csv, data_files: '{b}', weight: -1, colour: red}}]"
     )
     cfg = compose(["data=mixture", f"data.sources={sources}", "data.mixture_mode=sometimes",
-                   "data.streaming=true", "trainer.max_steps=4",
+                   "trainer.max_steps=4",
                    f"paths.output_dir={tmp_path / 'run'}"])  # fmt: skip
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
@@ -134,7 +134,6 @@ def test_bad_mixtures_are_refused_with_every_problem(tmp_path):
     assert "the weights of data.sources sum to 0" in text
     assert "labels repeat: ['x']" in text and "unknown keys ['colour']" in text
     assert "data.mixture_mode='sometimes' is unknown" in text
-    assert "data.streaming=true is not supported with it yet" in text
 
 
 def test_a_source_without_the_tasks_column_is_named(tmp_path, tiny_overrides):
