@@ -193,3 +193,31 @@ def test_a_streamed_mixture_validates_each_source_and_resumes_exactly(
         return [json.loads(line) for line in lines]
 
     assert losses("resumed.jsonl") == losses("full.jsonl")[6:]
+
+
+def test_a_classifier_mixes_a_json_and_a_csv_source(tmp_path):
+    """Labels from a JSON source (large strings) and a CSV one (strings) share one label set;
+    each source's accuracy is reported, and predictions.jsonl rows are the sources' own rows."""
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.csv"
+    a.write_text("".join(json.dumps({"text": f"good thing {i}", "label": "pos" if i % 2 else "neg"})
+                         + "\n" for i in range(60)))  # fmt: skip
+    b.write_text("sentence,y\n" + "".join(f"bad item {i},{'pos' if i % 3 else 'neg'}\n"
+                                          for i in range(60)))  # fmt: skip
+    sources = (
+        f"[{{label: a, path: json, data_files: '{a}', weight: 0.5}},"
+        f" {{label: b, path: csv, data_files: '{b}', weight: 0.5,"
+        " columns: {text_column: sentence, label_column: y}}]"
+    )
+    results = lit_ft.train_from_overrides(
+        ["task=sequence_classification", "data=mixture", f"data.sources={sources}",
+         "data.block_size=32", "trainer.max_steps=2", "trainer.precision=32-true",
+         "trainer.enable_progress_bar=false", f"paths.output_dir={tmp_path / 'run'}"]
+    )  # fmt: skip
+    assert {"val/a/accuracy", "val/b/accuracy", "val/accuracy"} <= set(results["metrics"]["after"])
+    lines = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
+    for line in map(json.loads, lines):
+        number = int(line["input"].split()[-1])
+        kind = line["input"].split()[0]
+        want = ("pos" if number % 2 else "neg") if kind == "good" else (
+            "pos" if number % 3 else "neg")  # fmt: skip
+        assert line["label"] == want, line

@@ -23,6 +23,7 @@ from lit_ft.data.mixture import (
     MixturePlan,
     SourceTagged,
     interleaved,
+    laid_end_to_end,
     parse_sources,
     to_task_columns,
 )
@@ -269,7 +270,7 @@ class FineTuneDataModule(L.LightningDataModule):
             if "validation" not in splits:
                 splits.update(self._split_validation(splits["train"]))
             raws.append({k: to_task_columns(splits[k], source, targets) for k in SPLITS})
-        raw = {k: datasets.concatenate_datasets([r[k] for r in raws]) for k in SPLITS}
+        raw = {k: laid_end_to_end([r[k] for r in raws], sources) for k in SPLITS}
         self.task.fit_labels(raw, "data.sources")
         self._tokenizer_hash = tokenizer_fingerprint(self.tokenizer)
         context = TaskContext(

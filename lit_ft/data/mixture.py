@@ -162,6 +162,35 @@ def interleaved(sizes: Sequence[int]) -> list[int]:
     return [index for _, _, index in sorted(keyed)]
 
 
+def laid_end_to_end(parts: Sequence[Any], sources: Sequence[Source]):
+    """The sources' rows (each already with the task's columns) as one dataset. Column types
+    that differ only in storage (a JSON file's large_string, a CSV's string) are cast to the
+    first source's; types that differ in kind (int labels in one, strings in another) are
+    refused, naming the sources and the types."""
+    import datasets
+
+    first = parts[0].features
+    aligned = [parts[0]]
+    for part, source in zip(parts[1:], sources[1:], strict=True):
+        if part.features != first:
+            try:
+                part = part.cast(first)
+            except (ValueError, TypeError) as err:
+                clash = {
+                    k: (first[k], part.features[k]) for k in first if first[k] != part.features[k]
+                }
+                said = "; ".join(
+                    f"{k}: {a} in '{sources[0].label}', {b} in '{source.label}'"
+                    for k, (a, b) in clash.items()
+                )
+                raise LitFtError(
+                    f"data.sources: the columns the task reads have other types in other sources "
+                    f"({said}); give them the same kind of values ({err})"
+                ) from None
+        aligned.append(part)
+    return datasets.concatenate_datasets(aligned)
+
+
 @dataclass(frozen=True)
 class MixturePlan:
     """Where each source's processed rows lie (sources laid end to end) and how an epoch
