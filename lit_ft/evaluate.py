@@ -116,7 +116,7 @@ def lm_eval_problems(settings, export: bool) -> Problems:
     return problems
 
 
-def lm_eval_options(settings, export_dir: str | Path) -> dict[str, str]:
+def lm_eval_options(settings) -> dict[str, str]:
     """`evaluate`'s options from evaluation.lm_eval (the config's, as plain values)."""
     options = {"tasks": ",".join(settings["tasks"])}
     for key in ("include_path", "limit", "num_fewshot", "batch_size"):
@@ -135,7 +135,7 @@ def lm_eval_at_end(cfg, export_dir: str | None) -> dict[str, Any] | None:
         return None
     from lit_ft.log import say
 
-    options = lm_eval_options(settings, export_dir)
+    options = lm_eval_options(settings)
     options["output"] = str(Path(cfg.paths.output_dir) / "eval_results.json")
     results = evaluate(export_dir, options)
     from lm_eval.utils import make_table

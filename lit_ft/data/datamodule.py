@@ -24,6 +24,7 @@ from lit_ft.data.mixture import (
     SourceTagged,
     interleaved,
     laid_end_to_end,
+    load_source_splits,
     parse_sources,
     to_task_columns,
 )
@@ -257,16 +258,7 @@ class FineTuneDataModule(L.LightningDataModule):
         targets = {k: v for k, v in self.task.column.items() if v is not None}
         raws = []
         for source in sources:
-            loaded = load_source(
-                source.path, source.name, source.data_files, source.corpus, self.corpus_dir,
-                source.load_kwargs,
-            )  # fmt: skip
-            splits = {name: loaded[name] for name in loaded}
-            if "train" not in splits:
-                raise LitFtError(
-                    f"data.sources '{source.label}' ({source.path}) has no 'train' split; "
-                    f"splits: {', '.join(splits)}"
-                )
+            splits = load_source_splits(source, self.corpus_dir)
             if "validation" not in splits:
                 splits.update(self._split_validation(splits["train"]))
             raws.append({k: to_task_columns(splits[k], source, targets) for k in SPLITS})

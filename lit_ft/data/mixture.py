@@ -116,6 +116,24 @@ def mixture_problems(data) -> Problems:
     return problems
 
 
+def load_source_splits(source: Source, corpus_dir: str | None, streaming: bool = False):
+    """One source's splits as `data.*` would load them (lit_ft.data.sources.load_source); a
+    source without a train split is refused naming it."""
+    from lit_ft.data.sources import load_source
+
+    loaded = load_source(
+        source.path, source.name, source.data_files, source.corpus, corpus_dir,
+        source.load_kwargs, streaming=streaming,
+    )  # fmt: skip
+    splits = {name: loaded[name] for name in loaded}
+    if "train" not in splits:
+        raise LitFtError(
+            f"data.sources '{source.label}' ({source.path}) has no 'train' split; "
+            f"splits: {', '.join(splits)}"
+        )
+    return splits
+
+
 def to_task_columns(dataset, source: Source, targets: Mapping[str, str]):
     """The source's rows with the columns the task reads, named as the data config names them
     (`targets`: data-config key -> column name), from its own columns or templates; only

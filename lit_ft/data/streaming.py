@@ -292,20 +292,12 @@ class StreamingDataModule(L.LightningDataModule):
         exactly). Validation blocks carry their source (val/<label>/...)."""
         import datasets
 
-        from lit_ft.data.mixture import SOURCE_KEY, interleaved, parse_sources
+        from lit_ft.data.mixture import SOURCE_KEY, interleaved, load_source_splits, parse_sources
 
         sources = parse_sources(self.sources)
         trains, blocks = [], []
         for index, source in enumerate(sources):
-            streams = load_source(
-                source.path, source.name, source.data_files, source.corpus, self.corpus_dir,
-                source.load_kwargs, streaming=True,
-            )  # fmt: skip
-            if "train" not in streams:
-                raise LitFtError(
-                    f"data.sources '{source.label}' ({source.path}) has no 'train' split; "
-                    f"splits: {', '.join(streams)}"
-                )
+            streams = load_source_splits(source, self.corpus_dir, streaming=True)
             train = _with_text_column(streams["train"], source, self.text_column)
             if "validation" in streams:
                 held_out = _with_text_column(streams["validation"], source, self.text_column)

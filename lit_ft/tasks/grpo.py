@@ -104,7 +104,6 @@ class GRPOTask(Task):
         self.epsilon_high = epsilon if epsilon_high is None else epsilon_high
         self.beta, self.num_iterations = beta, num_iterations
         self.template_source = resolve_template(tokenizer, chat_template)
-        self.template_setting = chat_template
         self.eval_greedy, self.eval_samples = eval_greedy, eval_samples
         self._reference = None
         self.reference_kind = "none (task.beta=0)"

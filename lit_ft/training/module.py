@@ -3,6 +3,7 @@ the task's evaluation metrics (`lit_ft.tasks.metrics`) for validation and test."
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -253,7 +254,5 @@ class FineTuneModule(L.LightningModule):
 def _step_seed(step: int, batch_idx: int, rank: int) -> int:
     """A seed for (the run's seed, optimizer step, batch index, rank): e.g. seed 42, step 7,
     batch 15, rank 1 -> one 63-bit number; hash() of a tuple of ints is stable across runs."""
-    import os
-
     base = int(os.environ.get("PL_GLOBAL_SEED", 0))  # lightning.seed_everything sets it
     return hash((base, step, batch_idx, rank)) & (2**63 - 1)
