@@ -138,6 +138,20 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def gather_from_processes(values):
+    """Every process's `values` (the same shape on each) laid end to end in rank order; the
+    tensor itself on one process. A collective: every rank must call it at the same point."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world = rank_and_world()
+    if world == 1:
+        return values
+    parts = [torch.empty_like(values) for _ in range(world)]
+    dist.all_gather(parts, values.contiguous())
+    return torch.cat(parts)
+
+
 def is_global_zero() -> bool:
     """Rank 0 of the whole run; known from the environment before the Trainer exists."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only

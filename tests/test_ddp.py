@@ -217,6 +217,29 @@ def test_sampler_splits_an_epoch_between_ranks_and_resumes_over_all(monkeypatch)
         assert rest == sorted(padded[24:])  # nothing trained twice, nothing skipped
 
 
+def test_sampler_repeats_each_steps_window_for_grpo_iterations(monkeypatch):
+    """task.num_iterations=2, accumulation 2, batch 2: each window of 2 x 2 positions twice,
+    the epoch padded to whole windows; on 2 ranks each step's window is 2 x 2 x 2."""
+    import lit_ft.data.sampler as sampler_module
+    from lit_ft.data.sampler import ResumableRandomSampler
+
+    sampler = ResumableRandomSampler(10, seed=3, shuffle=False, batch_size=2,
+                                     repeat_windows=(2, 2))  # fmt: skip
+    w = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]  # the last window padded from the start
+    assert list(sampler) == w[0] * 2 + w[1] * 2 + w[2] * 2
+    assert sampler.epoch_positions == len(sampler) == 24  # ceil(10 / 4) x 4 x 2
+    sampler.resume(0, 6)  # 3 batches of 2 done: the second use of window 0 is half done
+    assert list(sampler) == [2, 3] + w[1] * 2 + w[2] * 2
+
+    ranks = []
+    for rank in range(2):
+        monkeypatch.setattr(sampler_module, "rank_and_world", lambda r=rank: (r, 2))
+        ranks.append(list(sampler))
+    # window 0 = positions 0-7 on 2 ranks, given twice; rank r takes every second one
+    assert ranks[0][:8] == [0, 2, 4, 6] * 2 and ranks[1][:8] == [1, 3, 5, 7] * 2
+    assert len(ranks[0]) == len(ranks[1]) == sampler.num_samples == 16  # ceil(10/8) x 8 x 2 / 2
+
+
 def test_fsdp_policy_wraps_the_models_own_blocks():
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.models.gpt2.modeling_gpt2 import GPT2Block

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -157,9 +158,15 @@ def test_chunked_log_probabilities_give_the_plain_step(gpt2_tokenizer):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
-def test_two_processes_give_the_step_of_the_whole_batch(gpt2_tokenizer, tmp_path, loss_type):
-    task = _task(gpt2_tokenizer, FixedRolloutGRPO, loss_type=loss_type)
+@pytest.mark.parametrize(
+    "loss_type, scale",
+    [("grpo", "group"), ("dr_grpo", "group"), ("dapo", "group"), ("dapo", "batch")],
+)
+def test_two_processes_give_the_step_of_the_whole_batch(
+    gpt2_tokenizer, tmp_path, loss_type, scale
+):
+    """scale_rewards=batch: the spread of both processes' rewards, as one process's of all."""
+    task = _task(gpt2_tokenizer, FixedRolloutGRPO, loss_type=loss_type, scale_rewards=scale)
     rows = _rows(task)
     whole = fit_one_step(task, _gpt2, rows, 4, 1, tmp_path / "b4.pt")
     ddp = fit_one_step(
@@ -372,3 +379,76 @@ def test_a_reward_model_export_rewards_as_it_scores(tiny_overrides, text_file, t
             ids = tokenizer(line["prompt"] + line["completion"] + tokenizer.eos_token)["input_ids"]
             want = float(model(input_ids=torch.tensor([ids])).logits[0, 0])
             assert line["rewards"]["reward_model"] == pytest.approx(want, abs=1e-4)
+
+
+# -- task.num_iterations: one window's rollouts for several steps --------------------------
+def test_a_reused_window_trains_on_the_ratio_to_the_sampling_policy(gpt2_tokenizer):
+    """num_iterations=2: step 2 trains on step 1's completions (sampled once), its loss the
+    clipped ratio between the updated policy and the one that sampled them, computed here
+    from plain HF forwards of the two models' weights."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from lit_ft.model.build import ModelSpec
+    from lit_ft.training.module import FineTuneModule
+
+    task = _task(gpt2_tokenizer, num_iterations=2, max_new_tokens=6, epsilon=0.05)
+    rows = _rows(task)
+    sampled = []
+    generate = task.generate
+    task.generate = lambda *a, **k: sampled.append(1) or generate(*a, **k)
+    model = _gpt2()
+    start = copy.deepcopy(model.state_dict())
+    seen = {}
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 1:
+                seen["after_step_1"] = copy.deepcopy(pl_module.model.state_dict())
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen[trainer.global_step] = float(pl_module.step_loss.value)
+
+    module = FineTuneModule(
+        ModelSpec(task="grpo", name_or_path="unused"),
+        optimizer=partial(torch.optim.SGD, lr=3.0),
+        scheduler=None,
+        num_training_steps=2,
+        task=task,
+        model=model,
+    )
+    # the sampler's repeat of the window (tests/test_data.py), here by hand: one batch twice
+    loader = DataLoader(rows + rows, batch_size=4, shuffle=False, collate_fn=task.collate())
+    trainer = L.Trainer(
+        max_steps=2, precision="32-true", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        callbacks=[Record()],
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=loader)
+    assert len(sampled) == 1  # one generation for both steps
+
+    rollout = task.window.rollouts[0]
+    batch = task.collate()(rows)
+    prompt_mask = batch["attention_mask"].repeat_interleave(task.num_generations, dim=0)
+    mask = torch.cat([prompt_mask, rollout.completion_mask.long()], dim=1)
+
+    def token_logps(state):
+        reference = _gpt2()
+        reference.load_state_dict(state)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = reference(
+                input_ids=rollout.sequences, attention_mask=mask, position_ids=positions
+            ).logits
+        logps = torch.log_softmax(logits[:, rollout.width - 1 : -1].float(), dim=-1)
+        return logps.gather(-1, rollout.sequences[:, rollout.width :, None]).squeeze(-1)
+
+    ratio = torch.exp(token_logps(seen["after_step_1"]) - token_logps(start))
+    advantage = rollout.advantages[:, None]
+    token_loss = -torch.min(ratio * advantage, ratio.clamp(0.95, 1.05) * advantage)
+    kept = rollout.completion_mask.float()
+    expected = float((token_loss * kept).sum() / kept.sum())  # dapo: the token mean
+    assert seen[2] == pytest.approx(expected, abs=1e-6)
+    moved = (ratio - 1).abs()[rollout.completion_mask]
+    assert moved.max() > 0.05  # the policy moved past the clip range: clipping mattered
+    assert seen[1] != pytest.approx(seen[2], abs=1e-4)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.callbacks import REPRODUCIBLE_ENV
 from helpers.config import tiny_run_overrides
 from safetensors.torch import load_file
 
@@ -48,7 +49,10 @@ def _losses(log: Path) -> dict[tuple[int, int], float]:
 
 
 def test_many_kills_resume_exactly(run_cli, tiny_tokenizer_dir, text_file, tmp_path):
-    env = {"PYTHONPATH": os.pathsep.join([HELPERS, os.environ.get("PYTHONPATH", "")])}
+    env = {
+        "PYTHONPATH": os.pathsep.join([HELPERS, os.environ.get("PYTHONPATH", "")]),
+        **REPRODUCIBLE_ENV,
+    }
     full, cut = tmp_path / "full", tmp_path / "cut"
     reference = run_cli(
         _args(tiny_tokenizer_dir, text_file, full, tmp_path / "full.jsonl"), env=env

@@ -63,6 +63,7 @@ class FineTuneDataModule(L.LightningDataModule):
         sources: list[Mapping[str, Any]] | None = None,
         mixture_mode: str = "with_replacement",
         mixture_size: int | None = None,
+        repeat_windows: tuple[int, int] | None = None,
     ):
         super().__init__()
         self.tokenizer, self.task = tokenizer, task
@@ -94,6 +95,9 @@ class FineTuneDataModule(L.LightningDataModule):
         self.sources = [dict(s) for s in sources] if sources else None
         self.mixture_mode, self.mixture_size = mixture_mode, mixture_size
         self.mixture: MixturePlan | None = None
+        # (batches per optimizer step, times each step's window is given): GRPO's
+        # task.num_iterations (lit_ft/data/sampler.py)
+        self.repeat_windows = repeat_windows
 
     @property
     def train_sampler(self) -> ResumableRandomSampler:
@@ -107,6 +111,7 @@ class FineTuneDataModule(L.LightningDataModule):
                 lengths=example_lengths(train).to_pylist() if self.group_by_length else None,
                 batch_size=self.batch_size,
                 mixture=self.mixture,
+                repeat_windows=self.repeat_windows,
             )
         return self._sampler
 
@@ -217,7 +222,7 @@ class FineTuneDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         epoch, done = state["epoch"], state["samples_done"]
-        if done >= self.train_sampler.dataset_size:  # saved at the epoch's end
+        if done >= self.train_sampler.epoch_positions:  # saved at the epoch's end
             epoch, done = epoch + 1, 0
         self._position = (epoch, done)
         self.train_sampler.resume(epoch, done)

@@ -46,6 +46,9 @@ def build_task_and_data(cfg, tokenizer, hf_config, given_splits=None):
     )
     if given_splits is not None:
         data_options["given"] = given_splits
+    iterations = getattr(task, "num_iterations", 1)  # GRPO: each window trained mu times
+    if iterations > 1:
+        data_options["repeat_windows"] = (cfg.trainer.accumulate_grad_batches, iterations)
     return task, build_datamodule(tokenizer, task, seed=cfg.seed, **data_options)
 
 

@@ -13,6 +13,12 @@ trains on permutation positions [k*b*w, (k+1)*b*w): the same examples as one pro
 batch b*w. It subclasses `DistributedSampler` only so that Lightning leaves it alone:
 Lightning would otherwise wrap it in a `DistributedSamplerWrapper`, which re-splits the
 already-resumed order and loses the resume offset.
+
+`repeat_windows=(A, mu)` (task=grpo's `task.num_iterations` = mu > 1) gives each optimizer
+step's window of A batches mu times in a row, so the task trains mu steps on one window's
+rollouts: with b = 2, A = 2, w = 1 and mu = 2 the positions run p0-p3, p0-p3, p4-p7, p4-p7.
+The order is padded (by repeating its start) to whole windows of A x b x w positions, so
+the windows line up with Lightning's accumulation and every epoch has mu x windows steps.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class ResumableRandomSampler(DistributedSampler):
         lengths: Sequence[int] | None = None,
         batch_size: int = 1,
         mixture=None,
+        repeat_windows: tuple[int, int] | None = None,
     ):
         self.dataset_size = dataset_size
         self.seed = seed
@@ -46,6 +53,7 @@ class ResumableRandomSampler(DistributedSampler):
         self.lengths = lengths  # given: each batch's examples have similar lengths
         self.batch_size = batch_size  # per process; grouping needs it
         self.mixture = mixture  # data=mixture (lit_ft/data/mixture.py): draws by weight
+        self.repeat_windows = repeat_windows  # (batches per window, times each is given)
         self.drop_last = False
         self.epoch = 0
         self._resume_at: tuple[int, int] | None = None  # (epoch, samples of all ranks to skip)
@@ -61,7 +69,19 @@ class ResumableRandomSampler(DistributedSampler):
     @property
     def num_samples(self) -> int:
         """Samples per process in a full epoch: e.g. 101 blocks on 2 processes -> 51 each."""
-        return math.ceil(self.dataset_size / self.num_replicas)
+        return self.epoch_positions // self.num_replicas
+
+    @property
+    def epoch_positions(self) -> int:
+        """Positions of all processes in a full epoch, padding and repeats included: e.g. 101
+        blocks on 2 processes -> 102; with windows of 2 batches of 8 repeated 3 times ->
+        ceil(101 / 32) x 32 x 3 = 384."""
+        world = self.num_replicas
+        if self.repeat_windows is None:
+            return math.ceil(self.dataset_size / world) * world
+        batches, times = self.repeat_windows
+        unit = batches * self.batch_size * world
+        return math.ceil(self.dataset_size / unit) * unit * times
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch."""
@@ -92,7 +112,10 @@ class ResumableRandomSampler(DistributedSampler):
         # created, whatever set_epoch calls come between that and the first batch.
         rank, world = rank_and_world()
         order = self.order(self.epoch, world)
-        order += order[: self.num_samples * world - len(order)]  # pad to a multiple of world
+        if self.repeat_windows is None:
+            order += order[: self.num_samples * world - len(order)]  # pad to a multiple of world
+        else:
+            order = _repeat_windows(order, self.batch_size * world, *self.repeat_windows)
         if self._resume_at is not None and self._resume_at[0] == self.epoch:
             order = order[self._resume_at[1] :]
         self._resume_at = None
@@ -101,3 +124,13 @@ class ResumableRandomSampler(DistributedSampler):
     def __len__(self) -> int:
         # The full epoch even when resuming: Lightning compares batches seen against it.
         return self.num_samples
+
+
+def _repeat_windows(order: list[int], batch: int, batches: int, times: int) -> list[int]:
+    """`order` padded (cyclically, from its start) to whole windows of `batches` x `batch`
+    positions, each window given `times` times in a row."""
+    unit = batches * batch
+    padded = order * math.ceil(unit / len(order)) if len(order) < unit else list(order)
+    padded += padded[: (-len(padded)) % unit]
+    windows = [padded[start : start + unit] for start in range(0, len(padded), unit)]
+    return [i for window in windows for i in window * times]

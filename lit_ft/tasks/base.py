@@ -59,6 +59,9 @@ class Task:
         # Set by the module before each training micro-batch (lit_ft/training/module.py): a
         # seed for what the task samples then (GRPO's rollouts); other tasks ignore it.
         self.step_seed = 0
+        # ...and where it is: (optimizer steps done, micro-batch index within the step's
+        # window), for a task that reuses a window's samples (GRPO's task.num_iterations)
+        self.window_position = (0, 0)
 
     @classmethod
     def option_problems(cls, options) -> Problems:
@@ -202,6 +205,14 @@ class Task:
         """Networks the task keeps beside the trained one (e.g. DPO's frozen reference), for
         the memory estimate."""
         return []
+
+    def checkpoint_state(self) -> dict[str, Any] | None:
+        """What the task must carry across a resume beyond weights and RNG (GRPO's reused
+        rollouts), as plain containers and tensors; None: nothing."""
+        return None
+
+    def load_checkpoint_state(self, state: dict[str, Any] | None) -> None:
+        """This process's part of `checkpoint_state()` from a resumed checkpoint."""
 
     def training_loss(self, model, batch: Mapping[str, torch.Tensor]):
         """(mean loss over the batch's targets, their count, extra metrics to log) for one

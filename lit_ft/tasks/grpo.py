@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from lit_ft.distributed import gather_from_processes
 from lit_ft.errors import LitFtError
 from lit_ft.log import say
 from lit_ft.problems import Problems
@@ -44,6 +45,7 @@ from lit_ft.tasks.policy_gradient import (
     group_advantages,
 )
 from lit_ft.tasks.rewards import RewardModelScore, call_reward, reward_name
+from lit_ft.tasks.rollout_window import Rollout, RolloutWindow
 from lit_ft.tasks.user_functions import function_problems, load_function
 from lit_ft.tasks.weighted_mean import WeightedMean
 
@@ -109,6 +111,7 @@ class GRPOTask(Task):
         self.reference_kind = "none (task.beta=0)"
         self.last_rollout: list[dict] | None = None  # read by lit_ft/observe/completions.py
         self.last_generation_s: float | None = None  # ...and so is this
+        self.window = RolloutWindow(num_iterations)  # rollouts reused (num_iterations > 1)
 
     @classmethod
     def option_problems(cls, options) -> Problems:
@@ -165,10 +168,11 @@ class GRPOTask(Task):
             isinstance(beta, int | float) and not isinstance(beta, bool) and beta >= 0,
             f"task.beta must be a number >= 0, got {beta!r}",
         )
+        mu = options.get("num_iterations")
         problems.need(
-            options.get("num_iterations") == 1,
-            f"task.num_iterations={options.get('num_iterations')!r}: lit_ft's GRPO uses each "
-            "batch's samples once (1); reusing them for more optimizer steps is not built yet",
+            isinstance(mu, int) and not isinstance(mu, bool) and mu >= 1,
+            f"task.num_iterations must be an integer >= 1 (optimizer steps on each window's "
+            f"rollouts), got {mu!r}",
         )
         problems.add(template_problem(options.get("chat_template")))
         return problems
@@ -344,43 +348,89 @@ class GRPOTask(Task):
     # -- training --------------------------------------------------------------------------
     def training_loss(self, model, batch):
         g = self.num_generations
-        started = time.perf_counter()
-        sequences, completion_mask, width = self.rollout(model, batch, g, True, self.step_seed)
-        generation_s = self.last_generation_s = time.perf_counter() - started
-        completions = self.completion_texts(sequences, completion_mask, width)
-        total, per_function = self.score(batch, completions, g)
-        advantages = group_advantages(total, g, self.scale_rewards)
+        step, micro = self.window_position
+        first_use = RolloutWindow.iteration(step, self.num_iterations) == 0
+        if first_use:
+            rollout = self._sample(model, batch)
+        else:  # the window's rollouts again (task.num_iterations > 1)
+            rollout = self.window.reuse(micro, step, batch["input_ids"])
+            self.last_generation_s = None
         prompt_mask = batch["attention_mask"].repeat_interleave(g, dim=0)
+        completion_mask = rollout.completion_mask
         mask = torch.cat([prompt_mask, completion_mask.to(prompt_mask.dtype)], dim=1)
-        logps = self.completion_logps(model, sequences, mask, width)
+        logps = self.completion_logps(model, rollout.sequences, mask, rollout.width)
         batch["_real_tokens"] = mask.sum()  # the token counter's: prompts and completions
-        reference = None
-        if self.beta:
-            with torch.no_grad():
-                reference = self._reference_logps(model, sequences, mask, width)
-        # each batch's samples are used once (num_iterations 1): the old policy is this one
+        if first_use:
+            # The old policy is the one that just sampled: ratio 1 at the window's first step
+            # (the same numbers as a separate no-grad pass, without paying for it).
+            rollout.old_logps = logps.detach()
+            if self.beta:
+                with torch.no_grad():
+                    rollout.reference_logps = self._reference_logps(
+                        model, rollout.sequences, mask, rollout.width
+                    )
+            if self.num_iterations > 1:
+                self.window.keep(micro, rollout)
         token_loss, clipped, kl = clipped_token_loss(
-            logps, logps.detach(), advantages, self.epsilon, self.epsilon_high, reference, self.beta
+            logps,
+            rollout.old_logps,
+            rollout.advantages,
+            self.epsilon,
+            self.epsilon_high,
+            rollout.reference_logps,
+            self.beta,
         )
         loss, count = aggregate(token_loss, completion_mask, self.loss_type, self.max_new_tokens)
-        lengths = completion_mask.sum(-1).float()
-        grouped = total.view(-1, g)
+        metrics = self._step_metrics(rollout, clipped, kl)
+        return loss, count.to(loss.device), metrics
+
+    def _sample(self, model, batch) -> Rollout:
+        """This micro-batch's completions from the current policy, rewarded, with their
+        group-relative advantages; completions.jsonl's lines set aside."""
+        g = self.num_generations
+        started = time.perf_counter()
+        sequences, completion_mask, width = self.rollout(model, batch, g, True, self.step_seed)
+        self.last_generation_s = time.perf_counter() - started
+        completions = self.completion_texts(sequences, completion_mask, width)
+        total, per_function = self.score(batch, completions, g)
+        # scale_rewards=batch: the spread of every process's micro-batch (1 process with b x w
+        # prompts and w processes with b each scale alike)
+        everyone = gather_from_processes(total) if self.scale_rewards == "batch" else None
+        advantages = group_advantages(total, g, self.scale_rewards, everyone)
+        self.last_rollout = self._records(batch, completions, total, per_function, advantages)
+        return Rollout(
+            batch["input_ids"], sequences, completion_mask, width, total, per_function,
+            advantages, completions,
+        )  # fmt: skip
+
+    def _step_metrics(self, rollout: Rollout, clipped, kl) -> dict[str, torch.Tensor]:
+        total, mask = rollout.total, rollout.completion_mask
+        lengths = mask.sum(-1).float()
+        grouped = total.view(-1, self.num_generations)
         metrics = {
             "reward": total.mean(),
             "reward_std": total.std() if total.numel() > 1 else torch.zeros(()),
             "frac_reward_zero_std": (grouped.std(dim=1) < 1e-6).float().mean(),
             "completion_length": lengths.mean(),
-            "clip_ratio": _masked_mean(clipped.float(), completion_mask),
-            "generation_tokens_per_s": torch.tensor(lengths.sum().item() / generation_s),
-            "generation_s": torch.tensor(generation_s),
+            "clip_ratio": _masked_mean(clipped.float(), mask),
         }
-        self.last_rollout = self._records(batch, completions, total, per_function, advantages)
-        for name, scores in per_function.items():
+        if self.last_generation_s is not None:  # sampled at this step
+            seconds = self.last_generation_s
+            metrics["generation_tokens_per_s"] = torch.tensor(lengths.sum().item() / seconds)
+            metrics["generation_s"] = torch.tensor(seconds)
+        for name, scores in rollout.per_function.items():
             metrics[f"rewards/{name}"] = scores.mean()
             metrics[f"rewards/{name}_std"] = scores.std() if scores.numel() > 1 else scores * 0
         if kl is not None:
-            metrics["kl"] = _masked_mean(kl.detach(), completion_mask)
-        return loss, count.to(loss.device), metrics
+            metrics["kl"] = _masked_mean(kl.detach(), mask)
+        return metrics
+
+    # -- the window's rollouts in checkpoints (task.num_iterations > 1) --------------------
+    def checkpoint_state(self) -> dict[str, Any] | None:
+        return self.window.state() if self.num_iterations > 1 else None
+
+    def load_checkpoint_state(self, state: dict[str, Any] | None) -> None:
+        self.window.load(state)
 
     def _records(self, batch, completions, total, per_function, advantages) -> list[dict]:
         """completions.jsonl's lines for this micro-batch (lit_ft/observe/completions.py)."""

@@ -40,14 +40,19 @@ LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
 SCALINGS = ("group", "batch", "none")
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str) -> torch.Tensor:
-    """Advantages of completions laid out group after group (prompt 0's G, then prompt 1's)."""
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale: str, batch: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Advantages of completions laid out group after group (prompt 0's G, then prompt 1's).
+    `batch`: the rewards whose spread scale="batch" divides by (every process's), else
+    `rewards`'."""
     grouped = rewards.view(-1, group_size)
     centred = (grouped - grouped.mean(dim=1, keepdim=True)).view(-1)
     if scale == "group":
         spread = grouped.std(dim=1).repeat_interleave(group_size) if group_size > 1 else None
     elif scale == "batch":
-        spread = rewards.std().expand_as(rewards) if rewards.numel() > 1 else None
+        batch = rewards if batch is None else batch
+        spread = batch.std().expand_as(rewards) if batch.numel() > 1 else None
     else:
         spread = None
     # 1e-4, as TRL: a group of equal rewards has centred 0 and stays 0

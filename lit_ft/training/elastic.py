@@ -160,7 +160,7 @@ class GlobalBatchRecord(Callback):
         sampler = getattr(trainer.datamodule, "train_sampler", None)  # none when streaming
         if sampler is not None:
             position = checkpoint.get(type(trainer.datamodule).__name__, {})
-            if 0 < position.get("samples_done", 0) < sampler.dataset_size:  # mid-epoch
+            if 0 < position.get("samples_done", 0) < sampler.epoch_positions:  # mid-epoch
                 reopen_epoch(checkpoint)
         saved = saved_global_batch(checkpoint)
         if saved is not None and saved.accumulation != trainer.accumulate_grad_batches:

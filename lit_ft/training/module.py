@@ -95,6 +95,10 @@ class FineTuneModule(L.LightningModule):
         # A task that samples (GRPO's rollouts) draws from a stream seeded by where it is:
         # the same (seed, step, batch, rank) after a resume gives the same samples.
         self.task.step_seed = _step_seed(self.trainer.global_step, batch_idx, self.global_rank)
+        self.task.window_position = (
+            self.trainer.global_step,
+            batch_idx % self.trainer.accumulate_grad_batches,
+        )
         loss, targets, metrics = self.task.training_loss(self.model, batch)
         self.last_train_loss = loss.detach()
         rows = batch["input_ids"].shape[0]
@@ -249,6 +253,23 @@ class FineTuneModule(L.LightningModule):
             # the chat template and end-of-turn token the task set on the tokenizer
             "tokenizer": chat_settings(self.task.tokenizer),
         }
+        state = self.task.checkpoint_state()
+        if state is not None:
+            # Under DDP only rank 0 writes the file, but every rank dumps the checkpoint
+            # (training/rng.py does the same): each rank's state is gathered, each takes its own.
+            states = [state]
+            if self.trainer.world_size > 1:
+                import torch.distributed as dist
+
+                states = [None] * self.trainer.world_size
+                dist.all_gather_object(states, state)
+            checkpoint["lit_ft"]["task_state_per_rank"] = states
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("lit_ft", {}).get("task_state_per_rank")
+        if states is not None:
+            rank = self.global_rank
+            self.task.load_checkpoint_state(states[rank] if rank < len(states) else None)
 
 
 def _step_seed(step: int, batch_idx: int, rank: int) -> int:
