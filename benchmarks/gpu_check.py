@@ -57,7 +57,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TOTAL_BUDGET_S = 620  # what one lent GPU session can spend on this check
-PROBE_BUDGET_S = 20  # importing torch (and flash_attn, bitsandbytes) to see the machine
+# Importing torch, starting CUDA and importing lightning, transformers, flash_attn, bitsandbytes,
+# peft and liger_kernel on a machine just started, from cold files: 20 s was not enough on the
+# first H200 lease (each stage now prints as it finishes, so a timeout shows where it was).
+PROBE_BUDGET_S = 90
 
 LIT_FT = [sys.executable, "-m", "lit_ft.run"]
 # A short run of the bundled model: 30 steps stay inside the first epoch (~60 steps), the
@@ -567,12 +570,12 @@ class StepSpec:
 # seconds per framework, hence step 2's share. --budget-scale stretches them all.
 STEPS = [
     StepSpec("default", "1 default run (precision auto)", 45, step_default),
-    StepSpec("compare", "2 GPT-2 124M seq 1024: lit_ft vs HF (best)", 150, step_compare),
-    StepSpec("compile", "3 compile.enabled=true", 60, step_compile),
+    StepSpec("compare", "2 GPT-2 124M seq 1024: lit_ft vs HF (best)", 130, step_compare),
+    StepSpec("compile", "3 compile.enabled=true", 50, step_compile),
     StepSpec(
         "attention",
         "4 SDPA vs flash_attention_2 (124M, bf16)",
-        50,
+        40,
         step_attention,
         [needs_module("flash_attn")],
     ),
@@ -594,19 +597,24 @@ STEPS = [
         step_liger,
         [needs_module("liger_kernel")],
     ),
-    StepSpec("memory", "11 memory: GPT-2 124M, HF vs lit_ft", 120, step_memory),
+    StepSpec("memory", "11 memory: GPT-2 124M, HF vs lit_ft", 90, step_memory),
 ]
 assert PROBE_BUDGET_S + sum(s.budget for s in STEPS) <= TOTAL_BUDGET_S
 
 
 # -- the machine ------------------------------------------------------------------------------
 PROBE = r"""
-import importlib, json, os, platform
+import importlib, json, os, platform, time
+started = time.perf_counter()
+def stage(name):
+    print(f"probe: {name} after {time.perf_counter() - started:.1f} s", flush=True)
 import torch
+stage("torch imported")
 info = {"torch": torch.__version__, "cuda": torch.version.cuda, "cores": os.cpu_count(),
         "python": platform.python_version(), "cuda_available": torch.cuda.is_available()}
 info["gpu_count"] = torch.cuda.device_count() if info["cuda_available"] else 0
 info["gpus"] = [torch.cuda.get_device_name(i) for i in range(info["gpu_count"])]
+stage("CUDA started")
 if info["gpu_count"]:
     props = torch.cuda.get_device_properties(0)
     info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
@@ -623,6 +631,7 @@ for name in names:
     except Exception as err:
         last = (str(err).strip().splitlines() or [""])[-1]
         info["modules"][name] = {"ok": False, "error": f"{type(err).__name__}: {last}"[:200]}
+    stage(f"{name} tried")
 print("PROBE " + json.dumps(info))
 """
 

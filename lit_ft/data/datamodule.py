@@ -209,6 +209,8 @@ class FineTuneDataModule(L.LightningDataModule):
                 "sampler_seed": self.seed,
                 "group_by_length": self.group_by_length,  # another order of the same data
             }
+            if self.repeat_windows is not None:  # windows given mu times: another order
+                self._fingerprint["repeat_windows"] = list(self.repeat_windows)
             if self.mixture is not None:  # other weights or sizes: another order
                 plan = self.mixture
                 self._fingerprint["mixture"] = [

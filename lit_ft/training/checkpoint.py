@@ -148,10 +148,11 @@ def check_same_data(resume: ResumePoint | None, current: dict[str, Any], force: 
     )
     if saved is None:
         return  # not written by a lit_ft datamodule: nothing to compare
-    changed = [key for key in current if saved.get(key) != current[key]]
+    keys = [*current, *(k for k in saved if k not in current)]  # one side's only too
+    changed = [key for key in keys if saved.get(key) != current.get(key)]
     if not changed:
         return
-    what = ", ".join(f"{key} ({saved.get(key)} -> {current[key]})" for key in changed)
+    what = ", ".join(f"{key} ({saved.get(key)} -> {current.get(key)})" for key in changed)
     if force:
         warn(f"force_resume=true: resuming although {what} changed")
         return
