@@ -32,7 +32,10 @@ def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
     padded_generation(getattr(model, "generation_config", None), tokenizer)  # generative only
     model.save_pretrained(staging)
     portable_adapter_config(staging)  # an adapter export: its base named for other machines
-    tokenizer.save_pretrained(staging)
+    # A vision-language model's processor (image processor, tokenizer, chat template), so
+    # AutoProcessor and pipeline("image-text-to-text") load the export as they load the base
+    saver = getattr(tokenizer, "lit_ft_processor", None) or tokenizer
+    saver.save_pretrained(staging)
     return _swap_in(staging, out_dir)
 
 
@@ -106,10 +109,15 @@ def load_checkpoint_model(ckpt_path: str | Path):
 def checkpoint_tokenizer(checkpoint: dict, spec):
     """The run's tokenizer: the model's, with the chat template and end-of-turn token the run
     set on it (stored in the checkpoint by the LightningModule)."""
-    from lit_ft.model.build import load_tokenizer
+    from lit_ft.model.build import load_processor, load_tokenizer
+    from lit_ft.tasks import get_task
     from lit_ft.tasks.chat import apply_chat_settings
 
-    return apply_chat_settings(load_tokenizer(spec), checkpoint["lit_ft"].get("tokenizer"))
+    tokenizer = apply_chat_settings(load_tokenizer(spec), checkpoint["lit_ft"].get("tokenizer"))
+    if getattr(get_task(spec.task), "needs_processor", False):  # exported beside the model
+        tokenizer.lit_ft_processor = load_processor(spec, tokenizer)
+        tokenizer.lit_ft_processor.chat_template = tokenizer.chat_template
+    return tokenizer
 
 
 def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:

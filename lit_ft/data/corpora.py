@@ -187,14 +187,62 @@ def _python_docstring_preferences() -> Iterator[str]:
         yield json.dumps(pair) + "\n"
 
 
-CORPORA: dict[str, Callable[[], Iterator[str]]] = {
+# task=vision_instruction's example: a coloured shape on a light background, drawn here, and a
+# question about its colour or its shape. Chance is 1 in 4 colours and 1 in 3 shapes.
+SHAPE_COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
+                 "yellow": (230, 200, 30)}  # fmt: skip
+SHAPES = ("circle", "square", "triangle")
+SHAPE_ROWS = 1600
+SHAPE_QUESTIONS = {"colour": "What colour is the shape?", "shape": "What shape is this?"}
+
+
+def _shape_chats(folder: Path) -> Iterator[str]:
+    """One chat per drawn image: the image (PNG, in `shape_chats_v1_images/` beside the JSON
+    lines, named relative to them) and one question, answered with one word. Images are 24 to
+    64 pixels a side, so processors that split images by size see several layouts."""
+    from PIL import Image, ImageDraw
+
+    images = folder / "shape_chats_v1_images"
+    images.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    for i in range(SHAPE_ROWS):
+        colour, shape = rng.choice(list(SHAPE_COLOURS)), rng.choice(SHAPES)
+        width, height = rng.randint(24, 64), rng.randint(24, 64)
+        image = Image.new("RGB", (width, height), (245, 245, 240))
+        side = rng.randint(min(width, height) // 2, min(width, height) - 4)
+        x, y = rng.randint(0, width - side), rng.randint(0, height - side)
+        box = (x, y, x + side, y + side)
+        draw = ImageDraw.Draw(image)
+        if shape == "circle":
+            draw.ellipse(box, fill=SHAPE_COLOURS[colour])
+        elif shape == "square":
+            draw.rectangle(box, fill=SHAPE_COLOURS[colour])
+        else:
+            draw.polygon([(x, y + side), (x + side, y + side), (x + side // 2, y)],
+                         fill=SHAPE_COLOURS[colour])  # fmt: skip
+        name = f"{images.name}/{i:05d}.png"
+        image.save(folder / name)
+        asked = rng.choice(list(SHAPE_QUESTIONS))
+        question = [{"type": "image"}, {"type": "text", "text": SHAPE_QUESTIONS[asked]}]
+        answer = colour if asked == "colour" else shape
+        chat = [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        ]
+        yield json.dumps({"messages": chat, "images": [name]}) + "\n"
+
+
+CORPORA: dict[str, Callable[..., Iterator[str]]] = {
     "python_reference": _python_reference,  # text, for data.path=text
     "python_source": _python_source,  # JSON lines, for data.path=json
     "python_docstrings": _python_docstrings,  # JSON lines, for data.path=json
     "python_docstring_topics": _python_docstring_topics,  # JSON lines, for data.path=json
     "python_docstring_chats": _python_docstring_chats,  # JSON lines of {"messages": [...]}
     "python_docstring_preferences": _python_docstring_preferences,  # prompt, chosen, rejected
+    "shape_chats": _shape_chats,  # JSON lines of {"messages": [...], "images": [path]}
 }
+# Corpora that write files of their own (images) into the corpus folder beside their lines
+WITH_FILES = {"shape_chats"}
 
 
 # The file each corpus is written to, inside `data.corpus_dir`.
@@ -206,6 +254,7 @@ CORPUS_FILES = {
     "python_docstring_chats": "python_docstring_chats.jsonl",
     # v2: the shuffled-summary pairs; a new name so that a cached first version is not reused
     "python_docstring_preferences": "python_docstring_preferences_v2.jsonl",
+    "shape_chats": "shape_chats_v1.jsonl",
 }
 
 
@@ -231,7 +280,7 @@ def materialize(name: str, target: str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as out:
-        for chunk in CORPORA[name]():
+        for chunk in CORPORA[name](*([target.parent] if name in WITH_FILES else [])):
             out.write(chunk)
     os.replace(tmp, target)  # atomic: a concurrent or interrupted run never sees half a file
     return target

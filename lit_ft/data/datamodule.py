@@ -30,7 +30,7 @@ from lit_ft.data.mixture import (
 )
 from lit_ft.data.row_index import IndexedRows, collate_with_rows
 from lit_ft.data.sampler import ResumableRandomSampler
-from lit_ft.data.sources import DataFiles, load_source, tokenizer_fingerprint
+from lit_ft.data.sources import DataFiles, data_dirs, load_source, tokenizer_fingerprint
 from lit_ft.errors import LitFtError
 from lit_ft.tasks import Task, TaskContext
 from lit_ft.tasks.base import example_lengths
@@ -250,6 +250,9 @@ class FineTuneDataModule(L.LightningDataModule):
             tokenizer_hash=self._tokenizer_hash,
             num_proc=self.preprocessing_num_workers,
             load_from_cache=not self.overwrite_cache,
+            data_dirs=data_dirs(self.data_files, self.corpus, self.corpus_dir)
+            if self.given is None
+            else (),
         )
         processed = {}
         for split, dataset in raw.items():

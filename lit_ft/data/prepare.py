@@ -13,7 +13,13 @@ from lit_ft.config import to_plain
 from lit_ft.data.datamodule import build_datamodule
 from lit_ft.data.sources import clamp_block_size
 from lit_ft.errors import LitFtError
-from lit_ft.model.build import ModelSpec, load_config, load_tokenizer, max_positions
+from lit_ft.model.build import (
+    ModelSpec,
+    load_config,
+    load_processor,
+    load_tokenizer,
+    max_positions,
+)
 from lit_ft.tasks import COLUMN_KEYS, build_task, check_architecture, get_task
 
 
@@ -67,6 +73,9 @@ def prepare_data(cfg, spec: ModelSpec, given=None) -> PreparedData:
     task, datamodule = build_task_and_data(
         cfg, tokenizer, hf_config, getattr(given, "splits", None)
     )
+    if getattr(task, "needs_processor", False):  # images: the model's processor reads them
+        task.use_processor(load_processor(spec, tokenizer))
+        tokenizer.lit_ft_processor = task.processor  # exported with it (lit_ft/export.py)
     collator = getattr(given, "data_collator", None)
     if collator is not None:
         if not hasattr(datamodule, "data_collator"):

@@ -92,6 +92,22 @@ def builder_kwargs(path: str, load_kwargs: Mapping[str, Any] | None) -> dict[str
     return kwargs
 
 
+def data_dirs(data_files: DataFiles, corpus: str | None, corpus_dir: str | None) -> tuple[str, ...]:
+    """The folders of the local files a source reads (a built-in corpus's too), in order: where
+    paths inside its rows (task=vision_instruction's images) are relative to."""
+    files = (
+        corpora.files_to_read(data_files, corpus, corpus_dir) if (data_files or corpus) else None
+    )
+    if not files:
+        return ()
+    if isinstance(files, str):
+        files = [files]
+    elif isinstance(files, Mapping):
+        files = [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
+    folders = (str(Path(f).expanduser().resolve().parent) for f in files)
+    return tuple(dict.fromkeys(folders))
+
+
 def expand_files(data_files: DataFiles) -> DataFiles:
     if isinstance(data_files, str):
         return str(Path(data_files).expanduser())

@@ -35,6 +35,7 @@ class ModelSpec:
     chunked_loss: str | bool = "auto"  # causal LMs: lit_ft/model/chunked_loss.py
     loss_chunk_tokens: int = 512  # tokens per chunk of the chunked loss
     liger_kernel: bool = False  # CUDA + liger-kernel: lit_ft/model/liger.py
+    freeze_vision_tower: bool = True  # vision-language models: lit_ft/model/vision_parts.py
 
     @property
     def tokenizer_name(self) -> str:
@@ -79,6 +80,29 @@ def load_tokenizer(spec: ModelSpec):
         # reusing EOS is safe: real EOS tokens keep their labels.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
+
+
+def load_processor(spec: ModelSpec, tokenizer):
+    """The model's `AutoProcessor` (an image processor beside the tokenizer), for tasks that
+    feed images; it shares the run's tokenizer object, so both see the same tokens."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(
+            spec.tokenizer_name, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError, AttributeError, ImportError) as err:
+        raise LitFtError(
+            f"model.name_or_path='{spec.tokenizer_name}': its processor (AutoProcessor) cannot "
+            f"be loaded: {err}"
+        ) from err
+    if getattr(processor, "image_processor", None) is None:
+        raise LitFtError(
+            f"model.name_or_path='{spec.tokenizer_name}' has no image processor "
+            f"({type(processor).__name__}); images need a vision-language model's processor"
+        )
+    processor.tokenizer = tokenizer
+    return processor
 
 
 def max_positions(config) -> int | None:

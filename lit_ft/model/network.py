@@ -15,6 +15,7 @@ from lit_ft.model.compile import compile_model
 from lit_ft.model.fsdp2 import FullyShardedStrategy
 from lit_ft.model.liger import apply_liger
 from lit_ft.model.peft import prepare_model, quantization_kwargs
+from lit_ft.model.vision_parts import freeze_vision_tower, has_vision_tower, parts_text
 from lit_ft.model.vocab import grow_vocab, pad_vocab
 
 
@@ -34,6 +35,10 @@ def build_network(
     model = given_model
     if model is None:
         model = build_model(spec, task.model_class(), data.hf_config, **quantization_kwargs(lora))
+    if has_vision_tower(model):  # a vision-language model: which parts train
+        if spec.freeze_vision_tower:
+            freeze_vision_tower(model)
+        say(f"parts: {parts_text(model)}")
     model = grow_vocab(model, tokenizer)  # tokens the task added, e.g. <|im_end|>
     model = pad_vocab(model, spec.pad_vocab_to_multiple_of)
     task.stop_generation_at_end_of_turn(model)

@@ -23,6 +23,7 @@ import lightning as L
 
 from lit_ft.errors import LitFtError
 from lit_ft.log import say
+from lit_ft.model.vision_parts import LORA_DEFAULTS
 from lit_ft.problems import Problems
 
 # Which Linear layers get adapters, by `config.model_type`: the attention projections, as in
@@ -125,7 +126,13 @@ def apply_lora(model, settings: LoraSettings):
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT
 
     model_type = model.config.model_type
-    targets = settings.target_modules or TARGET_MODULES.get(model_type) or PEFT.get(model_type)
+    vlm_targets, vlm_full = LORA_DEFAULTS.get(model_type, (None, None))
+    targets = (
+        settings.target_modules
+        or vlm_targets
+        or TARGET_MODULES.get(model_type)
+        or PEFT.get(model_type)
+    )
     if not targets:
         raise LitFtError(
             f"peft.target_modules: lit_ft and peft know no default for model type '{model_type}'; "
@@ -138,7 +145,7 @@ def apply_lora(model, settings: LoraSettings):
         lora_dropout=settings.dropout,
         target_modules=targets if isinstance(targets, str) else list(targets),
         bias=settings.bias,
-        modules_to_save=settings.modules_to_save,
+        modules_to_save=settings.modules_to_save or vlm_full,
         task_type=_task_type(model),
         fan_in_fan_out=model_type == "gpt2",  # GPT-2's Conv1D stores weights transposed
         **settings.extra,

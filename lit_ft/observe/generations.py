@@ -59,8 +59,12 @@ class SampleGenerations(L.Callback):
         if tokenizer is None or validation is None or not _is_causal_lm(model):
             return
         rows = [validation[i] for i in range(min(self.num_prompts, len(validation)))]
-        prompts = [prompt_of(row, self.prompt_tokens) for row in rows]
-        samples = [self._generate(model, tokenizer, ids) for ids in prompts]
+        own = getattr(pl_module.task, "sample_generations", None)  # e.g. chats with images
+        if own is not None:
+            samples = own(model, rows, self.max_new_tokens)
+        else:
+            prompts = [prompt_of(row, self.prompt_tokens) for row in rows]
+            samples = [self._generate(model, tokenizer, ids) for ids in prompts]
         if trainer.is_global_zero:
             self._write(trainer, samples)
 
@@ -90,9 +94,16 @@ class SampleGenerations(L.Callback):
         with self.path.open("a", encoding="utf-8") as f:
             for sample in samples:
                 f.write(json.dumps({"step": step, **sample}, ensure_ascii=False) + "\n")
-        lines = [f"  {sample['prompt']!r} -> {sample['completion']!r}" for sample in samples]
+        lines = [
+            f"  {_image_of(sample)}{sample['prompt']!r} -> {sample['completion']!r}"
+            for sample in samples
+        ]
         say("\n".join([f"samples at step {step}:", *lines]))
         _to_loggers(trainer, samples, step)
+
+
+def _image_of(sample: dict[str, str]) -> str:
+    return f"[{sample['image']}] " if sample.get("image") else ""
 
 
 def _is_causal_lm(model) -> bool:

@@ -25,6 +25,7 @@ from lit_ft.tasks.sequence_classification import SequenceClassificationTask
 from lit_ft.tasks.sft import InstructionTask
 from lit_ft.tasks.token_classification import TokenClassificationTask
 from lit_ft.tasks.user_functions import function_problems
+from lit_ft.tasks.vision import VisionInstructionTask
 
 TASKS: dict[str, type[Task]] = {
     task.name: task
@@ -38,6 +39,7 @@ TASKS: dict[str, type[Task]] = {
         PreferenceTask,
         RewardModelTask,
         GRPOTask,
+        VisionInstructionTask,
     )
 }
 
@@ -92,6 +94,7 @@ MAPPING_NAMES = {
     "AutoModelForSeq2SeqLM": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
     "AutoModelForSequenceClassification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
     "AutoModelForTokenClassification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+    "AutoModelForImageTextToText": "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
 }
 
 

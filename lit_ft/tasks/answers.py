@@ -93,13 +93,19 @@ def fit_positions(prompt_ids: list[int], new_tokens: int, config) -> tuple[list[
 
 @torch.no_grad()
 def generate_answers(
-    model, tokenizer, prompts: list[list[int]], max_new_tokens: int, stop: str | None = None
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    stop: str | None = None,
+    inputs: Mapping[str, torch.Tensor] | None = None,
 ) -> list[str]:
     """Greedy answers to the prompts, one batch: left padding, so each prompt's last token is
     the one the next is predicted from (GPT-2 pads with EOS; the attention mask hides it, and
     generate() derives position ids from the mask, so a padded prompt gets the positions it
     would have alone). Each answer stops at EOS, at `stop` (the chat template's end of turn,
-    e.g. "<|im_end|>", which need not be a token of its own) or after `max_new_tokens`."""
+    e.g. "<|im_end|>", which need not be a token of its own) or after `max_new_tokens`.
+    `inputs`: more model inputs for the same rows, e.g. a vision model's pixel_values."""
     if not prompts:
         return []
     fitted = [fit_positions(p, max_new_tokens, model.config) for p in prompts]
@@ -122,6 +128,7 @@ def generate_answers(
             num_beams=1,
             pad_token_id=pad,
             **({"stop_strings": [stop], "tokenizer": tokenizer} if stop else {}),
+            **{k: v.to(model.device) for k, v in (inputs or {}).items()},
         )
     finally:
         model.train(was_training)

@@ -26,6 +26,8 @@ class TaskContext:
     tokenizer_hash: str
     num_proc: int | None = None
     load_from_cache: bool = True
+    # the local data files' folders: where a row's relative paths (images) are found
+    data_dirs: tuple[str, ...] = ()
 
 
 class Task:

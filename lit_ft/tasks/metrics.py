@@ -249,6 +249,35 @@ class AnswerEvaluator(LanguageModelingEvaluator):
         return self.generated, self.seconds
 
 
+class VisionAnswerEvaluator(AnswerEvaluator):
+    """AnswerEvaluator for image + text chats: each answer is generated from its chat's
+    prompt and images (task=vision_instruction), scored the same way."""
+
+    def __init__(self, task, num_prompts: int, max_new_tokens: int) -> None:
+        from lit_ft.tasks.chat import end_of_turn
+
+        super().__init__(task.tokenizer, num_prompts, max_new_tokens, end_of_turn(task.tokenizer))
+        self.task = task
+
+    def update(self, batch, outputs, model) -> None:
+        LanguageModelingEvaluator.update(self, batch, outputs, model)
+        wanted = self._share() - self.generated
+        if wanted <= 0:
+            return
+        from lit_ft.tasks.answers import REFERENCES
+
+        started = time.perf_counter()
+        prompts, rows = self.task.prompts_of(batch)
+        prompts, rows = prompts[:wanted], rows[:wanted]
+        references = [(batch[REFERENCES][r] or [""])[0] for r in rows]
+        longest = max((len(self.tokenizer(r)["input_ids"]) for r in references), default=0)
+        bound = min(self.max_new_tokens, 2 * longest + 4)
+        answers = self.task.generate_answers(model, batch, prompts, rows, bound)
+        self.score(answers, references)
+        self.generated += len(rows)
+        self.seconds += time.perf_counter() - started
+
+
 def _normalized(text: str) -> str:
     return " ".join(text.split())
 
