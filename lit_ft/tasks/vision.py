@@ -26,6 +26,7 @@ and prompts (greedy) and scores them: exact match, ROUGE-L and chrF, as for inst
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,12 @@ class VisionInstructionTask(Task):
         if dataset is None or len(dataset) == 0:
             return None
         row = dataset[0]
-        return marked(self.tokenizer, row["input_ids"], row["labels"])
+        text = marked(self.tokenizer, row["input_ids"], row["labels"])
+        token = re.escape(self.image_token)  # a run of image tokens shown once, with its length
+        return re.sub(f"(?:{token})+", lambda m: self.readable_run(m.group(0)), text)
+
+    def readable_run(self, run: str) -> str:
+        return f"{self.image_token}x{len(run) // len(self.image_token)}"
 
     # -- batches ---------------------------------------------------------------------------
     def collate(self):
@@ -294,7 +300,7 @@ class VisionInstructionTask(Task):
                 run += 1
                 continue
             if run:
-                pieces.append(f"{self.image_token}x{run}")
+                pieces.append(self.readable_run(self.image_token * run))
                 run = 0
             if token is not None:
                 pieces.append(self.tokenizer.decode([token]))
