@@ -20,6 +20,7 @@ from helpers.readme_figures import (
     DPO_EXAMPLE,
     GRPO_EXAMPLE,
     REWARD_EXAMPLE,
+    VLM_EXAMPLE,
     Figure,
     assert_figures,
     quoted,
@@ -215,3 +216,23 @@ def _preflight(pattern: str, stdout: str) -> int:
     match = re.search(pattern, stdout)
     assert match, f"the pre-flight no longer prints {pattern!r}:\n{stdout[:2000]}"
     return int(match.group(1).replace(",", ""))
+
+
+def test_vlm_example_matches_readme(tmp_path):
+    """README, Vision-language models, "Offline example": ~25 s on 2 quiet cores. The images
+    are drawn by PIL from a fixed seed, the same on every machine."""
+    results, _ = _run_example("tiny_vlm_shapes", tmp_path)
+    before, after = results["metrics"]["before"], results["metrics"]["after"]
+    steps, chats, match0, match1 = quoted(VLM_EXAMPLE, "the vision example's figures")
+    rows = (tmp_path / "predictions.jsonl").read_text().splitlines()
+    # Tolerance: 160 one-word answers, so one answer is 0.006; fp32 sums in another order can
+    # flip the few answers the model is unsure of (shapes): +-0.05 is 8 of them.
+    assert_figures(
+        "the vision example (Vision-language models, Offline example)",
+        [
+            Figure("optimizer steps", results["metrics"]["train"]["steps"], steps),
+            Figure("validation chats answered", len(rows), chats),
+            Figure("exact match before", before["val/exact_match"], match0),
+            Figure("exact match after", after["val/exact_match"], match1, abs=0.05),
+        ],
+    )

@@ -162,9 +162,7 @@ def test_chunked_log_probabilities_give_the_plain_step(gpt2_tokenizer):
     "loss_type, scale",
     [("grpo", "group"), ("dr_grpo", "group"), ("dapo", "group"), ("dapo", "batch")],
 )
-def test_two_processes_give_the_step_of_the_whole_batch(
-    gpt2_tokenizer, tmp_path, loss_type, scale
-):
+def test_two_processes_give_the_step_of_the_whole_batch(gpt2_tokenizer, tmp_path, loss_type, scale):
     """scale_rewards=batch: the spread of both processes' rewards, as one process's of all."""
     task = _task(gpt2_tokenizer, FixedRolloutGRPO, loss_type=loss_type, scale_rewards=scale)
     rows = _rows(task)

@@ -335,3 +335,29 @@ def test_a_finished_run_resumed_with_more_steps_trains_them(
     # linear decay over 8 steps, no warmup: step 5 trains at 3e-3 x (8 - 4) / 8
     (lr,) = [name for name in metrics if name.startswith("lr-")][:1]
     assert metrics[lr][5] == pytest.approx(3e-3 * 4 / 8)
+
+
+def test_vision_run_resumes_exactly(run_cli, tiny_tokenizer_dir, text_file, tmp_path):
+    """task=vision_instruction: the resumed run loads the same images for the same chats in
+    the same order (pixels are made per batch, not cached), so losses and weights match."""
+    from lit_ft.config.compose import tiny_vlm
+
+    common = [
+        "task=vision_instruction",
+        "model=tiny_vlm",
+        f"model.name_or_path={tiny_vlm('llava')}",
+        "model.from_scratch=false",
+        "model.model_type=null",
+        "model.config_overrides=null",
+        "data=shape_chats",
+        "data.data_files=null",
+        "data.block_size=128",
+        "data.batch_size=16",  # 90 batches an epoch: the kill at 7, the last save at 4
+        "trainer.max_epochs=1",
+        "trainer.max_steps=12",
+        "task.eval_generations=8",
+        "callbacks.resumable_checkpoint.every_n_train_steps=4",
+        "callbacks.generations.num_prompts=0",
+        "evaluate_before=false",
+    ]
+    _check_kill_and_resume(run_cli, tmp_path, common, tiny_tokenizer_dir, text_file, 7, 0)

@@ -35,10 +35,9 @@ def build_network(
     model = given_model
     if model is None:
         model = build_model(spec, task.model_class(), data.hf_config, **quantization_kwargs(lora))
-    if has_vision_tower(model):  # a vision-language model: which parts train
-        if spec.freeze_vision_tower:
-            freeze_vision_tower(model)
-        say(f"parts: {parts_text(model)}")
+    vision = has_vision_tower(model)  # a vision-language model: which parts train
+    if vision and spec.freeze_vision_tower:
+        freeze_vision_tower(model)
     model = grow_vocab(model, tokenizer)  # tokens the task added, e.g. <|im_end|>
     model = pad_vocab(model, spec.pad_vocab_to_multiple_of)
     task.stop_generation_at_end_of_turn(model)
@@ -47,6 +46,8 @@ def build_network(
     model = prepare_model(
         model, gradient_checkpointing=spec.gradient_checkpointing is True, lora=lora
     )
+    if vision:  # after LoRA, which may freeze more
+        say(f"parts: {parts_text(model)}")
     task.check_model(model)  # e.g. packing needs attention that reads position ids
     if task.shifted_labels:  # causal: before compiling, the probe runs a small forward
         # e.g. 4 x 1,024 = 4,096 tokens per micro-batch; dpo: 4 pairs x 2 x 1,024 = 8,192

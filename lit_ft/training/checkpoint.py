@@ -182,8 +182,9 @@ def check_same_model(resume: ResumePoint | None, hf_config, spec) -> None:
     if CHECKPOINT_KEY in checkpoint:  # adapter-only: AdapterCheckpoint checks it on load
         return
     hf_config = copy.deepcopy(hf_config)
-    # the run pads the embeddings after building the model
-    hf_config.vocab_size = padded_size(hf_config.vocab_size, spec.pad_vocab_to_multiple_of)
+    # the run pads the embeddings after building the model (a VLM's: its language model's)
+    text = hf_config.get_text_config()
+    text.vocab_size = padded_size(text.vocab_size, spec.pad_vocab_to_multiple_of)
     with torch.device("meta"):
         model = get_task(spec.task).model_class().from_config(hf_config)
     name = spec.name_or_path
@@ -228,7 +229,8 @@ def check_resume_fits(resume: ResumePoint | None, data, spec, force: bool) -> No
     from lit_ft.model.vocab import grown_size
 
     grown = copy.deepcopy(data.hf_config)  # the rows the model will have (a chat's end of turn)
-    grown.vocab_size = grown_size(data.hf_config.vocab_size, data.tokenizer)
+    text = grown.get_text_config()  # itself, or a vision-language model's language model's
+    text.vocab_size = grown_size(text.vocab_size, data.tokenizer)
     check_same_model(resume, grown, spec)
     check_same_data(resume, data.datamodule.fingerprint(), force=force)
 
