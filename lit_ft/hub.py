@@ -102,7 +102,8 @@ def check_run_sources(cfg, spec, given=None) -> None:
     checked now, not after the data's work. What came as objects (`given`,
     lit_ft.steps.Given) is not looked for anywhere."""
     given_model = getattr(given, "model", None)
-    model = None if given_model is not None else spec.name_or_path
+    built_here = bool(getattr(spec, "tiny_vlm", None))  # lit_ft builds it (model/tiny_vlm.py)
+    model = None if given_model is not None or built_here else spec.name_or_path
     given_tokenizer = getattr(given, "tokenizer", None)
     tokenizer = None if given_tokenizer is not None or model is None else spec.tokenizer_name
     given_data = getattr(given, "splits", None) is not None

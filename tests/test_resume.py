@@ -340,12 +340,12 @@ def test_a_finished_run_resumed_with_more_steps_trains_them(
 def test_vision_run_resumes_exactly(run_cli, tiny_tokenizer_dir, text_file, tmp_path):
     """task=vision_instruction: the resumed run loads the same images for the same chats in
     the same order (pixels are made per batch, not cached), so losses and weights match."""
-    from lit_ft.config.compose import tiny_vlm
+    from helpers.tiny_models import tiny_vlm_dir
 
     common = [
         "task=vision_instruction",
         "model=tiny_vlm",
-        f"model.name_or_path={tiny_vlm('llava')}",
+        f"model.name_or_path={tiny_vlm_dir('llava')}",
         "model.from_scratch=false",
         "model.model_type=null",
         "model.config_overrides=null",

@@ -10,9 +10,9 @@ import json
 
 import pytest
 import torch
+from helpers.tiny_models import tiny_vlm_dir
 from PIL import Image, ImageDraw
 
-from lit_ft.config.compose import tiny_vlm
 from lit_ft.data.corpora import SHAPE_QUESTIONS
 from lit_ft.errors import LitFtError
 from lit_ft.tasks import check_architecture
@@ -31,7 +31,7 @@ def family(request):
 def processor(family):
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(tiny_vlm(family))
+    return AutoProcessor.from_pretrained(tiny_vlm_dir(family))
 
 
 def _image(size=(64, 48), colour=(220, 40, 40)) -> Image.Image:
@@ -98,7 +98,7 @@ def test_the_loss_is_the_cross_entropy_of_the_answers(family, processor):
         ids, labels = task.encode_chat(chat, [image])
         rows.append({"input_ids": ids, "labels": labels, "_images": [image]})
     batch = task.collate()(rows)
-    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm(family)).eval()
+    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir(family)).eval()
     loss, count, _ = task.training_loss(model, batch)
 
     processed = processor.apply_chat_template(
@@ -156,7 +156,7 @@ def test_the_vision_tower_is_frozen_and_the_projector_trains(family):
     from lit_ft.model.peft import LoraSettings, apply_lora
     from lit_ft.model.vision_parts import freeze_vision_tower, part_of, parts_text
 
-    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm(family))
+    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir(family))
     assert freeze_vision_tower(model) > 0
     text = parts_text(model)
     assert "vision tower" in text and "(frozen)" in text and "projector" in text

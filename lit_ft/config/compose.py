@@ -50,18 +50,7 @@ def package_dir(package: str, *subpath: str) -> str:
     return str(Path(next(iter(spec.submodule_search_locations)), *subpath))
 
 
-def tiny_vlm(family: str) -> str:
-    """`${tiny_vlm:FAMILY}`: a tiny vision-language model built offline on first use, in the
-    cache (lit_ft/recipes/tiny_vlm.py): llava | idefics3."""
-    from lit_ft.recipes.tiny_vlm import tiny_vlm_dir
-
-    return tiny_vlm_dir(
-        family, Path(default_cache_dir()) / "models", ASSETS_DIR / "tiny-gpt2-pystdlib"
-    )
-
-
 OmegaConf.register_new_resolver("asset", asset_path, replace=True)
-OmegaConf.register_new_resolver("tiny_vlm", tiny_vlm, replace=True)
 OmegaConf.register_new_resolver("package_dir", package_dir, replace=True)
 OmegaConf.register_new_resolver("cache_dir", default_cache_dir, replace=True)
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from lit_ft.errors import LitFtError
+from lit_ft.model.tiny_vlm import FAMILIES, ensure_built
 from lit_ft.problems import Problems
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -36,6 +37,9 @@ class ModelSpec:
     loss_chunk_tokens: int = 512  # tokens per chunk of the chunked loss
     liger_kernel: bool = False  # CUDA + liger-kernel: lit_ft/model/liger.py
     freeze_vision_tower: bool = True  # vision-language models: lit_ft/model/vision_parts.py
+    tiny_vlm: str | None = (
+        None  # a tiny VLM built into name_or_path first: lit_ft/model/tiny_vlm.py
+    )
 
     @property
     def tokenizer_name(self) -> str:
@@ -48,6 +52,8 @@ class ModelSpec:
 def load_config(spec: ModelSpec):
     """The model's `PretrainedConfig` with the spec's overrides applied."""
     from transformers import AutoConfig
+
+    ensure_built(spec.tiny_vlm, spec.name_or_path)  # a tiny VLM's folder, built on first use
 
     overrides = spec.config_overrides or {}
     try:
@@ -68,6 +74,8 @@ def load_config(spec: ModelSpec):
 def load_tokenizer(spec: ModelSpec):
     """The tokenizer, with a pad token set when it has none (GPT-2 and most causal LMs)."""
     from transformers import AutoTokenizer
+
+    ensure_built(spec.tiny_vlm, spec.name_or_path)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -167,7 +175,12 @@ def model_problems(model, given: bool = False) -> Problems:
         model.dtype in DTYPES,
         f"model.dtype='{model.dtype}' is unknown; use one of {', '.join(DTYPES)}",
     )
-    if model.name_or_path and not given:
+    tiny_vlm = model.get("tiny_vlm")
+    problems.need(
+        tiny_vlm in (None, *FAMILIES),
+        f"model.tiny_vlm='{tiny_vlm}' is unknown; use one of {', '.join(FAMILIES)} or null",
+    )
+    if model.name_or_path and not given and not tiny_vlm:  # a tiny VLM's folder: built later
         problems.add(model_path_problem(model.name_or_path, not model.model_type))
     pad = model.get("pad_vocab_to_multiple_of")
     problems.need(

@@ -48,8 +48,6 @@ class VisionInstructionTask(Task):
     description = "image + text chats -> answers; loss on the assistant's tokens only"
     columns = ("messages_column", "images_column")
     shifted_labels = True
-    predicts = True
-    headline, headline_label = "val/exact_match", "validation exact match"
     row_name = "chats"
     needs_processor = True
 
@@ -68,6 +66,9 @@ class VisionInstructionTask(Task):
         self.eval_generations, self.eval_max_new_tokens = eval_generations, eval_max_new_tokens
         self.processor = None  # set by lit_ft/data/prepare.py before any row is processed
         self.over_length: dict[str, int] = {}  # per split: rows left out
+        if eval_generations:  # answers are generated: scored, written, and the headline
+            self.predicts = True
+            self.headline, self.headline_label = "val/exact_match", "validation exact match"
 
     @classmethod
     def option_problems(cls, options) -> Problems:
@@ -257,8 +258,10 @@ class VisionInstructionTask(Task):
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluator(self):
-        from lit_ft.tasks.metrics import VisionAnswerEvaluator
+        from lit_ft.tasks.metrics import LanguageModelingEvaluator, VisionAnswerEvaluator
 
+        if not self.eval_generations:
+            return LanguageModelingEvaluator(shifted=True)
         return VisionAnswerEvaluator(self, self.eval_generations, self.eval_max_new_tokens)
 
     def predict(self, model, batch) -> list[dict[str, Any]]:

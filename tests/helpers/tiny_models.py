@@ -49,3 +49,15 @@ def bart(vocab_size: int = 512, **overrides):
         **overrides,
     )  # fmt: skip
     return BartForConditionalGeneration(config)
+
+
+def tiny_vlm_dir(family: str) -> str:
+    """The folder of lit_ft's tiny VLM of `family` (llava | idefics3) as its model config names
+    it (conf/model/tiny_vlm*.yaml), built there on first use."""
+    from lit_ft.config import compose
+    from lit_ft.model.tiny_vlm import ensure_built
+
+    name = {"llava": "tiny_vlm", "idefics3": "tiny_vlm_idefics3"}[family]
+    model = compose([f"model={name}"]).model
+    ensure_built(model.tiny_vlm, model.name_or_path)
+    return model.name_or_path

@@ -1,8 +1,9 @@
 """Tiny vision-language models built offline from configs: `model=tiny_vlm` (LLaVA layout) and
 `model=tiny_vlm_idefics3` (Idefics3 / SmolVLM layout), for task=vision_instruction.
 
-Each is written once to `${cache_dir:}/models/tiny_vlm_<family>_v<VERSION>` (`${tiny_vlm:<family>}`
-in a model config builds it on first use) as an ordinary Hugging Face folder: config, random weights
+Each is written once, where its model config says (`model.name_or_path`, in the cache; the
+config's `model.tiny_vlm` names the family to build there on first use), as an ordinary
+Hugging Face folder: config, random weights
 (seeded, so every machine builds the same model), and a processor with the bundled tiny
 GPT-2 tokenizer, its image tokens added and a chat template. So the task's path through
 `AutoProcessor` and `AutoModelForImageTextToText` is the one a real VLM takes.
@@ -25,9 +26,8 @@ import os
 import shutil
 from pathlib import Path
 
+from lit_ft.config.compose import ASSETS_DIR
 from lit_ft.errors import LitFtError
-
-VERSION = 1  # a new build (other sizes, template): a new folder, never a stale one
 
 # "USER: <image>\nWhat colour is the shape? ASSISTANT: red<|endoftext|>\n"; the generation
 # prompt ends at "ASSISTANT:", so an answer starts with its space (" red", one BPE token).
@@ -180,15 +180,15 @@ def _idefics3(tokenizer_dir: Path):
 FAMILIES = {"llava": _llava, "idefics3": _idefics3}
 
 
-def tiny_vlm_dir(family: str, models_dir: Path, tokenizer_dir: Path) -> str:
-    """The folder of that tiny VLM under `models_dir`, built on first use with the tokenizer
-    in `tokenizer_dir` (`${tiny_vlm:<family>}`, lit_ft/config/compose.py)."""
+def ensure_built(family: str | None, target: str) -> None:
+    """`model.tiny_vlm=<family>`: build that tiny VLM into `model.name_or_path` unless it is
+    there already (a new VERSION gets a new folder name in conf/model/tiny_vlm*.yaml)."""
+    if not family:
+        return
     if family not in FAMILIES:
-        raise LitFtError(f"tiny_vlm '{family}' is unknown; available: {', '.join(FAMILIES)}")
-    target = Path(models_dir) / f"tiny_vlm_{family}_v{VERSION}"
-    if not (target / "config.json").is_file():
-        build(family, target, Path(tokenizer_dir))
-    return str(target)
+        raise LitFtError(f"model.tiny_vlm='{family}' is unknown; available: {', '.join(FAMILIES)}")
+    if not (Path(target) / "config.json").is_file():
+        build(family, Path(target).expanduser(), ASSETS_DIR / "tiny-gpt2-pystdlib")
 
 
 def build(family: str, target: Path, tokenizer_dir: Path) -> Path:
