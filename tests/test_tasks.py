@@ -374,6 +374,11 @@ def test_every_task_config_builds_its_task(name):
     tokenizer = AutoTokenizer.from_pretrained(MINILM)
     columns = {key: cfg.data.get(key) for key in COLUMN_KEYS}
     task = build_task(options.pop("name"), tokenizer, columns, 64, **options)
+    if getattr(task, "needs_processor", False):  # images: a vision-language model's processor
+        from helpers.tiny_models import tiny_vlm_dir
+        from transformers import AutoProcessor
+
+        task.use_processor(AutoProcessor.from_pretrained(tiny_vlm_dir("llava")))
     assert task.name == cfg.task.name == name  # task=<name>
     rows, expected = _rows_and_batch(name, tokenizer.pad_token_id)
     torch.manual_seed(0)  # masked LM draws its masks
@@ -387,6 +392,8 @@ def test_every_task_config_builds_its_task(name):
     assert set(batch) >= set(expected), set(batch)
     for key, value in expected.items():
         assert torch.equal(batch[key], value), (key, batch[key], value)
+    if name == "vision_instruction":  # pixels made per batch: one 32 x 32 image per row
+        assert batch["pixel_values"].shape == (2, 3, 32, 32)
     if not hasattr(task, "labels"):  # label tasks size their metrics after reading the data
         task.evaluator()  # builds from the config alone
 
@@ -401,11 +408,16 @@ def _rows_and_batch(task: str, pad: int) -> tuple[list[dict], dict[str, torch.Te
     if task in ("causal_lm", "masked_lm"):
         rows = [{"input_ids": r} for r in ids]
         labels = torch.tensor([[5, 6, 7], [8, 9, -100]])
-    elif task in ("instruction", "token_classification"):  # a label per token, -100: not learned
+    elif task in ("instruction", "token_classification", "vision_instruction"):
+        # a label per token, -100: not learned; a chat's images travel beside its tokens
         rows = [
             {"input_ids": ids[0], "labels": [-100, 6, 7]},
             {"input_ids": ids[1], "labels": [-100, 9]},
         ]
+        if task == "vision_instruction":
+            from PIL import Image
+
+            rows = [{**r, "_images": [Image.new("RGB", (40, 30))]} for r in rows]
         labels = torch.tensor([[-100, 6, 7], [-100, 9, -100]])
     elif task == "sequence_classification":  # one label per row
         rows = [{"input_ids": ids[0], "labels": 1}, {"input_ids": ids[1], "labels": 0}]
