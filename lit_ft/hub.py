@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from lit_ft.errors import HubUnavailableError
 
-LOCAL_DATA_BUILDERS = ("text", "csv", "json", "parquet", "arrow")
+LOCAL_DATA_BUILDERS = ("text", "csv", "json", "parquet", "arrow", "imagefolder")
 
 
 def is_local_model(name_or_path: str) -> bool:

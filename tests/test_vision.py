@@ -198,3 +198,52 @@ def test_the_example_learns_and_its_export_answers_in_a_pipeline(model, run_cli,
         ]}]  # fmt: skip
         said = answer(text=chat, max_new_tokens=4, return_full_text=False)
         assert said[0]["generated_text"].strip() == row["prediction"], row
+
+
+def _colour_rows(n: int) -> list[dict]:
+    colours = ["red", "blue"] * n
+    return [
+        {"messages": _chat("Colour?", c), "images": [Image.new("RGB", (32, 32), c)]}
+        for c in colours[:n]
+    ]
+
+
+def test_pil_images_from_python(tmp_path):
+    """FineTuner with a list of dicts holding PIL images: trained, scored, exported with the
+    processor."""
+    import lit_ft
+
+    tuner = lit_ft.FineTuner(
+        ["task=vision_instruction", "model=tiny_vlm", "data=text_files", "data.block_size=64",
+         "data.messages_column=messages", "data.images_column=images", "trainer.max_steps=4",
+         "trainer.precision=32-true", "trainer.enable_progress_bar=false",
+         f"paths.output_dir={tmp_path}"],
+        train_dataset=_colour_rows(16), eval_dataset=_colour_rows(4),
+    )  # fmt: skip
+    tuner.train()
+    assert "val/exact_match" in tuner.results["metrics"]["after"]
+    assert (tmp_path / "hf_model" / "processor_config.json").is_file()
+
+
+@pytest.mark.slow
+def test_an_image_folder_with_metadata(run_cli, tmp_path):
+    """data.path=imagefolder: images beside a metadata.jsonl holding the chats; the datasets
+    Image column is the images column, each row's file named in predictions.jsonl."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    lines = []
+    for i, row in enumerate(_colour_rows(20)):
+        row["images"][0].save(folder / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "messages": row["messages"]}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    result = run_cli([
+        "task=vision_instruction", "model=tiny_vlm", "data=text_files", "data.path=imagefolder",
+        f"data.data_files={folder}/**", "data.messages_column=messages",
+        "data.images_column=image", "data.block_size=64", "data.validation_split_percentage=20",
+        "trainer.max_steps=4", "trainer.precision=32-true", "trainer.enable_progress_bar=false",
+        f"paths.output_dir={out}",
+    ])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["image"][0].startswith(str(folder)) for r in rows)
