@@ -73,6 +73,15 @@ IDEFICS3_TOKENS = [
 ]
 
 IMAGE, PATCH = 32, 8  # the vision tower's input size and patch size (both families)
+# Both families' vision towers: 2 layers, 64 wide, 32 x 32 images in 8 x 8 patches
+VISION = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": IMAGE,
+    "patch_size": PATCH,
+}
 
 
 def _text_config(tokenizer, eos_token_id: int) -> dict:
@@ -118,16 +127,7 @@ def _llava(tokenizer_dir: Path):
         chat_template=LLAVA_TEMPLATE,
     )
     config = LlavaConfig(
-        vision_config={
-            "model_type": "clip_vision_model",
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": IMAGE,
-            "patch_size": PATCH,
-            "projection_dim": 64,
-        },
+        vision_config={"model_type": "clip_vision_model", **VISION, "projection_dim": 64},
         text_config=_text_config(tokenizer, tokenizer.eos_token_id),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         image_seq_length=(IMAGE // PATCH) ** 2,
@@ -160,14 +160,7 @@ def _idefics3(tokenizer_dir: Path):
     )
     config = Idefics3Config(
         text_config=_text_config(tokenizer, end),
-        vision_config={
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": IMAGE,
-            "patch_size": PATCH,
-        },
+        vision_config=VISION,
         scale_factor=scale,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         tie_word_embeddings=True,

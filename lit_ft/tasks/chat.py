@@ -28,6 +28,14 @@ from lit_ft.errors import LitFtError
 
 TRAIN_ON = ("all_assistant", "last_assistant")
 
+
+def train_on_problem(train_on) -> str | None:
+    """task.train_on: one of TRAIN_ON (instruction and vision_instruction)."""
+    if train_on in TRAIN_ON:
+        return None
+    return f"task.train_on='{train_on}' is unknown; use one of {', '.join(TRAIN_ON)}"
+
+
 # Templates for tokenizers that have none. Each renders a generation prompt that ends where
 # the answer's first character is, so the answer's tokens do not straddle the boundary.
 NAMED_TEMPLATES: dict[str, str] = {

@@ -31,7 +31,6 @@ from lit_ft.problems import Problems
 from lit_ft.tasks.answers import REFERENCES, generation_problems
 from lit_ft.tasks.base import PadCollator, Task, TaskContext, example_lengths, pad_rows
 from lit_ft.tasks.chat import (
-    TRAIN_ON,
     add_end_of_turn_token,
     answer_spans,
     end_of_turn,
@@ -39,6 +38,7 @@ from lit_ft.tasks.chat import (
     resolve_template,
     template_problem,
     tokens_and_labels,
+    train_on_problem,
 )
 from lit_ft.tasks.packing import (
     best_fit_decreasing,
@@ -104,11 +104,7 @@ class InstructionTask(Task):
     def option_problems(cls, options) -> Problems:
         problems = Problems()
         problems.add(template_problem(options.get("chat_template")))
-        train_on = options.get("train_on")
-        problems.need(
-            train_on in TRAIN_ON,
-            f"task.train_on='{train_on}' is unknown; use one of {', '.join(TRAIN_ON)}",
-        )
+        problems.add(train_on_problem(options.get("train_on")))
         problems += generation_problems(options)
         return problems
 

@@ -37,7 +37,7 @@ from lit_ft.errors import LitFtError
 from lit_ft.problems import Problems
 from lit_ft.tasks.answers import REFERENCES, generation_problems
 from lit_ft.tasks.base import PadCollator, Task, TaskContext
-from lit_ft.tasks.chat import TRAIN_ON, answer_spans, end_of_turn, marked
+from lit_ft.tasks.chat import answer_spans, end_of_turn, marked, train_on_problem
 
 IMAGES = "_images"  # a batch's image references per row (the model never sees this key)
 
@@ -73,11 +73,7 @@ class VisionInstructionTask(Task):
     @classmethod
     def option_problems(cls, options) -> Problems:
         problems = Problems()
-        problems.need(
-            options.get("train_on") in TRAIN_ON,
-            f"task.train_on='{options.get('train_on')}' is unknown; use one of "
-            f"{', '.join(TRAIN_ON)}",
-        )
+        problems.add(train_on_problem(options.get("train_on")))
         problems.need(
             not options.get("packing"),
             "task.packing=true: vision_instruction does not pack chats (the processors build "
