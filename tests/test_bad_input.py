@@ -121,6 +121,15 @@ def test_empty_data_file(tiny_tokenizer_dir, text_file, tmp_path):
         lit_ft.train_from_overrides([*args, "data.path=csv"])
 
 
+def test_a_validation_interval_past_the_epoch_is_named(tiny_tokenizer_dir, text_file, tmp_path):
+    """~70 batches of 8 an epoch (tests/helpers/config.py): an interval of 1,000 batches is
+    refused before the model loads, with what would do, instead of Lightning's traceback."""
+    args = tiny_run_overrides(tiny_tokenizer_dir, text_file, tmp_path / "run")
+    with pytest.raises(LitFtError, match=r"val_check_interval=1000 batches is more than an epoch"):
+        lit_ft.train_from_overrides([*args, "trainer.val_check_interval=1000"])
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_one_line_file_says_what_would_make_a_validation_split(
     tiny_tokenizer_dir, text_file, tmp_path
 ):

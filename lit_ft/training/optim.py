@@ -7,6 +7,7 @@ import math
 import torch
 
 from lit_ft.compat import fused_kernel_devices
+from lit_ft.errors import LitFtError
 from lit_ft.log import say
 from lit_ft.problems import Problems
 from lit_ft.training.elastic import GlobalBatch, saved_global_batch
@@ -199,6 +200,8 @@ def count_optimizer_steps(cfg, datamodule, world_size: int, resume=None) -> int:
     """
     streamed = cfg.data.get("streaming")  # a stream's length is unknown: max_steps decides
     batches = None if streamed else math.ceil(len(datamodule.train_dataloader()) / world_size)
+    if batches is not None:
+        check_validation_interval(cfg.trainer, batches, cfg.data.batch_size)
     counted = optimizer_steps(
         batches_per_epoch=batches,
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
@@ -213,3 +216,25 @@ def count_optimizer_steps(cfg, datamodule, world_size: int, resume=None) -> int:
         say(f"the schedule keeps the original run's {saved} steps (this layout counts {counted})")
         return saved
     return counted
+
+
+def check_validation_interval(trainer, batches: int, batch_size: int) -> None:
+    """`trainer.val_check_interval` as a whole number counts training batches within an epoch;
+    one past the epoch's batches would stop Lightning when training starts, with a traceback.
+    Refused here, before the model loads, saying what would do: e.g. 1,440 rows in batches of
+    16 are 90 batches, so 100 is refused."""
+    interval = trainer.get("val_check_interval")
+    within_epoch = trainer.get("check_val_every_n_epoch", 1) is not None
+    limit = trainer.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = int(batches * limit)
+    whole = isinstance(interval, int) and not isinstance(interval, bool)
+    if whole and within_epoch and interval > batches:
+        raise LitFtError(
+            f"trainer.val_check_interval={interval} batches is more than an epoch holds: "
+            f"{batches} training batches of data.batch_size={batch_size} (per process). Set "
+            f"it to at most {batches}, to a fraction of the epoch (e.g. 0.5), or set "
+            "trainer.check_val_every_n_epoch=null to count batches across epochs"
+        )
