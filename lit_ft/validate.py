@@ -18,6 +18,7 @@ from lit_ft.problems import Problems
 
 def validate_config(cfg: DictConfig) -> None:
     """Check the whole config before any long work starts; report every problem at once."""
+    from lit_ft.data.mixture import mixture_problems
     from lit_ft.data.sources import data_problems
     from lit_ft.data.streaming import streaming_problems
     from lit_ft.evaluate import lm_eval_problems
@@ -46,6 +47,8 @@ def validate_config(cfg: DictConfig) -> None:
     problems += model_problems(cfg.model, given="model" in given)
     problems += task_problems(cfg.task.name, cfg.data, cfg.task)
     problems += data_problems(cfg.data, given="data" in given)
+    if "data" not in given:  # rows given as objects have no sources to mix
+        problems += mixture_problems(cfg.data)
     problems += truncation_problems(cfg.data.get("truncation", "cut"), cfg.task.name)
     problems += step_problems(trainer)
     problems += precision_problems(trainer)

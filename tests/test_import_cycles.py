@@ -121,3 +121,31 @@ def test_a_function_level_import_is_a_cycle_too():
     relative = ast.parse("from ..tasks import base").body[0]
     assert _imported(relative, "lit_ft.model.build", is_package=False) == ["lit_ft.tasks.base"]
     assert _package("lit_ft.steps") == "steps" and _package("lit_ft.train") == "lit_ft"
+
+
+def module_imports() -> dict[tuple[str, str], set[str]]:
+    """(importing module, imported module) -> the importing file, every import counted; a
+    name imported from a module (`from lit_ft.data.sources import load_source`) is an edge
+    to that module, and lit_ft/__init__'s re-exports are left out as above."""
+    modules = {_module_name(path) for path in ROOT.rglob("*.py")}
+    edges: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for path in ROOT.rglob("*.py"):
+        module = _module_name(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            for name in _imported(node, module, path.name == "__init__.py"):
+                if name.split(".")[0] != "lit_ft":
+                    continue
+                while name not in modules and "." in name:  # lit_ft.data.sources.load_source
+                    name = name.rsplit(".", 1)[0]
+                if name not in (module, "lit_ft"):
+                    edges[(module, name)].add(str(path.relative_to(ROOT.parent)))
+    return edges
+
+
+def test_no_import_cycle_between_modules():
+    """Inside a package too: two files that import each other (one inside a function) are
+    one concept split in two, or a rule living on the wrong side."""
+    edges = module_imports()
+    assert ("lit_ft.data.mixture", "lit_ft.data.sources") in edges  # the scan sees them
+    found = [" <-> ".join(group) for group in cycles(edges)]
+    assert not found, "import cycles between lit_ft's modules:\n" + "\n".join(found)

@@ -174,10 +174,7 @@ def data_problems(data, given: bool = False) -> Problems:
             "memory already: drop data.streaming",
         )
         return problems
-    from lit_ft.data.mixture import mixture_problems
-
-    problems += mixture_problems(data)
-    if data.path == "mixture":  # its sources are checked above
+    if data.path == "mixture":  # its sources: lit_ft.data.mixture.mixture_problems
         return problems
     problems.need(
         bool(data.path), "data.path is empty: give a Hub dataset name or text/csv/json/parquet"
