@@ -52,10 +52,7 @@ def run_job(cfg: DictConfig, given=None) -> Job:
     tokenizer, callbacks, compute_metrics) in place of what the config would load."""
     from lit_ft import steps  # the one lazy import: the heavy stack, once a run really starts
     from lit_ft.distributed import is_global_zero
-    from lit_ft.model.build import ModelSpec
-    from lit_ft.observe.loggers import log_config
     from lit_ft.run_lock import hold_run_dir
-    from lit_ft.training.module import FineTuneModule
 
     started = time.perf_counter()
     validate_config(cfg)  # every problem at once, before any long work
@@ -64,52 +61,8 @@ def run_job(cfg: DictConfig, given=None) -> Job:
     output_dir.mkdir(parents=True, exist_ok=True)
     with hold_run_dir(output_dir, leader):  # a second live run on this directory is refused
         steps.write_config(cfg, output_dir, leader)
-        spec = ModelSpec(task=cfg.task.name, **to_plain(cfg.model))
-        given = given or steps.Given()
-        steps.check_run_sources(cfg, spec, given)
-        resume = steps.resolve_resume(cfg.ckpt_path, cfg.paths.checkpoint_dir)  # read once
-        lora = hydra.utils.instantiate(cfg.peft) if cfg.get("peft") else None  # peft=lora
-        callbacks, recorder = steps.run_callbacks(
-            [*_instantiate_all(cfg.callbacks), *given.callbacks],
-            cfg.paths.checkpoint_dir,
-            lora,
-            started,
-            output_dir=str(output_dir),
-        )
-        precision = steps.choose_precision(cfg.trainer)
-        # The Trainer before the data: a setting this machine cannot run fails in seconds.
-        trainer = _make_trainer(cfg, callbacks, precision)
-        log_config(trainer.loggers, to_plain(cfg))
-        steps.keep_global_batch_on_resume(cfg, resume, trainer)  # on other hardware
-        steps.seed_everything(cfg.seed, workers=True)
-        data = steps.prepare_data(cfg, spec, given)
-        steps.check_resume_fits(resume, data, spec, cfg.force_resume)  # before any model
-        num_steps = steps.count_optimizer_steps(cfg, data.datamodule, trainer.world_size, resume)
-        module = FineTuneModule(
-            spec,
-            optimizer=hydra.utils.instantiate(cfg.optimizer),
-            scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.scheduler else None,
-            num_training_steps=num_steps,
-            task=data.task,
-            model=steps.build_network(
-                spec,
-                data,
-                lora,
-                to_plain(cfg.compile),
-                cfg.data.batch_size,
-                trainer.strategy,
-                given_model=given.model,
-            ),
-            targets_per_batch=cfg.data.batch_size * data.task.max_length,  # a loss scale
-            sources=getattr(data.datamodule, "source_labels", None),  # data=mixture
-        )
-        metric_fn = given.compute_metrics or cfg.task.get("compute_metrics")  # fn or module:fn
-        steps.use_compute_metrics(module, metric_fn, given.preprocess_logits_for_metrics)
-        world = trainer.world_size
-        estimate = steps.plan_memory(cfg, data.task, module.model, world, precision.text)
-        steps.print_plan(cfg, data, module, num_steps, world, estimate)
-        dm = data.datamodule
-        steps.show_training_example(data.task, dm.datasets["train"], output_dir)
+        run = _set_up(cfg, given or steps.Given(), output_dir, started)
+        trainer, module, dm, resume = run.trainer, run.module, run.data.datamodule, run.resume
 
         before = steps.evaluate_start(trainer, module, dm, resume, cfg.evaluate_before)
         trainer.fit(module, datamodule=dm, ckpt_path=resume.path if resume else None)
@@ -118,22 +71,94 @@ def run_job(cfg: DictConfig, given=None) -> Job:
         predictions = (
             steps.write_predictions(trainer, module, dm, output_dir) if cfg.predict else None
         )
-        job = Job({"metrics": metrics, "output_dir": str(output_dir)}, trainer, module, data, best)
-        if not trainer.is_global_zero:
-            return job
-
-        exported = steps.export_run(cfg, trainer, module.model, data.tokenizer, output_dir, best)
-        paths = {"best": best, "last": steps.last_checkpoint(trainer), **exported}
-        paths |= {"predictions": predictions, "output_dir": output_dir}
-        paths["resumed_from"] = resume.path if resume else None
-        job.results = steps.results(
-            data.task, metrics, trainer, recorder, data.seconds, started, paths, estimate
+        job = Job(
+            {"metrics": metrics, "output_dir": str(output_dir)}, trainer, module, run.data, best
         )
-        job.results["lm_eval"] = steps.lm_eval_at_end(cfg, job.results.get("export_dir"))
-        if cfg.get("given"):  # what came as objects: kind, rows, fingerprint
-            job.results["given"] = to_plain(cfg.given)
-        steps.write_results(job.results, data.task)
+        if trainer.is_global_zero:
+            job.results = _hand_on(cfg, run, metrics, best, predictions, output_dir, started)
         return job
+
+
+@dataclass
+class _SetUp:
+    """What `_set_up` made for the fit: the Trainer, the data, the LightningModule."""
+
+    trainer: Any
+    data: Any  # PreparedData
+    module: Any
+    resume: Any  # the checkpoint to resume from (None: a fresh start)
+    recorder: Any  # the run's timings and throughput (lit_ft/observe)
+    estimate: Any  # the memory plan printed before training
+
+
+def _set_up(cfg: DictConfig, given, output_dir: Path, started: float) -> _SetUp:
+    """Sources and resume point checked -> callbacks, precision, the Trainer -> seed -> data ->
+    steps counted -> the model in its LightningModule -> the plan printed."""
+    from lit_ft import steps
+    from lit_ft.model.build import ModelSpec
+    from lit_ft.observe.loggers import log_config
+    from lit_ft.training.module import FineTuneModule
+
+    spec = ModelSpec(task=cfg.task.name, **to_plain(cfg.model))
+    steps.check_run_sources(cfg, spec, given)
+    resume = steps.resolve_resume(cfg.ckpt_path, cfg.paths.checkpoint_dir)  # read once
+    lora = hydra.utils.instantiate(cfg.peft) if cfg.get("peft") else None  # peft=lora
+    callbacks, recorder = steps.run_callbacks(
+        [*_instantiate_all(cfg.callbacks), *given.callbacks],
+        cfg.paths.checkpoint_dir,
+        lora,
+        started,
+        output_dir=str(output_dir),
+    )
+    precision = steps.choose_precision(cfg.trainer)
+    # The Trainer before the data: a setting this machine cannot run fails in seconds.
+    trainer = _make_trainer(cfg, callbacks, precision)
+    log_config(trainer.loggers, to_plain(cfg))
+    steps.keep_global_batch_on_resume(cfg, resume, trainer)  # on other hardware
+    steps.seed_everything(cfg.seed, workers=True)
+    data = steps.prepare_data(cfg, spec, given)
+    steps.check_resume_fits(resume, data, spec, cfg.force_resume)  # before any model
+    num_steps = steps.count_optimizer_steps(cfg, data.datamodule, trainer.world_size, resume)
+    network = steps.build_network(
+        spec, data, lora, to_plain(cfg.compile), cfg.data.batch_size, trainer.strategy,
+        given_model=given.model,
+    )  # fmt: skip
+    module = FineTuneModule(
+        spec,
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=hydra.utils.instantiate(cfg.scheduler) if cfg.scheduler else None,
+        num_training_steps=num_steps,
+        task=data.task,
+        model=network,
+        targets_per_batch=cfg.data.batch_size * data.task.max_length,  # a loss scale
+        sources=getattr(data.datamodule, "source_labels", None),  # data=mixture
+    )
+    metric_fn = given.compute_metrics or cfg.task.get("compute_metrics")  # fn or module:fn
+    steps.use_compute_metrics(module, metric_fn, given.preprocess_logits_for_metrics)
+    world = trainer.world_size
+    estimate = steps.plan_memory(cfg, data.task, module.model, world, precision.text)
+    steps.print_plan(cfg, data, module, num_steps, world, estimate)
+    steps.show_training_example(data.task, data.datamodule.datasets["train"], output_dir)
+    return _SetUp(trainer, data, module, resume, recorder, estimate)
+
+
+def _hand_on(cfg, run: _SetUp, metrics, best, predictions, output_dir: Path, started) -> dict:
+    """Rank zero's end: the export, the Hub upload, lm_eval, results.json; returns results."""
+    from lit_ft import steps
+
+    trainer, data = run.trainer, run.data
+    exported = steps.export_run(cfg, trainer, run.module.model, data.tokenizer, output_dir, best)
+    paths = {"best": best, "last": steps.last_checkpoint(trainer), **exported}
+    paths |= {"predictions": predictions, "output_dir": output_dir}
+    paths["resumed_from"] = run.resume.path if run.resume else None
+    results = steps.results(
+        data.task, metrics, trainer, run.recorder, data.seconds, started, paths, run.estimate
+    )
+    results["lm_eval"] = steps.lm_eval_at_end(cfg, results.get("export_dir"))
+    if cfg.get("given"):  # what came as objects: kind, rows, fingerprint
+        results["given"] = to_plain(cfg.given)
+    steps.write_results(results, data.task)
+    return results
 
 
 def train_from_overrides(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
