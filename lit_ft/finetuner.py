@@ -59,7 +59,6 @@ class FineTuner:
         callbacks: Sequence | None = None,
     ):
         from lit_ft.steps import Given
-        from lit_ft.training.hf_callbacks import HFCallbacks, split_callbacks
 
         if isinstance(config_or_overrides, DictConfig):
             cfg = copy.deepcopy(config_or_overrides)  # the caller's config stays as it was
@@ -68,65 +67,15 @@ class FineTuner:
         else:
             cfg = compose(list(config_or_overrides))
         self.cfg = cfg
+        # What came as objects, each in place of what the config would load; `record` is
+        # what results.json and the run's config say of them (cfg.given).
         given, record = Given(), {}
-        if eval_dataset is not None and train_dataset is None:
-            raise LitFtError("eval_dataset without train_dataset: give both, or neither")
-        if train_dataset is not None:
-            from lit_ft.data.given import given_splits
-
-            given.splits, record["data"] = given_splits(train_dataset, eval_dataset)
-            with open_dict(cfg):  # the source is the objects: no path or files to read
-                cfg.data.path = cfg.data.name = cfg.data.data_files = cfg.data.corpus = None
-        if model is not None:
-            given.model, given.tokenizer = model, tokenizer or _tokenizer_beside(model)
-            record["model"] = {
-                "kind": type(model).__name__,
-                "name_or_path": getattr(model, "name_or_path", "") or None,
-                "parameters": sum(p.numel() for p in model.parameters()),
-            }
-            with open_dict(cfg):
-                cfg.model.name_or_path = record["model"]["name_or_path"] or type(model).__name__
-                cfg.model.model_type = cfg.model.config_overrides = cfg.model.tokenizer = None
-                cfg.model.from_scratch = False
-        elif tokenizer is not None:
-            given.tokenizer = tokenizer
-        if given.tokenizer is not None:
-            record["tokenizer"] = {"kind": type(given.tokenizer).__name__}
-        if data_collator is not None:
-            if not callable(data_collator):
-                raise LitFtError("data_collator must be a function of a list of rows")
-            given.data_collator = data_collator
-            record["data_collator"] = getattr(
-                data_collator, "__name__", type(data_collator).__name__
-            )
-        if compute_metrics is not None:
-            if not callable(compute_metrics):
-                raise LitFtError("compute_metrics must be a function of an EvalPrediction")
-            from lit_ft.tasks import get_task
-
-            task = get_task(cfg.task.name)
-            if task.sequences_per_row != 1:
-                raise LitFtError(
-                    f"compute_metrics: task={task.name} scores {task.row_name} of "
-                    f"{task.sequences_per_row} sequences, which the compute_metrics contract "
-                    "(logits and labels of one sequence per row) cannot hold"
-                )
-            given.compute_metrics = compute_metrics
-            given.preprocess_logits_for_metrics = preprocess_logits_for_metrics
-            record["compute_metrics"] = getattr(compute_metrics, "__name__", repr(compute_metrics))
-        given.callbacks, hf_callbacks = split_callbacks(callbacks)
-        if hf_callbacks:  # one Lightning callback drives them all (training/hf_callbacks.py)
-            given.callbacks.append(
-                HFCallbacks(
-                    hf_callbacks,
-                    output_dir=cfg.paths.output_dir,
-                    seed=cfg.seed,
-                    batch_size=cfg.data.batch_size,
-                    checkpoint_dir=cfg.paths.checkpoint_dir,
-                )
-            )
-        if given.callbacks:
-            record["callbacks"] = [type(c).__name__ for c in callbacks]
+        _give_data(cfg, given, record, train_dataset, eval_dataset)
+        _give_model(cfg, given, record, model, tokenizer)
+        _give_functions(
+            cfg, given, record, data_collator, compute_metrics, preprocess_logits_for_metrics
+        )
+        _give_callbacks(cfg, given, record, callbacks)
         if record:
             with open_dict(cfg):
                 cfg.given = record
@@ -249,3 +198,78 @@ def _loggers_off(trainer):
         yield
     finally:
         trainer.loggers = loggers
+
+
+# -- objects given to FineTuner, in place of what the config would load ---------------------
+def _give_data(cfg, given, record: dict, train_dataset, eval_dataset) -> None:
+    if eval_dataset is not None and train_dataset is None:
+        raise LitFtError("eval_dataset without train_dataset: give both, or neither")
+    if train_dataset is None:
+        return
+    from lit_ft.data.given import given_splits
+
+    given.splits, record["data"] = given_splits(train_dataset, eval_dataset)
+    with open_dict(cfg):  # the source is the objects: no path or files to read
+        cfg.data.path = cfg.data.name = cfg.data.data_files = cfg.data.corpus = None
+
+
+def _give_model(cfg, given, record: dict, model, tokenizer) -> None:
+    if model is not None:
+        given.model, given.tokenizer = model, tokenizer or _tokenizer_beside(model)
+        record["model"] = {
+            "kind": type(model).__name__,
+            "name_or_path": getattr(model, "name_or_path", "") or None,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+        with open_dict(cfg):
+            cfg.model.name_or_path = record["model"]["name_or_path"] or type(model).__name__
+            cfg.model.model_type = cfg.model.config_overrides = cfg.model.tokenizer = None
+            cfg.model.from_scratch = False
+    elif tokenizer is not None:
+        given.tokenizer = tokenizer
+    if given.tokenizer is not None:
+        record["tokenizer"] = {"kind": type(given.tokenizer).__name__}
+
+
+def _give_functions(
+    cfg, given, record: dict, data_collator, compute_metrics, preprocess_logits
+) -> None:
+    if data_collator is not None:
+        if not callable(data_collator):
+            raise LitFtError("data_collator must be a function of a list of rows")
+        given.data_collator = data_collator
+        record["data_collator"] = getattr(data_collator, "__name__", type(data_collator).__name__)
+    if compute_metrics is None:
+        return
+    if not callable(compute_metrics):
+        raise LitFtError("compute_metrics must be a function of an EvalPrediction")
+    from lit_ft.tasks import get_task
+
+    task = get_task(cfg.task.name)
+    if task.sequences_per_row != 1:
+        raise LitFtError(
+            f"compute_metrics: task={task.name} scores {task.row_name} of "
+            f"{task.sequences_per_row} sequences, which the compute_metrics contract "
+            "(logits and labels of one sequence per row) cannot hold"
+        )
+    given.compute_metrics = compute_metrics
+    given.preprocess_logits_for_metrics = preprocess_logits
+    record["compute_metrics"] = getattr(compute_metrics, "__name__", repr(compute_metrics))
+
+
+def _give_callbacks(cfg, given, record: dict, callbacks) -> None:
+    from lit_ft.training.hf_callbacks import HFCallbacks, split_callbacks
+
+    given.callbacks, hf_callbacks = split_callbacks(callbacks)
+    if hf_callbacks:  # one Lightning callback drives them all (training/hf_callbacks.py)
+        given.callbacks.append(
+            HFCallbacks(
+                hf_callbacks,
+                output_dir=cfg.paths.output_dir,
+                seed=cfg.seed,
+                batch_size=cfg.data.batch_size,
+                checkpoint_dir=cfg.paths.checkpoint_dir,
+            )
+        )
+    if given.callbacks:
+        record["callbacks"] = [type(c).__name__ for c in callbacks]
