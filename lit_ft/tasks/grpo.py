@@ -115,65 +115,8 @@ class GRPOTask(Task):
 
     @classmethod
     def option_problems(cls, options) -> Problems:
-        problems = Problems()
-        funcs = options.get("reward_funcs") or []
-        model_dir = options.get("reward_model")
-        problems.need(
-            model_dir is None or (Path(str(model_dir)) / "config.json").is_file(),
-            f"task.reward_model='{model_dir}' holds no model (no config.json); give the hf_model "
-            "folder of a task=reward_model run",
-        )
-        problems.need(
-            len(funcs) > 0 or model_dir is not None,
-            "task.reward_funcs is empty: name at least one reward function, e.g. "
-            "task.reward_funcs=[lit_ft.tasks.rewards:numeric_match] or [my_rewards.py:fn], or "
-            "a reward model (task.reward_model=<run>/hf_model)",
-        )
-        for spec in funcs:
-            problems += function_problems(spec, "task.reward_funcs")
-        weights = options.get("reward_weights")
-        problems.need(
-            weights is None or len(weights) == len(funcs) + (model_dir is not None),
-            f"task.reward_weights has {len(weights or [])} weights for "
-            f"{len(funcs) + (model_dir is not None)} reward functions (the reward model last); "
-            "give one per function (or null: 1 each)",
-        )
-        g = options.get("num_generations")
-        problems.need(
-            isinstance(g, int) and not isinstance(g, bool) and g >= 2,
-            f"task.num_generations must be an integer >= 2 (a group needs two completions to "
-            f"compare), got {g!r}",
-        )
-        problems.need(
-            options.get("loss_type") in LOSS_TYPES,
-            f"task.loss_type='{options.get('loss_type')}' is unknown; use one of "
-            f"{', '.join(LOSS_TYPES)}",
-        )
-        problems.need(
-            options.get("scale_rewards") in SCALINGS,
-            f"task.scale_rewards='{options.get('scale_rewards')}' is unknown; use one of "
-            f"{', '.join(SCALINGS)}",
-        )
-        for key in ("temperature", "epsilon", "max_new_tokens"):
-            problems.need(
-                _positive(options.get(key)),
-                f"task.{key} must be positive, got {options.get(key)!r}",
-            )
-        top_p = options.get("top_p")
-        problems.need(
-            _positive(top_p) and top_p <= 1, f"task.top_p must be in (0, 1], got {top_p!r}"
-        )
-        beta = options.get("beta")
-        problems.need(
-            isinstance(beta, int | float) and not isinstance(beta, bool) and beta >= 0,
-            f"task.beta must be a number >= 0, got {beta!r}",
-        )
-        mu = options.get("num_iterations")
-        problems.need(
-            isinstance(mu, int) and not isinstance(mu, bool) and mu >= 1,
-            f"task.num_iterations must be an integer >= 1 (optimizer steps on each window's "
-            f"rollouts), got {mu!r}",
-        )
+        problems = _reward_problems(options)
+        problems += _rollout_problems(options)
         problems.add(template_problem(options.get("chat_template")))
         return problems
 
@@ -531,3 +474,71 @@ def collate_prompts(rows: list[dict[str, Any]], pad: int, prompt_column: str) ->
         "attention_mask": pad_rows(mask, 0),
         COLUMNS_KEY: columns,
     }
+
+
+def _reward_problems(options) -> Problems:
+    """The rewards: functions that import, a reward model that is one, a weight for each."""
+    problems = Problems()
+    funcs = options.get("reward_funcs") or []
+    model_dir = options.get("reward_model")
+    problems.need(
+        model_dir is None or (Path(str(model_dir)) / "config.json").is_file(),
+        f"task.reward_model='{model_dir}' holds no model (no config.json); give the hf_model "
+        "folder of a task=reward_model run",
+    )
+    problems.need(
+        len(funcs) > 0 or model_dir is not None,
+        "task.reward_funcs is empty: name at least one reward function, e.g. "
+        "task.reward_funcs=[lit_ft.tasks.rewards:numeric_match] or [my_rewards.py:fn], or "
+        "a reward model (task.reward_model=<run>/hf_model)",
+    )
+    for spec in funcs:
+        problems += function_problems(spec, "task.reward_funcs")
+    weights = options.get("reward_weights")
+    problems.need(
+        weights is None or len(weights) == len(funcs) + (model_dir is not None),
+        f"task.reward_weights has {len(weights or [])} weights for "
+        f"{len(funcs) + (model_dir is not None)} reward functions (the reward model last); "
+        "give one per function (or null: 1 each)",
+    )
+    return problems
+
+
+def _rollout_problems(options) -> Problems:
+    """Sampling and the loss: group size, loss type, scaling, temperature, clipping, KL."""
+    problems = Problems()
+    g = options.get("num_generations")
+    problems.need(
+        isinstance(g, int) and not isinstance(g, bool) and g >= 2,
+        f"task.num_generations must be an integer >= 2 (a group needs two completions to "
+        f"compare), got {g!r}",
+    )
+    problems.need(
+        options.get("loss_type") in LOSS_TYPES,
+        f"task.loss_type='{options.get('loss_type')}' is unknown; use one of "
+        f"{', '.join(LOSS_TYPES)}",
+    )
+    problems.need(
+        options.get("scale_rewards") in SCALINGS,
+        f"task.scale_rewards='{options.get('scale_rewards')}' is unknown; use one of "
+        f"{', '.join(SCALINGS)}",
+    )
+    for key in ("temperature", "epsilon", "max_new_tokens"):
+        problems.need(
+            _positive(options.get(key)),
+            f"task.{key} must be positive, got {options.get(key)!r}",
+        )
+    top_p = options.get("top_p")
+    problems.need(_positive(top_p) and top_p <= 1, f"task.top_p must be in (0, 1], got {top_p!r}")
+    beta = options.get("beta")
+    problems.need(
+        isinstance(beta, int | float) and not isinstance(beta, bool) and beta >= 0,
+        f"task.beta must be a number >= 0, got {beta!r}",
+    )
+    mu = options.get("num_iterations")
+    problems.need(
+        isinstance(mu, int) and not isinstance(mu, bool) and mu >= 1,
+        f"task.num_iterations must be an integer >= 1 (optimizer steps on each window's "
+        f"rollouts), got {mu!r}",
+    )
+    return problems
