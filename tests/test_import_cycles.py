@@ -48,18 +48,23 @@ def _imported(node: ast.AST, module: str, is_package: bool) -> list[str]:
     return []
 
 
-def package_imports() -> dict[tuple[str, str], set[str]]:
-    """(importing package, imported package) -> the files that import across."""
-    edges: dict[tuple[str, str], set[str]] = defaultdict(set)
+def _lit_ft_imports():
+    """(importing module, imported lit_ft name, the importing file) for every import."""
     for path in ROOT.rglob("*.py"):
         module = _module_name(path)
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             for name in _imported(node, module, path.name == "__init__.py"):
-                if name.split(".")[0] != "lit_ft":
-                    continue
-                source, target = _package(module), _package(name)
-                if source != target and target != "lit_ft":  # lit_ft/__init__ re-exports only
-                    edges[(source, target)].add(str(path.relative_to(ROOT.parent)))
+                if name.split(".")[0] == "lit_ft":
+                    yield module, name, str(path.relative_to(ROOT.parent))
+
+
+def package_imports() -> dict[tuple[str, str], set[str]]:
+    """(importing package, imported package) -> the files that import across."""
+    edges: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for module, name, file in _lit_ft_imports():
+        source, target = _package(module), _package(name)
+        if source != target and target != "lit_ft":  # lit_ft/__init__ re-exports only
+            edges[(source, target)].add(file)
     return edges
 
 
@@ -129,16 +134,11 @@ def module_imports() -> dict[tuple[str, str], set[str]]:
     to that module, and lit_ft/__init__'s re-exports are left out as above."""
     modules = {_module_name(path) for path in ROOT.rglob("*.py")}
     edges: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for path in ROOT.rglob("*.py"):
-        module = _module_name(path)
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            for name in _imported(node, module, path.name == "__init__.py"):
-                if name.split(".")[0] != "lit_ft":
-                    continue
-                while name not in modules and "." in name:  # lit_ft.data.sources.load_source
-                    name = name.rsplit(".", 1)[0]
-                if name not in (module, "lit_ft"):
-                    edges[(module, name)].add(str(path.relative_to(ROOT.parent)))
+    for module, name, file in _lit_ft_imports():
+        while name not in modules and "." in name:  # lit_ft.data.sources.load_source
+            name = name.rsplit(".", 1)[0]
+        if name not in (module, "lit_ft"):
+            edges[(module, name)].add(file)
     return edges
 
 
