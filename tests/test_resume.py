@@ -19,7 +19,9 @@ HELPERS = str(Path(__file__).parent)
 def _run(run_cli, overrides, log: Path, extra=()):
     args = [
         *overrides,
-        f"+callbacks.loss_log={{_target_: helpers.callbacks.LossLog, path: '{log}'}}",
+        # weights: true logs a digest of the weights each micro-batch used
+        "+callbacks.loss_log={_target_: helpers.callbacks.LossLog, "
+        f"path: '{log}', weights: true}}",
         *extra,
     ]
     env = {
@@ -67,19 +69,15 @@ CASES = {
 }
 
 
-# Known, open: with accumulation 3 and the resume inside a window, the resumed life's losses
-# drift by one fp32 rounding step (1e-7 relative) in about 1 CI run of 3 while the killed run's
-# first life matched (so it is the resume, not the process); not seen in 7 local repeats, and
-# MKL_CBWR=AUTO,STRICT did not remove it. Reported, not hidden: strict=False keeps it running.
-KNOWN_DRIFT = {
-    "accumulation_off_boundary": pytest.mark.xfail(
-        reason="1e-7 loss drift after a mid-window resume, intermittent; under investigation",
-        strict=False,
-    )
-}
+# Known, open: with accumulation 3, one resumed loss moved by one float32 rounding step
+# (5.848184586 against 5.848185062, 8e-8 relative) in 2 of 3 fresh-clone CI runs [Xeon AMX],
+# never in 30 repeats on the same machine kind, idle or loaded, and MKL_CBWR=AUTO,STRICT did
+# not remove it. The case may drift that far and no further: it is then reported as an
+# expected failure whose reason says which records moved and whether the weights had.
+KNOWN_DRIFT = {"accumulation_off_boundary": 1e-6}
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=KNOWN_DRIFT.get(c, ())) for c in CASES])
+@pytest.mark.parametrize("case", list(CASES))
 def test_killed_and_resumed_run_matches_uninterrupted(
     case, run_cli, tiny_tokenizer_dir, text_file, tmp_path
 ):
@@ -94,8 +92,9 @@ def test_killed_and_resumed_run_matches_uninterrupted(
         *extra,
     ]
     _check_kill_and_resume(
-        run_cli, tmp_path, common, tiny_tokenizer_dir, text_file, kill_step, micro, sig
-    )
+        run_cli, tmp_path, common, tiny_tokenizer_dir, text_file, kill_step, micro, sig,
+        drift=KNOWN_DRIFT.get(case),
+    )  # fmt: skip
 
 
 def test_length_grouped_instruction_run_resumes_exactly(
@@ -245,10 +244,13 @@ def test_mixture_run_resumes_exactly(mode, run_cli, tiny_tokenizer_dir, text_fil
 
 
 def _check_kill_and_resume(
-    run_cli, tmp_path, common, tokenizer_dir, text_file, kill_step, micro, sig="SIGKILL"
-):
+    run_cli, tmp_path, common, tokenizer_dir, text_file, kill_step, micro, sig="SIGKILL",
+    drift: float | None = None,
+):  # fmt: skip
     """Run to the end; run again, killed at `kill_step`; resume with ckpt_path=last: the
-    resumed losses and final weights must equal the uninterrupted run's, bit for bit."""
+    resumed losses, the weights each micro-batch used, and the final weights must equal the
+    uninterrupted run's, bit for bit. `drift`: a known case whose losses may move by up to
+    this relative amount (an expected failure that says what moved; more fails)."""
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     full = tiny_run_overrides(tokenizer_dir, text_file, full_dir) + common
     cut = tiny_run_overrides(tokenizer_dir, text_file, cut_dir) + common
@@ -276,24 +278,56 @@ def _check_kill_and_resume(
     resumed = _losses(tmp_path / "resumed.jsonl")
     start = len(reference) - len(resumed)
     assert 0 < start < len(reference)
-    if resumed != reference[start:]:  # same batches, same order, bit-identical losses
-        # Say whether the killed run's own first life already drifted from the uninterrupted
-        # run (numerics of the process) or only the resumed life did (the resume).
-        cut_life = _losses(tmp_path / "cut.jsonl")
-        before_kill = cut_life == reference[: len(cut_life)]
-        pairs = zip(resumed, reference[start:], strict=False)
-        first = next(i for i, (a, b) in enumerate(pairs) if a != b)
-        raise AssertionError(
-            f"resumed record {first}: {resumed[first]} != {reference[start + first]}; the "
-            f"killed run's first life {'matched' if before_kill else 'did not match'} the "
-            "uninterrupted run"
-        )
     full_w, cut_w = _final_weights(full_dir), _final_weights(cut_dir)
     assert full_w.keys() == cut_w.keys()
-    assert all(torch.equal(full_w[k], cut_w[k]) for k in full_w)
+    same_end = all(torch.equal(full_w[k], cut_w[k]) for k in full_w)
+    if resumed != reference[start:] or not same_end:
+        report, worst = _drift_report(
+            reference, resumed, start, _losses(tmp_path / "cut.jsonl"), same_end
+        )
+        if drift is not None and worst <= drift:
+            pytest.xfail(report)
+        raise AssertionError(report)
     full_x, cut_x = (load_file(d / "hf_model" / "model.safetensors") for d in (full_dir, cut_dir))
     assert full_x.keys() == cut_x.keys()
     assert all(torch.equal(full_x[k], cut_x[k]) for k in full_x)  # the export too
+
+
+def _drift_report(reference, resumed, start, cut_life, same_end) -> tuple[str, float]:
+    """What moved between the uninterrupted run and the resumed life, and the largest
+    relative loss difference (inf when a record is of another batch)."""
+    pairs = list(zip(resumed, reference[start:], strict=True))
+    moved = [i for i, (a, b) in enumerate(pairs) if a != b]
+    worst = 0.0
+    for i in moved:
+        a, b = pairs[i]
+        if _batch_of(a) != _batch_of(b):
+            worst = float("inf")  # other batches: not a rounding step
+        else:
+            worst = max(worst, abs(a["loss"] - b["loss"]) / abs(b["loss"]))
+    weights_moved = next(
+        (i for i in moved if pairs[i][0]["weights"] != pairs[i][1]["weights"]), None
+    )
+    lines = [
+        f"{len(moved)} of {len(pairs)} resumed records differ (largest relative loss change "
+        f"{worst:.2e})",
+        *(f"  record {i} (step {a['step']}, batch {a['batch']}): "
+          + (f"loss {a['loss']!r} != {b['loss']!r}" if a["loss"] != b["loss"] else "same loss")
+          + ("" if a["weights"] == b["weights"] else ", other weights")
+          for i, (a, b) in ((i, pairs[i]) for i in moved[:5])),
+        "  the weights each micro-batch used: "
+        + ("identical" if weights_moved is None else f"moved from record {weights_moved} on"),
+        f"  the final weights: {'identical' if same_end else 'differ'}",
+        "  the killed run's first life "
+        + ("matched" if cut_life == reference[: len(cut_life)] else "did not match")
+        + " the uninterrupted run",
+    ]  # fmt: skip
+    return "\n".join(lines), worst
+
+
+def _batch_of(record: dict) -> dict:
+    """A record without what the arithmetic makes (the loss, the weights): which batch."""
+    return {k: v for k, v in record.items() if k not in ("loss", "weights")}
 
 
 def test_resume_onto_changed_data_is_refused(run_cli, tiny_tokenizer_dir, text_file, tmp_path):

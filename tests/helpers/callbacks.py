@@ -10,10 +10,24 @@ from lightning.pytorch import Callback
 
 
 class LossLog(Callback):
-    """Appends (global step, batch index, micro-batch loss) to a JSONL file as training goes."""
+    """Appends (global step, batch index, micro-batch loss) to a JSONL file as training goes.
 
-    def __init__(self, path: str):
-        self.path = path
+    `weights=True` adds a digest of the exact bytes of every parameter the micro-batch's
+    forward used, so a comparison of two runs tells a loss that moved alone (its own
+    arithmetic) from one whose weights had already moved (an earlier update)."""
+
+    def __init__(self, path: str, weights: bool = False):
+        self.path, self.weights = path, weights
+        self._digest: str | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.weights:
+            import hashlib
+
+            digest = hashlib.sha1()
+            for param in pl_module.parameters():
+                digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+            self._digest = digest.hexdigest()[:16]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         record = {
@@ -24,6 +38,8 @@ class LossLog(Callback):
             "first_ids": batch["input_ids"][:, 0].tolist(),
             "rank": trainer.global_rank,
         }
+        if self.weights:
+            record["weights"] = self._digest
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
