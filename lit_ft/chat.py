@@ -12,6 +12,12 @@ leaves. From a pipe there is no prompt decoration: one reply per input line, so 
 drive it. Generation: `--temperature` (0: greedy), `--top-p`, `--max-new-tokens`; it stops at
 EOS or the chat's end of turn. LoRA: a merged export loads as any model; an adapter-only export
 (peft.export=adapter) is applied to its base and merged; a LoRA checkpoint likewise.
+
+A vision-language model (task=vision_instruction) is chatted with through its processor:
+`/image PATH` (or `--image PATH` for the first turn) attaches an image to the next user turn,
+and the images stay in the conversation until `/reset`.
+
+    printf '/image shapes/0001.png\nWhat colour is the shape?\n' | python -m lit_ft.chat <run>
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 
 from lit_ft.errors import EXIT_USER_ERROR, LitFtError
 
-COMMANDS = ("/reset", "/exit")
+COMMANDS = ("/image", "/reset", "/exit")
 
 
 def load_for_chat(source: str | Path):
@@ -34,6 +40,9 @@ def load_for_chat(source: str | Path):
         from lit_ft.export import load_checkpoint_model
 
         model, tokenizer = load_checkpoint_model(path)
+        processor = getattr(tokenizer, "lit_ft_processor", None)  # a vision-language run
+        if processor is not None:
+            return _merged(model).eval(), processor, f"checkpoint {path} (images: /image PATH)"
         return _causal(_merged(model), path), tokenizer, f"checkpoint {path}"
     if (path / "hf_model").is_dir():  # a run directory: the model it handed on
         path = path / "hf_model"
@@ -47,8 +56,22 @@ def load_for_chat(source: str | Path):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(path)
+    if _reads_images(config):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        model = AutoModelForImageTextToText.from_pretrained(path, config=config)
+        processor = AutoProcessor.from_pretrained(path)
+        return model.eval(), processor, f"export {path} (images: /image PATH)"
     model = AutoModelForCausalLM.from_pretrained(path, config=_causal_config(config, path))
     return model.eval(), AutoTokenizer.from_pretrained(path), f"export {path}"
+
+
+def _reads_images(config) -> bool:
+    """An image-text-to-text model (LLaVA, Idefics3, Qwen2-VL, ...): chatted with through
+    its processor, images and text."""
+    from transformers.models.auto import modeling_auto
+
+    return config.model_type in modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 
 def _causal_config(config, path: Path):
@@ -81,18 +104,27 @@ def _merged(model):
 def _adapter_export(path: Path):
     """An adapter-only export, applied to its base and merged."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from lit_ft.model.peft import adapter_base
 
-    base = AutoModelForCausalLM.from_pretrained(adapter_base(path))
+    base_dir = adapter_base(path)
+    if _reads_images(AutoConfig.from_pretrained(base_dir)):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        base = AutoModelForImageTextToText.from_pretrained(base_dir)
+        model = PeftModel.from_pretrained(base, path).merge_and_unload()
+        return model.eval(), AutoProcessor.from_pretrained(path)
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
     model = PeftModel.from_pretrained(base, path)
     return _causal(model.merge_and_unload(), path), AutoTokenizer.from_pretrained(path)
 
 
 class ChatSession:
     """A conversation with one model: `reply(text)` adds the user's turn, generates the
-    answer (streamed to `on_text` piece by piece) and keeps both; `reset()` forgets."""
+    answer (streamed to `on_text` piece by piece) and keeps both; `reset()` forgets.
+    `tokenizer` may be a vision-language model's processor: `attach(image)` then adds an
+    image to the next user turn."""
 
     def __init__(
         self,
@@ -105,7 +137,10 @@ class ChatSession:
     ) -> None:
         from lit_ft.tasks.chat import stop_at_end_of_turn
 
-        self.model, self.tokenizer = model, tokenizer
+        # A processor (image processor + tokenizer) reads images; its tokenizer decodes.
+        self.processor = tokenizer if hasattr(tokenizer, "image_processor") else None
+        self.model = model
+        self.tokenizer = tokenizer.tokenizer if self.processor is not None else tokenizer
         self.chat = bool(getattr(tokenizer, "chat_template", None))
         self.system = system
         self.settings = {"max_new_tokens": max_new_tokens}
@@ -113,22 +148,55 @@ class ChatSession:
             self.settings |= {"do_sample": True, "temperature": temperature, "top_p": top_p}
         else:
             self.settings |= {"do_sample": False}
-        stop_at_end_of_turn(getattr(model, "generation_config", None), tokenizer)
-        self.messages: list[dict[str, str]] = []
+        stop_at_end_of_turn(getattr(model, "generation_config", None), self.tokenizer)
+        self.messages: list[dict] = []
+        self.images: list = []  # every image of the conversation, in order
+        self.pending: list = []  # attached to the next user turn
         self.reset()
 
     def reset(self) -> None:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self.images, self.pending = [], []
+
+    def attach(self, path: str | Path) -> None:
+        """Add the image at `path` to the next user turn."""
+        if self.processor is None:
+            raise LitFtError("/image: this model reads text only (no image processor)")
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(Path(path).expanduser()) as image:
+                self.pending.append(image.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as err:
+            raise LitFtError(f"/image: cannot read '{path}' as an image: {err}") from err
+
+    def _user_turn(self, text: str) -> dict:
+        if self.processor is None:
+            return {"role": "user", "content": text}
+        parts = [{"type": "image"} for _ in self.pending]
+        return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
+
+    def prompt_inputs(self, text: str) -> dict:
+        """What generation continues: the whole conversation so far with the new user turn
+        and the assistant's generation prompt (with a processor: its images' pixels too),
+        or the plain text (no chat template)."""
+        if not self.chat:
+            return {"input_ids": self.tokenizer(text, return_tensors="pt")["input_ids"]}
+        messages = [*self.messages, self._user_turn(text)]
+        if self.processor is None:
+            ids = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )["input_ids"]
+            return {"input_ids": ids}
+        rendered = self.processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        images = [*self.images, *self.pending] or None
+        inputs = self.processor(text=rendered, images=images, return_tensors="pt")
+        return {k: v for k, v in inputs.items() if k != "attention_mask"}
 
     def prompt_ids(self, text: str):
-        """The ids generation continues: the whole conversation so far with the new user turn
-        and the assistant's generation prompt, or the plain text (no chat template)."""
-        if not self.chat:
-            return self.tokenizer(text, return_tensors="pt")["input_ids"]
-        messages = [*self.messages, {"role": "user", "content": text}]
-        return self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )["input_ids"]
+        return self.prompt_inputs(text)["input_ids"]
 
     def reply(self, text: str, on_text: Callable[[str], None] = lambda piece: None) -> str:
         import torch
@@ -139,12 +207,13 @@ class ChatSession:
                 if piece:
                     on_text(piece)
 
-        ids = self.prompt_ids(text).to(self.model.device)
+        inputs = {k: v.to(self.model.device) for k, v in self.prompt_inputs(text).items()}
+        ids = inputs["input_ids"]
         streamer = Pieces(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         pad = self.tokenizer.pad_token_id
         with torch.no_grad():
             out = self.model.generate(
-                input_ids=ids,
+                **inputs,
                 attention_mask=torch.ones_like(ids),
                 streamer=streamer,
                 pad_token_id=pad if pad is not None else self.tokenizer.eos_token_id,
@@ -152,21 +221,38 @@ class ChatSession:
             )
         answer = self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
         if self.chat:
-            self.messages += [
-                {"role": "user", "content": text},
-                {"role": "assistant", "content": answer},
-            ]
+            said = answer if self.processor is None else [{"type": "text", "text": answer}]
+            self.messages += [self._user_turn(text), {"role": "assistant", "content": said}]
+            self.images, self.pending = [*self.images, *self.pending], []
         return answer
 
 
-def converse(session: ChatSession, lines, write: Callable[[str], None], interactive: bool) -> None:
-    """Each input line a turn; `/reset` forgets the conversation, `/exit` leaves."""
+def converse(
+    session: ChatSession,
+    lines,
+    write: Callable[[str], None],
+    interactive: bool,
+    complain: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> None:
+    """Each input line a turn; `/image PATH` attaches an image to the next turn, `/reset`
+    forgets the conversation, `/exit` leaves. A bad image is said (`complain`) and the
+    conversation goes on."""
     if interactive:
         write("you> ")
     for raw in lines:
         text = raw.rstrip("\n")
         if text.strip() == "/exit":
             break
+        if text.strip().startswith("/image"):
+            try:
+                session.attach(text.strip().removeprefix("/image").strip())
+                if interactive:
+                    write(f"(image {len(session.pending)} attached to your next turn)\n")
+            except LitFtError as err:
+                complain(f"lit_ft: error: {err}")
+            if interactive:
+                write("you> ")
+            continue
         if text.strip() == "/reset":
             session.reset()
             if interactive:
@@ -192,6 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--system", help="a system message that starts the conversation")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument(
+        "--image", action="append", default=[], help="an image for the first turn (repeatable)"
+    )
     args = parser.parse_args(argv)
     try:
         import torch
@@ -202,13 +291,15 @@ def main(argv: list[str] | None = None) -> None:
         model, tokenizer, loaded = load_for_chat(args.source)
         if torch.cuda.is_available():
             model.to("cuda")
+        interactive = sys.stdin.isatty()
+        session = ChatSession(
+            model, tokenizer, args.temperature, args.top_p, args.max_new_tokens, args.system
+        )
+        for image in args.image:
+            session.attach(image)
     except LitFtError as err:
         print(f"lit_ft: error: {err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    interactive = sys.stdin.isatty()
-    session = ChatSession(
-        model, tokenizer, args.temperature, args.top_p, args.max_new_tokens, args.system
-    )
     if interactive:
         mode = "chat (template saved with the model)" if session.chat else "plain completion"
         print(f"[lit_ft] {loaded}: {mode}; /reset forgets, /exit leaves", flush=True)

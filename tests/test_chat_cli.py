@@ -136,3 +136,67 @@ def test_a_checkpoint_and_an_adapter_export_chat_as_the_trained_weights(text_fil
     piped = _chat([f"{run}/hf_model", "--temperature", "0", "--max-new-tokens", "8"],
                   "The quick brown\n")  # fmt: skip
     assert piped.returncode == 0 and piped.stdout.strip() == replies[0]
+
+
+@pytest.mark.parametrize("family", ["llava", "idefics3"])
+def test_a_vision_language_model_answers_about_its_image_as_the_pipeline_does(family, tmp_path):
+    """An export of task=vision_instruction: `/image PATH` puts the image in the next turn,
+    and the reply is what `pipeline("image-text-to-text")` answers to the same chat, sampled
+    from the same seed (so the two agree only if every step's distribution does: a random
+    tiny model's greedy answer repeats one token whatever it sees); the image stays in the
+    conversation for the next turn."""
+    from helpers.tiny_models import tiny_vlm_dir
+    from PIL import Image, ImageDraw
+    from transformers import pipeline
+
+    folder = tiny_vlm_dir(family)  # a Hugging Face folder: config, weights, processor
+    image = Image.new("RGB", (40, 40), (245, 245, 240))
+    ImageDraw.Draw(image).ellipse((6, 6, 34, 34), fill=(220, 40, 40))
+    image.save(tmp_path / "red.png")
+    model, processor, loaded = load_for_chat(folder)
+    assert "/image" in loaded
+    session = ChatSession(model, processor, temperature=1.0, top_p=1.0, max_new_tokens=8)
+    written, complaints = [], []
+    lines = [f"/image {tmp_path / 'red.png'}\n", "What colour is the shape?\n"]
+    torch.manual_seed(7)
+    converse(session, lines, written.append, interactive=False, complain=complaints.append)
+    answer = "".join(written).strip()
+    assert len(set(answer)) > 2  # sampled: not one token repeated
+    assert not complaints and len(session.images) == 1 and not session.pending
+
+    pipe = pipeline("image-text-to-text", model=folder)
+    chat = [{"role": "user", "content": [
+        {"type": "image", "image": image}, {"type": "text", "text": "What colour is the shape?"},
+    ]}]  # fmt: skip
+    stops = model.generation_config.eos_token_id  # EOS and the end of turn, as chat stops
+    settings = {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "eos_token_id": stops}
+    torch.manual_seed(7)
+    expected = pipe(text=chat, max_new_tokens=8, return_full_text=False, generate_kwargs=settings)
+    assert answer == expected[0]["generated_text"].strip()
+
+    # the next turn still holds the first one's image: one image's placeholders in the prompt
+    image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
+    ids = session.prompt_ids("And its shape?")
+    one = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    assert (ids == image_token).sum() == (processor(text=one, images=[image],
+        return_tensors="pt")["input_ids"] == image_token).sum()  # fmt: skip
+    session.reply("And its shape?")
+
+    converse(session, ["/image nowhere.png\n"], written.append, False, complaints.append)
+    assert (
+        complaints
+        == [
+            "lit_ft: error: /image: cannot read 'nowhere.png' as an image: "
+            + complaints[0].split("as an image: ", 1)[1]
+        ]
+        and "No such file" in complaints[0]
+    )
+
+
+def test_an_image_for_a_text_only_model_is_refused(chat_model):
+    session = ChatSession(*chat_model, temperature=0, max_new_tokens=2)
+    complaints = []
+    converse(session, ["/image x.png\n"], lambda t: None, False, complaints.append)
+    assert complaints == ["lit_ft: error: /image: this model reads text only (no image processor)"]
+    result = _chat([str(BUNDLED), "--image", "x.png"], "hello\n")
+    assert result.returncode == 2 and "reads text only" in result.stderr
