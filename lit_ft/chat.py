@@ -39,9 +39,8 @@ def load_for_chat(source: str | Path):
     if path.is_file() and path.suffix == ".ckpt" or path.is_dir() and path.suffix == ".ckpt":
         from lit_ft.export import load_checkpoint_model
 
-        model, tokenizer = load_checkpoint_model(path)
-        processor = getattr(tokenizer, "lit_ft_processor", None)  # a vision-language run
-        if processor is not None:
+        model, tokenizer, processor = load_checkpoint_model(path)
+        if processor is not None:  # a vision-language run
             return _merged(model).eval(), processor, f"checkpoint {path} (images: /image PATH)"
         return _causal(_merged(model), path), tokenizer, f"checkpoint {path}"
     if (path / "hf_model").is_dir():  # a run directory: the model it handed on

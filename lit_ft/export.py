@@ -15,8 +15,9 @@ from pathlib import Path
 from lit_ft.errors import EXIT_USER_ERROR, LitFtError
 
 
-def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
-    """Save model, tokenizer and generation config into `out_dir`.
+def export_pretrained(model, tokenizer, out_dir: str | Path, processor=None) -> Path:
+    """Save model, tokenizer (or, for a vision-language model, its `processor`: image
+    processor, tokenizer, chat template) and generation config into `out_dir`.
 
     Everything is written into a sibling temporary directory first and swapped in at the end,
     so an interrupted export never leaves a half-written directory where a good one stood.
@@ -32,11 +33,14 @@ def export_pretrained(model, tokenizer, out_dir: str | Path) -> Path:
     padded_generation(getattr(model, "generation_config", None), tokenizer)  # generative only
     model.save_pretrained(staging)
     portable_adapter_config(staging)  # an adapter export: its base named for other machines
+    _save_preprocessing(staging, tokenizer, processor)
+    return _swap_in(staging, out_dir)
+
+
+def _save_preprocessing(staging: Path, tokenizer, processor) -> None:
     # A vision-language model's processor (image processor, tokenizer, chat template), so
     # AutoProcessor and pipeline("image-text-to-text") load the export as they load the base
-    saver = getattr(tokenizer, "lit_ft_processor", None) or tokenizer
-    saver.save_pretrained(staging)
-    return _swap_in(staging, out_dir)
+    (processor if processor is not None else tokenizer).save_pretrained(staging)
 
 
 def padded_generation(generation_config, tokenizer):
@@ -73,7 +77,8 @@ def _swap_in(staging: Path, out_dir: Path) -> Path:
 
 
 def load_checkpoint_model(ckpt_path: str | Path):
-    """Rebuild the network stored in a lit_ft checkpoint; return (model, tokenizer)."""
+    """Rebuild the network stored in a lit_ft checkpoint; return (model, tokenizer,
+    processor), the processor None unless the task feeds images."""
     import torch
 
     from lit_ft.model.build import build_model
@@ -91,9 +96,10 @@ def load_checkpoint_model(ckpt_path: str | Path):
         raise LitFtError(f"checkpoint '{path}' was not written by lit_ft (no 'lit_ft' entry)")
     spec, config = spec_and_config(checkpoint)
     auto_class = get_task(spec.task).model_class()
-    tokenizer = checkpoint_tokenizer(checkpoint, spec)
+    tokenizer, processor = checkpoint_preprocessing(checkpoint, spec)
     if CHECKPOINT_KEY in checkpoint:  # a LoRA run: adapter weights on the pretrained base
-        return load_adapter_checkpoint(checkpoint, spec, auto_class, config), tokenizer
+        adapted = load_adapter_checkpoint(checkpoint, spec, auto_class, config)
+        return adapted, tokenizer, processor
     model = build_model(spec, auto_class, config=config, pretrained=False)
     prefix = "model."
     weights = {
@@ -103,21 +109,23 @@ def load_checkpoint_model(ckpt_path: str | Path):
         model.load_state_dict(weights)
     except RuntimeError as err:
         raise LitFtError(f"checkpoint '{path}' does not match its own model config: {err}") from err
-    return model, tokenizer
+    return model, tokenizer, processor
 
 
-def checkpoint_tokenizer(checkpoint: dict, spec):
-    """The run's tokenizer: the model's, with the chat template and end-of-turn token the run
-    set on it (stored in the checkpoint by the LightningModule)."""
+def checkpoint_preprocessing(checkpoint: dict, spec):
+    """(tokenizer, processor) of the run: the model's tokenizer with the chat template and
+    end-of-turn token the run set on it (stored in the checkpoint by the LightningModule),
+    and, for a task that feeds images, the model's processor around it (else None)."""
     from lit_ft.model.build import load_processor, load_tokenizer
     from lit_ft.tasks import get_task
     from lit_ft.tasks.chat import apply_chat_settings
 
     tokenizer = apply_chat_settings(load_tokenizer(spec), checkpoint["lit_ft"].get("tokenizer"))
-    if getattr(get_task(spec.task), "needs_processor", False):  # exported beside the model
-        tokenizer.lit_ft_processor = load_processor(spec, tokenizer)
-        tokenizer.lit_ft_processor.chat_template = tokenizer.chat_template
-    return tokenizer
+    if not getattr(get_task(spec.task), "needs_processor", False):
+        return tokenizer, None
+    processor = load_processor(spec, tokenizer)
+    processor.chat_template = tokenizer.chat_template
+    return tokenizer, processor
 
 
 def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:
@@ -125,8 +133,8 @@ def export_checkpoint(ckpt_path: str | Path, out_dir: str | Path) -> Path:
 
     if is_sharded_checkpoint(ckpt_path):  # trainer=fsdp2's directories
         return export_sharded_checkpoint(ckpt_path, out_dir)
-    model, tokenizer = load_checkpoint_model(ckpt_path)
-    return export_pretrained(model, tokenizer, out_dir)
+    model, tokenizer, processor = load_checkpoint_model(ckpt_path)
+    return export_pretrained(model, tokenizer, out_dir, processor)
 
 
 SHARD_BYTES = 2 * 2**30  # safetensors files of at most 2 GB, as Hub models commonly are
@@ -161,11 +169,11 @@ def export_sharded_checkpoint(
     shapes = {name: saved["state_dict"][f"model.{name}"] for name in names}  # meta tensors
     _write_weight_files(ckpt_path, shapes, staging, max_shard_bytes)
     config.save_pretrained(staging)
-    tokenizer = checkpoint_tokenizer(saved, spec)
+    tokenizer, processor = checkpoint_preprocessing(saved, spec)
     if model.can_generate():
         generation = padded_generation(GenerationConfig.from_model_config(config), tokenizer)
         generation.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
+    _save_preprocessing(staging, tokenizer, processor)
     return _swap_in(staging, out_dir)
 
 
@@ -192,7 +200,9 @@ def _write_weight_files(ckpt_path, shapes: dict, staging: Path, max_shard_bytes:
         (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def export_run(cfg, trainer, model, tokenizer, output_dir: Path, best: str | None) -> dict:
+def export_run(
+    cfg, trainer, model, tokenizer, output_dir: Path, best: str | None, processor=None
+) -> dict:
     """The run's export step: hf_model/ (the weights the run hands on), hf_model_last/ on
     request (`export_last`), the Hub upload (`push_to_hub`). Returns the paths and URL."""
     from lit_ft.config import to_plain
@@ -202,7 +212,7 @@ def export_run(cfg, trainer, model, tokenizer, output_dir: Path, best: str | Non
     done: dict[str, str | None] = {"export_dir": None, "export_last_dir": None, "hub_url": None}
     last = last_checkpoint(trainer)
     if cfg.export:
-        exported = export_model(trainer, model, tokenizer, output_dir / "hf_model", best)
+        exported = export_model(trainer, model, tokenizer, output_dir / "hf_model", best, processor)
         done["export_dir"] = str(exported)
     if cfg.export_last and last:
         done["export_last_dir"] = str(export_checkpoint(last, output_dir / "hf_model_last"))
@@ -212,7 +222,9 @@ def export_run(cfg, trainer, model, tokenizer, output_dir: Path, best: str | Non
     return done
 
 
-def export_model(trainer, model, tokenizer, out_dir: Path, best: str | None) -> Path:
+def export_model(
+    trainer, model, tokenizer, out_dir: Path, best: str | None, processor=None
+) -> Path:
     """The weights the run hands on in Hugging Face format (from_pretrained loads them): the
     module's own, or, when each process holds only its shard, the checkpoint's."""
     from lit_ft.model.strategy import shards_weights
@@ -220,7 +232,7 @@ def export_model(trainer, model, tokenizer, out_dir: Path, best: str | None) -> 
 
     if shards_weights(trainer):  # the module holds only this rank's shard
         return export_checkpoint(best or last_checkpoint(trainer), out_dir)
-    return export_pretrained(model, tokenizer, out_dir)
+    return export_pretrained(model, tokenizer, out_dir, processor)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -141,9 +141,11 @@ class FineTuner:
         from lit_ft import steps
 
         job = self._trained("save_model")
+        data = job.data
         return steps.export_model(
-            job.trainer, job.module.model, job.data.tokenizer, Path(output_dir), job.best
-        )
+            job.trainer, job.module.model, data.tokenizer, Path(output_dir), job.best,
+            data.processor,
+        )  # fmt: skip
 
     def push_to_hub(self, repo_id: str, private: bool = True, commit_message: str = "") -> str:
         """Upload the export to a Hub model repo (lit_ft/hub.py); checked first, so offline,

@@ -147,7 +147,9 @@ def _hand_on(cfg, run: _SetUp, metrics, best, predictions, output_dir: Path, sta
     from lit_ft import steps
 
     trainer, data = run.trainer, run.data
-    exported = steps.export_run(cfg, trainer, run.module.model, data.tokenizer, output_dir, best)
+    exported = steps.export_run(
+        cfg, trainer, run.module.model, data.tokenizer, output_dir, best, data.processor
+    )
     paths = {"best": best, "last": steps.last_checkpoint(trainer), **exported}
     paths |= {"predictions": predictions, "output_dir": output_dir}
     paths["resumed_from"] = run.resume.path if run.resume else None

@@ -65,7 +65,7 @@ def test_only_adapter_weights_train_and_are_checkpointed(lora_run):
 def test_merged_export_equals_the_adapter_applied_model(lora_run):
     merged = AutoModelForCausalLM.from_pretrained(lora_run["export_dir"]).eval()
     assert not any("lora" in name for name, _ in merged.named_parameters())  # a plain model
-    adapted, _ = load_checkpoint_model(lora_run["best_checkpoint"])  # base + adapter, unmerged
+    adapted, _, _ = load_checkpoint_model(lora_run["best_checkpoint"])  # base + adapter, unmerged
     adapted.eval()
     input_ids = torch.randint(0, merged.config.vocab_size, (2, 24), generator=torch.manual_seed(0))
     with torch.no_grad():

@@ -210,7 +210,8 @@ def _colour_rows(n: int) -> list[dict]:
 
 def test_pil_images_from_python(tmp_path):
     """FineTuner with a list of dicts holding PIL images: trained, scored, exported with the
-    processor."""
+    processor: by the run, by save_model, and from the checkpoint alone (python -m
+    lit_ft.export), each loading in AutoProcessor with the chat template."""
     import lit_ft
 
     tuner = lit_ft.FineTuner(
@@ -222,7 +223,17 @@ def test_pil_images_from_python(tmp_path):
     )  # fmt: skip
     tuner.train()
     assert "val/exact_match" in tuner.results["metrics"]["after"]
-    assert (tmp_path / "hf_model" / "processor_config.json").is_file()
+    from transformers import AutoProcessor
+
+    from lit_ft.export import export_checkpoint
+
+    saved = tuner.save_model(tmp_path / "saved")
+    exported = export_checkpoint(tuner.results["last_checkpoint"], tmp_path / "from_ckpt")
+    template = AutoProcessor.from_pretrained(tiny_vlm_dir("llava")).chat_template
+    for folder in (tmp_path / "hf_model", saved, exported):
+        assert (folder / "processor_config.json").is_file(), folder
+        processor = AutoProcessor.from_pretrained(folder)
+        assert processor.image_processor is not None and processor.chat_template == template
 
 
 @pytest.mark.slow

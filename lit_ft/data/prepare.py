@@ -30,6 +30,9 @@ class PreparedData:
     task: Any
     datamodule: Any
     seconds: float  # loading + tokenizing (a cached second run: well under 1 s)
+    # A vision-language model's AutoProcessor (image processor + the tokenizer above), which
+    # the task feeds images through and the export saves beside the model; None for text.
+    processor: Any = None
 
 
 def build_task_and_data(cfg, tokenizer, hf_config, given_splits=None):
@@ -73,9 +76,10 @@ def prepare_data(cfg, spec: ModelSpec, given=None) -> PreparedData:
     task, datamodule = build_task_and_data(
         cfg, tokenizer, hf_config, getattr(given, "splits", None)
     )
+    processor = None
     if getattr(task, "needs_processor", False):  # images: the model's processor reads them
-        task.use_processor(load_processor(spec, tokenizer))
-        tokenizer.lit_ft_processor = task.processor  # exported with it (lit_ft/export.py)
+        processor = load_processor(spec, tokenizer)
+        task.use_processor(processor)
     collator = getattr(given, "data_collator", None)
     if collator is not None:
         if not hasattr(datamodule, "data_collator"):
@@ -90,7 +94,7 @@ def prepare_data(cfg, spec: ModelSpec, given=None) -> PreparedData:
     if model is not None:
         check_given_head(task, model)
     task.configure_model(hf_config)  # labels found in the data: num_labels, id2label
-    return PreparedData(tokenizer, hf_config, task, datamodule, seconds)
+    return PreparedData(tokenizer, hf_config, task, datamodule, seconds, processor)
 
 
 def check_given_head(task, model) -> None:
