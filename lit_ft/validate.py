@@ -33,6 +33,7 @@ def validate_config(cfg: DictConfig) -> None:
     from lit_ft.preflight import output_dir_problem
     from lit_ft.tasks import task_problems
     from lit_ft.tasks.sft import truncation_problems
+    from lit_ft.tasks.vllm_rollout import rollout_problems
     from lit_ft.training.optim import optimizer_problems, scheduler_problems, step_problems
     from lit_ft.training.sharded_checkpoint import is_checkpoint_path
 
@@ -55,6 +56,8 @@ def validate_config(cfg: DictConfig) -> None:
     strategy = trainer.get("strategy", "auto")
     problems += strategy_problems(strategy, str(trainer.accelerator), bool(cfg.export))
     problems += fsdp2_problems(strategy, cfg.get("peft"), cfg.model)
+    if "rollout" in cfg.task:  # task=grpo: where its completions are sampled
+        problems += rollout_problems(cfg.task, str(trainer.accelerator), strategy)
     if in_notebook():
         problems += notebook_problems(strategy, trainer.get("devices"), trainer.get("num_nodes"))
     problems += streaming_problems(cfg.data, trainer.get("max_steps", -1), cfg.task.name)

@@ -88,6 +88,9 @@ class GRPOTask(Task):
         chat_template: str | None = None,
         eval_greedy: bool = True,
         eval_samples: int = 2,
+        rollout: str = "generate",
+        vllm_gpu_memory_utilization: float = 0.3,
+        vllm_dtype: str = "auto",
     ):
         super().__init__(tokenizer, columns, max_length)
         specs = list(reward_funcs or [])
@@ -112,6 +115,13 @@ class GRPOTask(Task):
         self.last_rollout: list[dict] | None = None  # read by lit_ft/observe/completions.py
         self.last_generation_s: float | None = None  # ...and so is this
         self.window = RolloutWindow(num_iterations)  # rollouts reused (num_iterations > 1)
+        self.vllm = None  # task.rollout=vllm: the engine (lit_ft/tasks/vllm_rollout.py)
+        if rollout == "vllm":
+            from lit_ft.tasks.vllm_rollout import VLLMRollout
+
+            self.vllm = VLLMRollout(
+                tokenizer, self.sequence_length, vllm_gpu_memory_utilization, vllm_dtype
+            )
 
     @classmethod
     def option_problems(cls, options) -> Problems:
@@ -128,12 +138,16 @@ class GRPOTask(Task):
             f"{n} x {w:g}" for n, w in zip(self.reward_names, self.weights, strict=True)
         )
         return (
-            f"{self.num_generations} completions per prompt (temperature {self.temperature}, "
-            f"top_p {self.top_p}, up to {self.max_new_tokens} tokens); rewards: {weights}; "
+            f"{self.num_generations} completions per prompt from {self._engine_name()} "
+            f"(temperature {self.temperature}, top_p {self.top_p}, up to "
+            f"{self.max_new_tokens} tokens); rewards: {weights}; "
             f"loss {self.loss_type}, advantages scaled by {self.scale_rewards}, clip "
             f"{self.epsilon}/{self.epsilon_high}, beta {self.beta} (reference: "
             f"{self.reference_kind}); chat template: {self.template_source}"
         )
+
+    def _engine_name(self) -> str:
+        return "vLLM (task.rollout=vllm)" if self.vllm is not None else "generate"
 
     def report(self) -> dict[str, Any]:
         return {
@@ -204,14 +218,27 @@ class GRPOTask(Task):
         """(sequences [b x g, prompt + completion], completion mask, prompt width): every
         completion of prompt i in rows i*g .. i*g + g-1; the mask covers each completion up to
         and including its first stop token."""
-        ids = batch["input_ids"].repeat_interleave(generations, dim=0)
-        mask = batch["attention_mask"].repeat_interleave(generations, dim=0)
-        sequences = self.generate(model, ids, mask, sample, seed)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        stops = self._stop_ids(model)
+        if self.vllm is not None:  # task.rollout=vllm
+            sequences = self.vllm.generate(
+                model, ids, mask, generations, self._settings(sample), seed, stops,
+                self.tokenizer.pad_token_id, self.max_new_tokens, self.window_position[0],
+            )  # fmt: skip
+        else:
+            ids = ids.repeat_interleave(generations, dim=0)
+            mask = mask.repeat_interleave(generations, dim=0)
+            sequences = self.generate(model, ids, mask, sample, seed)
         completion = sequences[:, ids.shape[1] :]
-        stops = torch.tensor(self._stop_ids(model), device=completion.device)
-        is_stop = torch.isin(completion, stops).int()
+        is_stop = torch.isin(completion, torch.tensor(stops, device=completion.device)).int()
         after_first_stop = (is_stop.cumsum(-1) - is_stop) > 0
         return sequences, ~after_first_stop, ids.shape[1]
+
+    def _settings(self, sample: bool) -> dict[str, Any]:
+        settings = {"do_sample": sample, "max_new_tokens": self.max_new_tokens}
+        if sample:
+            settings |= {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
+        return settings
 
     def generate(self, model, ids, mask, sample: bool, seed: int) -> torch.Tensor:
         """Prompts + completions, one batched `generate` with a KV cache, in eval mode, from
@@ -219,9 +246,7 @@ class GRPOTask(Task):
         was_training = model.training
         model.eval()  # no dropout while sampling; restored below
         devices = [ids.device] if ids.device.type == "cuda" else []
-        settings = {"do_sample": sample, "max_new_tokens": self.max_new_tokens}
-        if sample:
-            settings |= {"temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
+        settings = self._settings(sample)
         try:
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 torch.manual_seed(seed)  # the rollout's own stream: the training one stays

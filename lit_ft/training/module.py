@@ -123,6 +123,9 @@ class FineTuneModule(L.LightningModule):
     # runs under inference mode and validation during fit may not, and a metric state created
     # in one cannot be updated in place in the other.
     def on_validation_epoch_start(self) -> None:
+        # the optimizer steps the weights have taken: a task whose sampling engine holds a
+        # copy of them (GRPO's task.rollout=vllm) refreshes it when this moved
+        self.task.window_position = (self.trainer.global_step, 0)
         self.evaluator.reset()
         for evaluator in self.source_evaluators.values():
             evaluator.reset()
