@@ -169,6 +169,30 @@ def test_the_vision_tower_is_frozen_and_the_projector_trains(family):
     assert any(part_of(n) == "projector" for n in trained)  # trained in full beside LoRA
 
 
+def test_qlora_quantizes_the_language_model_only(family):
+    """Which linear layers bitsandbytes would turn 4-bit, by transformers' own rule
+    (`should_convert_module`, what its 4-bit quantizer applies): the language model's, never
+    the vision tower's, the projector's (trained in full) or the output embedding."""
+    from transformers import AutoModelForImageTextToText
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    from lit_ft.model.peft import LoraSettings, quantization_kwargs
+    from lit_ft.model.vision_parts import PROJECTOR, VISION, part_of
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm_dir(family))
+    config = quantization_kwargs(LoraSettings(load_in_4bit=True), VISION + PROJECTOR)
+    skip = config["quantization_config"].llm_int8_skip_modules
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    converted = {n for n in linears if should_convert_module(n, skip)}
+    assert converted and all(part_of(n) == "language model" for n in converted)
+    assert not any(n.endswith("lm_head") for n in converted)
+    kept = set(linears) - converted
+    assert any(part_of(n) == "vision tower" for n in kept)
+    assert any(part_of(n) == "projector" for n in kept)
+    language = [n for n in linears if part_of(n) == "language model" and "lm_head" not in n]
+    assert converted == set(language)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny_vlm", "tiny_vlm_idefics3"])
 def test_the_example_learns_and_its_export_answers_in_a_pipeline(model, run_cli, tmp_path):

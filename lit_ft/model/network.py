@@ -15,7 +15,13 @@ from lit_ft.model.compile import compile_model
 from lit_ft.model.fsdp2 import FullyShardedStrategy
 from lit_ft.model.liger import apply_liger
 from lit_ft.model.peft import prepare_model, quantization_kwargs
-from lit_ft.model.vision_parts import freeze_vision_tower, has_vision_tower, parts_text
+from lit_ft.model.vision_parts import (
+    PROJECTOR,
+    VISION,
+    freeze_vision_tower,
+    has_vision_tower,
+    parts_text,
+)
 from lit_ft.model.vocab import grow_vocab, pad_vocab
 
 
@@ -34,7 +40,10 @@ def build_network(
     task, tokenizer = data.task, data.tokenizer
     model = given_model
     if model is None:
-        model = build_model(spec, task.model_class(), data.hf_config, **quantization_kwargs(lora))
+        # QLoRA on a VLM quantizes the language model only (lit_ft/model/vision_parts.py)
+        keep = VISION + PROJECTOR if task.auto_class == "AutoModelForImageTextToText" else ()
+        load = quantization_kwargs(lora, keep)
+        model = build_model(spec, task.model_class(), data.hf_config, **load)
     vision = has_vision_tower(model)  # a vision-language model: which parts train
     if vision and spec.freeze_vision_tower:
         freeze_vision_tower(model)

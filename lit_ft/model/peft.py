@@ -60,19 +60,27 @@ class LoraSettings:
     extra: dict[str, Any] = field(default_factory=dict)  # any other peft.LoraConfig argument
 
 
-def quantization_kwargs(settings: LoraSettings | None) -> dict[str, Any]:
-    """`from_pretrained` arguments for QLoRA's 4-bit base weights (empty otherwise)."""
+def quantization_kwargs(
+    settings: LoraSettings | None, keep: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """`from_pretrained` arguments for QLoRA's 4-bit base weights (empty otherwise). `keep`:
+    module names left in full precision, wherever they sit (a VLM's vision tower and
+    projector: the projector trains in full beside the adapters, which a 4-bit layer cannot,
+    and the image features stay as the encoder was trained). Naming any replaces
+    transformers' default list, so the output embedding (`lm_head`) is named too."""
     if settings is None or not settings.load_in_4bit:
         return {}
     import torch
     from transformers import BitsAndBytesConfig
 
+    skip = [f".*{name}" for name in keep] + ["lm_head"] if keep else None
     return {
         "quantization_config": BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=settings.bnb_4bit_quant_type,
             bnb_4bit_compute_dtype=getattr(torch, settings.bnb_4bit_compute_dtype),
             bnb_4bit_use_double_quant=True,
+            llm_int8_skip_modules=skip,  # despite the name, 4-bit reads it too
         )
     }
 
