@@ -22,7 +22,6 @@ Validation: one completion per validation prompt (greedy by default), its reward
 from __future__ import annotations
 
 import copy
-import os
 import time
 from functools import partial
 from pathlib import Path
@@ -32,11 +31,9 @@ import torch
 
 from lit_ft.distributed import gather_from_processes
 from lit_ft.errors import LitFtError
-from lit_ft.log import say
 from lit_ft.problems import Problems
-from lit_ft.tasks.base import Task, TaskContext, pad_rows
+from lit_ft.tasks.base import Task, TaskContext
 from lit_ft.tasks.chat import render, resolve_template, template_problem
-from lit_ft.tasks.metrics import Evaluator
 from lit_ft.tasks.policy_gradient import (
     LOSS_TYPES,
     SCALINGS,
@@ -44,13 +41,10 @@ from lit_ft.tasks.policy_gradient import (
     clipped_token_loss,
     group_advantages,
 )
+from lit_ft.tasks.prompt_batch import COLUMNS_KEY, PROMPT_IDS, collate_prompts
 from lit_ft.tasks.rewards import RewardModelScore, call_reward, reward_name
 from lit_ft.tasks.rollout_window import Rollout, RolloutWindow
 from lit_ft.tasks.user_functions import function_problems, load_function
-from lit_ft.tasks.weighted_mean import WeightedMean
-
-PROMPT_IDS = "prompt_input_ids"
-COLUMNS_KEY = "_columns"  # the rows' other columns, for the reward functions
 
 
 def _positive(value) -> bool:
@@ -440,65 +434,14 @@ class GRPOTask(Task):
         raise LitFtError("task=grpo with task.beta > 0 has no reference model")
 
     def evaluator(self):
+        from lit_ft.tasks.rollout_evaluator import RolloutEvaluator
+
         return RolloutEvaluator(self)
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
-class RolloutEvaluator(Evaluator):
-    """Validation prompts, one completion each (greedy, or sampled from a fixed seed): the
-    mean weighted reward and each function's, as sums across batches and processes."""
-
-    def __init__(self, task: GRPOTask) -> None:
-        super().__init__()
-        self.task = task
-        names = ["reward", *(f"rewards/{n}" for n in task.reward_names), "completion_length"]
-        self.means = torch.nn.ModuleDict({n.replace("/", "__"): WeightedMean() for n in names})
-        self._shown = False
-
-    def update(self, batch, outputs, model) -> None:
-        task = self.task
-        sequences, completion_mask, width = task.rollout(
-            model, batch, 1, not task.eval_greedy, int(os.environ.get("PL_GLOBAL_SEED", 0))
-        )
-        completions = task.completion_texts(sequences, completion_mask, width)
-        total, per_function = task.score(batch, completions, 1)
-        n = total.shape[0]
-        self.means["reward"].update(total.mean(), weight=n)
-        for name, scores in per_function.items():
-            self.means[f"rewards__{name}"].update(scores.mean(), weight=n)
-        self.means["completion_length"].update(completion_mask.sum(-1).float().mean(), weight=n)
-        if not self._shown and task.eval_samples:
-            self._shown = True
-            prompts = batch[COLUMNS_KEY]["_prompt"]
-            for i in range(min(task.eval_samples, n)):
-                say(f"sample: {prompts[i]!r} -> {completions[i]!r} (reward {float(total[i]):.3g})")
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        return {k.replace("__", "/"): m.compute() for k, m in self.means.items()}
-
-    def reset(self) -> None:
-        super().reset()
-        self._shown = False
-
-
-def collate_prompts(rows: list[dict[str, Any]], pad: int, prompt_column: str) -> dict[str, Any]:
-    """b prompts, left-padded (generation continues every row from its last real token), and
-    the rows' other columns as lists for the reward functions."""
-    ids = [r[PROMPT_IDS] for r in rows]
-    width = max(len(i) for i in ids)
-    left = [[pad] * (width - len(i)) + list(i) for i in ids]
-    mask = [[0] * (width - len(i)) + [1] * len(i) for i in ids]
-    columns = {k: [r[k] for r in rows] for k in rows[0] if k not in (PROMPT_IDS, prompt_column)}
-    columns["_prompt"] = [r[prompt_column] for r in rows]
-    return {
-        "input_ids": pad_rows(left, pad),
-        "attention_mask": pad_rows(mask, 0),
-        COLUMNS_KEY: columns,
-    }
 
 
 def _reward_problems(options) -> Problems:
