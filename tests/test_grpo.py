@@ -14,6 +14,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from helpers import tiny_models
 from helpers.fixed_rollouts import FixedRolloutGRPO, completion
 from helpers.step_gradients import fit_one_step
 
@@ -28,14 +29,7 @@ PROMPTS = ["Count:", "Add two and two.", "Name a number", "Say it"]
 
 
 def _gpt2():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(
-        n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=512, resid_pdrop=0.0,
-        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
-    )  # fmt: skip
-    return GPT2LMHeadModel(config)
+    return tiny_models.gpt2(bos_token_id=0, eos_token_id=0)
 
 
 def _ids_length(prompts, completions, **columns) -> list[float]:

@@ -13,7 +13,7 @@ import sys
 import datasets
 import pytest
 import torch
-from helpers import fake_vllm
+from helpers import fake_vllm, tiny_models
 from omegaconf import OmegaConf
 
 from lit_ft.tasks import TaskContext
@@ -22,14 +22,7 @@ from lit_ft.tasks.vllm_rollout import rollout_problems
 
 
 def _gpt2():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    config = GPT2Config(
-        n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=512, resid_pdrop=0.0,
-        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
-    )  # fmt: skip
-    return GPT2LMHeadModel(config)
+    return tiny_models.gpt2(bos_token_id=0, eos_token_id=0)
 
 
 def _lora_policy():

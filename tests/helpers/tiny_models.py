@@ -17,13 +17,14 @@ BERT = {
 }  # fmt: skip  (vocab: MiniLM's WordPiece, so its tokenizer can feed it)
 
 
-def gpt2(vocab_size: int = 512):
+def gpt2(vocab_size: int = 512, **overrides):
+    """`overrides`: other GPT2Config fields, e.g. eos_token_id=0 (a policy that stops)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     config = GPT2Config(
         n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=vocab_size,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **overrides,
     )  # fmt: skip
     return GPT2LMHeadModel(config)
 
