@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from helpers.config import tiny_run_overrides
+from helpers.processes import run_in_own_group
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 # An empty HF home: a model or dataset in the user's own cache must not change any outcome.
@@ -34,6 +35,18 @@ def isolated_caches(tmp_path_factory):
 
     datasets.config.HF_DATASETS_CACHE = Path(root / "datasets")
     return root
+
+
+@pytest.fixture(autouse=True)
+def restored_environment():
+    """Each test ends with the environment it started with. Lightning's ddp_spawn launcher
+    writes MASTER_PORT into this process's environment and leaves it there: every later
+    2-process run, in this process or a subprocess, would then bind that one port, and fail
+    (address in use) or hang whenever an earlier run's process still held it."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")
@@ -81,15 +94,12 @@ def tiny_overrides(tiny_tokenizer_dir, text_file, tmp_path) -> list[str]:
 @pytest.fixture(scope="session")
 def run_cli():
     """Run `python -m lit_ft.run ARGS` (or another module) in a subprocess."""
-    import subprocess
 
     def run(args: list[str], cwd=None, env=None, module="lit_ft.run", timeout=600):
-        return subprocess.run(
+        return run_in_own_group(
             [sys.executable, "-m", module, *args],
             cwd=cwd,
             env={**os.environ, **(env or {})},
-            capture_output=True,
-            text=True,
             timeout=timeout,
         )
 

@@ -50,6 +50,31 @@ def test_each_loss_on_a_hand_computed_pair():
     assert (chosen.item(), rejected.item()) == pytest.approx((-0.08, -0.3))
 
 
+def test_rewards_within_fp32_rounding_of_the_reference_are_ties():
+    """The starting policy is its reference; two forwards of the same weights may round apart
+    (1e-5 of a log-probability of -117 on an AMX Xeon). fp32 rounding is no preference: the
+    reported rewards are 0 and the pair is not counted as ranked right; the loss is unchanged."""
+    from lit_ft.tasks.preference import pair_metrics
+
+    table = [[-117.0, -40.0], [-140.0, -60.0], [9, 4], [9, 4]]
+    reference = PairScores(*torch.tensor(table, dtype=torch.float64))
+    # pair 1 rounds apart by 2e-5 (chosen) and -3e-5 (rejected): 7e-6 of its log-probabilities;
+    # pair 2 really moved: 0.01 of a nat on each side
+    policy = PairScores(
+        reference.chosen + torch.tensor([2e-5, 0.01], dtype=torch.float64),
+        reference.rejected + torch.tensor([-3e-5, -0.01], dtype=torch.float64),
+        reference.chosen_tokens,
+        reference.rejected_tokens,
+    )
+    loss, chosen, rejected = preference_loss("sigmoid", 0.1, policy, reference)
+    assert chosen.tolist() == pytest.approx([0.0, 0.001]) and chosen[0].item() == 0.0
+    assert rejected.tolist() == pytest.approx([0.0, -0.001]) and rejected[0].item() == 0.0
+    metrics = pair_metrics(loss, chosen, rejected, policy)
+    assert metrics["reward_accuracy"].item() == 0.5  # pair 2 only
+    # the loss uses the raw difference: -log sigmoid(0.1 x 5e-5) for pair 1
+    assert loss[0].item() == pytest.approx(math.log(1 + math.exp(-0.1 * 5e-5)), rel=1e-6)
+
+
 def test_answer_log_probabilities_sum_the_labelled_tokens_only():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 7)

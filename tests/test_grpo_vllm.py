@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
 import sys
 
 import datasets
@@ -79,6 +80,7 @@ def test_vllm_greedy_rollouts_are_the_generate_paths_from_the_merged_lora_policy
 
 
 def test_the_engine_syncs_once_per_optimizer_step_and_samples_reproducibly(gpt2_tokenizer, engine):
+    environment = dict(os.environ)
     model = _gpt2()
     task = _task(gpt2_tokenizer, rollout="vllm")
     batch = _batch(task)
@@ -93,6 +95,10 @@ def test_the_engine_syncs_once_per_optimizer_step_and_samples_reproducibly(gpt2_
     task.rollout(model, batch, 3, True, 7)
     assert llm.syncs == 2
     torch.testing.assert_close(llm.network.hf.transformer.wte.weight, model.transformer.wte.weight)
+    # a single process: the rank variables vLLM's launcher reads were set for the build only
+    # (left behind, the next job of a sweep would think torchrun started it)
+    assert llm.launcher_env == {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    assert dict(os.environ) == environment
 
 
 def _problems(**task):

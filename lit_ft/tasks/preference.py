@@ -66,7 +66,26 @@ def preference_loss(
         loss = (averaged - 1 / (2 * beta)) ** 2
     else:
         raise ValueError(f"unknown preference loss '{kind}'; available: {', '.join(LOSSES)}")
-    return loss, beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+    chosen_ratio = resolved(chosen_ratio.detach(), policy.chosen.detach())
+    rejected_ratio = resolved(rejected_ratio.detach(), policy.rejected.detach())
+    return loss, beta * chosen_ratio, beta * rejected_ratio
+
+
+# fp32 carries ~7 digits: a summed answer log-probability of -117 is rounded to ~1e-5, and the
+# policy's and the reference's forwards (separate copies of the same weights, which some CPU
+# kernels sum in an order that depends on where the tensors sit in memory) differed by 1e-5
+# to 1e-4 on an Intel Xeon with AMX. A log-ratio under 1e-5 of the log-probability (1.2e-3 at
+# -117) is that rounding, not a preference: reported as 0, so the starting policy, which is
+# its reference, shows reward accuracy 0 and margin 0 on every CPU as in exact arithmetic,
+# instead of counting the pairs whose rounding happened to favour the chosen answer. The loss
+# keeps the raw difference.
+RESOLUTION = 1e-5
+
+
+def resolved(ratio: torch.Tensor, logps: torch.Tensor) -> torch.Tensor:
+    """`ratio` (policy - reference log-probability), with differences within fp32 rounding of
+    `logps` set to exactly 0."""
+    return torch.where(ratio.abs() <= RESOLUTION * logps.abs(), torch.zeros_like(ratio), ratio)
 
 
 def answer_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ memory (0.3 of 141 GB = 42 GB for its weights and KV cache; training keeps the r
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import tempfile
@@ -122,15 +123,9 @@ class VLLMRollout:
             return self.llm
         # The engine runs inside this process (vLLM's external launcher), beside training:
         # one engine per process, each on its own GPU, as torch.distributed numbers them.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         rank, world = 0, 1
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        for key, value in {
-            "RANK": rank, "LOCAL_RANK": torch.cuda.current_device() if torch.cuda.is_available()
-            else 0, "WORLD_SIZE": world, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": 29511,
-        }.items():  # fmt: skip
-            os.environ.setdefault(key, str(value))
         try:
             from vllm import LLM
         except ImportError as err:
@@ -142,16 +137,22 @@ class VLLMRollout:
         self._folder = tempfile.TemporaryDirectory(prefix="lit_ft_vllm_")
         base.config.save_pretrained(self._folder.name)
         self.tokenizer.save_pretrained(self._folder.name)
-        self.llm = LLM(
-            model=self._folder.name,
-            load_format="dummy",  # no weights read: the policy's own arrive by sync_weights
-            dtype=self.dtype,
-            gpu_memory_utilization=self.gpu_memory_utilization,
-            max_model_len=self.max_model_len,
-            distributed_executor_backend="external_launcher",
-            seed=rank,
-            enable_prefix_caching=True,  # a group's G completions share their prompt's cache
-        )
+        launcher = {
+            "RANK": rank, "LOCAL_RANK": torch.cuda.current_device() if torch.cuda.is_available()
+            else 0, "WORLD_SIZE": world, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": 29511,
+            "VLLM_ENABLE_V1_MULTIPROCESSING": 0,  # the engine in this process, not a child
+        }  # fmt: skip
+        with _launcher_env(launcher):
+            self.llm = LLM(
+                model=self._folder.name,
+                load_format="dummy",  # no weights read: the policy's own arrive by sync_weights
+                dtype=self.dtype,
+                gpu_memory_utilization=self.gpu_memory_utilization,
+                max_model_len=self.max_model_len,
+                distributed_executor_backend="external_launcher",
+                seed=rank,
+                enable_prefix_caching=True,  # a group's G completions share their prompt's cache
+            )
         return self.llm
 
     def sync_weights(self, model, policy_step: int) -> None:
@@ -203,3 +204,18 @@ class VLLMRollout:
             tail[row, : len(tokens)] = torch.tensor(tokens, dtype=ids.dtype)
         prompt_rows = ids.repeat_interleave(generations, dim=0)
         return torch.cat([prompt_rows, tail.to(ids.device)], dim=1)
+
+
+@contextlib.contextmanager
+def _launcher_env(values: dict[str, Any]):
+    """vLLM's external launcher reads the rank variables (and vLLM whether to run the engine in
+    a child process) while the engine is built; a run that no launcher started lacks them. Set
+    the missing ones for that moment only: left behind, LOCAL_RANK would make the next job of
+    a sweep (or any process this one starts) believe torchrun launched it."""
+    added = [key for key in values if key not in os.environ]
+    os.environ.update({key: str(values[key]) for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)

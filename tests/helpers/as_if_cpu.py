@@ -10,7 +10,6 @@ From a test: `run_as_if("none", overrides)` (a subprocess; its output captured).
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,11 +21,11 @@ import lit_ft.model.precision
 def run_as_if(flags: str, overrides: list[str], timeout: float = 900):
     """`python -m lit_ft.run <overrides>` in a subprocess, on a CPU with (or without) `flags`;
     the `subprocess.CompletedProcess`, its output captured as text."""
-    return subprocess.run(
+    from helpers.processes import run_in_own_group  # not when this file runs as the script
+
+    return run_in_own_group(
         [sys.executable, __file__, flags, "--", *overrides],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-        capture_output=True,
-        text=True,
         timeout=timeout,
     )
 

@@ -7,6 +7,7 @@ back into the rollout tensors."""
 
 from __future__ import annotations
 
+import os
 import types
 from dataclasses import dataclass, field
 
@@ -51,6 +52,8 @@ class LLM:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         self.folder, self.load_format, self.settings = model, load_format, settings
+        # what vLLM's external launcher reads while it builds the engine
+        self.launcher_env = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
         self.tokenizer = AutoTokenizer.from_pretrained(model)  # the folder holds one
         torch.manual_seed(1234)  # "dummy" weights: anything but the policy's
         self.network = _Network(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model)))
