@@ -71,14 +71,14 @@ def preference_loss(
     return loss, beta * chosen_ratio, beta * rejected_ratio
 
 
-# fp32 carries ~7 digits: a summed answer log-probability of -117 is rounded to ~1e-5, and the
-# policy's and the reference's forwards (separate copies of the same weights, which some CPU
-# kernels sum in an order that depends on where the tensors sit in memory) differed by 1e-5
-# to 1e-4 on an Intel Xeon with AMX. A log-ratio under 1e-5 of the log-probability (1.2e-3 at
-# -117) is that rounding, not a preference: reported as 0, so the starting policy, which is
-# its reference, shows reward accuracy 0 and margin 0 on every CPU as in exact arithmetic,
-# instead of counting the pairs whose rounding happened to favour the chosen answer. The loss
-# keeps the raw difference.
+# fp32 carries ~7 digits: a summed answer log-probability of -117 is rounded to ~1e-5. The
+# starting policy and its reference are separate copies of the same weights; on CI's Intel
+# Xeon with AMX their forwards rounded apart (mean margin -8.1e-7 at beta 0.1, ~8e-6 nats,
+# where exact arithmetic gives 0), and 5 of 160 held-out pairs counted as ranked right; on
+# another Xeon the two forwards were bit-identical. A log-ratio under 1e-5 of the
+# log-probability (1.2e-3 nats at -117) is that rounding, not a preference: reported as 0, so
+# the starting policy shows reward accuracy 0 and margin 0 on every CPU. The loss keeps the
+# raw difference.
 RESOLUTION = 1e-5
 
 
