@@ -29,9 +29,10 @@ where a step's first imports are cold, need the three groups above). It checks:
                the largest batch (up to 64) the HF Trainer and lit_ft's defaults fit
 
 Every step runs in its own process group with its own time budget (seconds; each lease group
-above sums to at most 560 with the machine probe); a step that fails or runs out of time is recorded with its last
-error line and the next one starts. Steps the machine cannot run are skipped with the reason;
-without a CUDA GPU every step is skipped and the script exits 0 at once. At the end it prints
+above sums to at most 560 with the machine probe); a step that fails or runs out of time is
+recorded with its last error line and the next one starts. Steps the machine cannot run are
+skipped with the reason; without a CUDA GPU every step is skipped and the script exits 0 at
+once. At the end it prints
 the machine line and a table (step | result | figure | seconds) and writes both, with every
 step's details, to benchmarks/results/gpu_check_<timestamp>.json and .md (see --out-dir).
 The exit code is 1 when a step failed, else 0.
